@@ -1,0 +1,161 @@
+"""``ra-joints``: the command line of napari-ra-joints.
+
+Each sub-command is a thin wrapper over a function of ``annotation_tools``; errors a user can
+fix are printed as one line (``error: ...``) with exit status 2, never as a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import __version__
+
+
+def _cmd_phantoms(args: argparse.Namespace) -> int:
+    from .phantoms import generate_cohort
+
+    info = generate_cohort(
+        args.out,
+        args.patients,
+        args.seed,
+        height=args.height,
+        us_pairs=args.us_pairs,
+        workers=args.workers,
+        progress=not args.quiet,
+    )
+    print(
+        f"wrote {info['radiographs']} radiographs and {info['ultrasound_pairs']} ultrasound pairs "
+        f"of {info['patients']} phantom patients to {args.out} in {info['seconds']:.1f} s"
+    )
+    return 0
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from .store import AnnotationStore
+
+    with AnnotationStore.open(args.project, create=False) as store:
+        summary = store.summary()
+        rows = store.dream_rows()
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(f"project {Path(args.project).resolve()}")
+    for key, value in summary.items():
+        if key != "path":
+            print(f"  {key.replace('_', ' ')}: {value}")
+    totals = [r["Overall_Tol"] for r in rows if "Overall_Tol" in r]
+    if totals:
+        import numpy as np
+
+        arr = np.asarray(totals, float)
+        print(
+            f"  Sharp/van der Heijde total over {len(arr)} complete patients: "
+            f"median {np.median(arr):.0f}, range {arr.min():.0f}-{arr.max():.0f} (max 448)"
+        )
+    cohort = Path(args.project) / "cohort.json"
+    if cohort.exists():
+        print("  note: phantom data - figures measured on it are not clinical figures")
+    return 0
+
+
+def _cmd_export_dream(args: argparse.Namespace) -> int:
+    from .store import AnnotationStore
+
+    sources = None if args.all_sources else ("human", "phantom")
+    with AnnotationStore.open(args.project, create=False) as store:
+        path = store.export_dream_csv(args.out, sources=sources)
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_import_dream(args: argparse.Namespace) -> int:
+    from .store import AnnotationStore, Provenance
+
+    with AnnotationStore.open(args.project, create=False) as store:
+        problems = store.import_dream_csv(args.csv, Provenance.human(args.annotator))
+    for problem in problems:
+        print(f"warning: {problem}", file=sys.stderr)
+    print(f"imported {args.csv} ({len(problems)} problem(s))")
+    return 1 if problems else 0
+
+
+def _cmd_image_json(args: argparse.Namespace) -> int:
+    from .store import AnnotationStore
+
+    with AnnotationStore.open(args.project, create=False) as store:
+        record = store.find_image(args.image)
+        if record is None:
+            raise FileNotFoundError(f"{args.image} is not registered in {store.path}")
+        data = store.export_image_json(record.id)
+    text = json.dumps(data, indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        print(text)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ra-joints",
+        description="Rheumatoid-arthritis joint scoring: phantoms, annotation store, export.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("phantoms", help="generate a phantom cohort (a ready project folder)")
+    p.add_argument("--out", required=True, type=Path, help="empty folder to write the cohort to")
+    p.add_argument("--patients", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--height", type=int, default=1200, help="radiograph height in pixels")
+    p.add_argument("--us-pairs", type=int, default=2, help="ultrasound pairs per patient")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_phantoms)
+
+    p = sub.add_parser("summary", help="what a project folder holds")
+    p.add_argument("--project", required=True, type=Path)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_summary)
+
+    p = sub.add_parser("export-dream", help="write the RA2-DREAM score table of a project")
+    p.add_argument("--project", required=True, type=Path)
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument(
+        "--all-sources", action="store_true", help="include unconfirmed model predictions"
+    )
+    p.set_defaults(func=_cmd_export_dream)
+
+    p = sub.add_parser("import-dream", help="read an RA2-DREAM score table into a project")
+    p.add_argument("--project", required=True, type=Path)
+    p.add_argument("--csv", required=True, type=Path)
+    p.add_argument("--annotator", required=True, help="who scored the table")
+    p.set_defaults(func=_cmd_import_dream)
+
+    p = sub.add_parser("image-json", help="newest annotations of one image as JSON")
+    p.add_argument("--project", required=True, type=Path)
+    p.add_argument("--image", required=True, type=Path)
+    p.add_argument("--out", type=Path)
+    p.set_defaults(func=_cmd_image_json)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from .imageio import ImageReadError
+    from .store import StoreError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (StoreError, ImageReadError, FileExistsError, FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1060 @@
+"""The annotation store: one SQLite file per project, the single source of truth.
+
+The plugin writes here, the exporters and bundles read here. Three rules shape the design:
+
+* **Nothing is overwritten.** Every change to a joint centre, polygon, score or ROI appends a new
+  *revision* with its provenance (``human`` annotator, ``model`` bundle + version + weights
+  hash, or ``phantom`` generator). A deletion is a revision with status ``deleted``; "accept" is
+  a human revision that ``confirms`` a model revision. Retraining and error analysis need the
+  whole history of what a model said and what a person changed.
+* **Committed means safe.** Writes happen in transactions (``BEGIN IMMEDIATE``) on a WAL
+  database, so a process killed mid-write loses only the unfinished transaction, and readers in
+  other processes keep reading while one writer writes.
+* **Parameters only.** Values always travel as SQL parameters; table and column names come from
+  this module's constants, never from callers.
+
+Coordinates are image pixels of the original file as ``(x, y)`` = (column, row), pixel centres on
+integers. (napari uses ``(row, column)``; the plugin converts.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import json
+import math
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .imageio import file_sha256
+from .vocabulary import (
+    DREAM_TOTAL_COLUMNS,
+    Limb,
+    ScoreType,
+    dream_column,
+    dream_columns,
+    get_joint,
+    joints_for_limb,
+    parse_dream_column,
+    patient_totals,
+)
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "STORE_FILENAME",
+    "AnnotationStore",
+    "ImageRecord",
+    "Provenance",
+    "Revision",
+    "StoreError",
+    "StoreLockedError",
+    "StoreVersionError",
+]
+
+SCHEMA_VERSION = 1
+STORE_FILENAME = "ra_joints.sqlite"
+IMAGE_JSON_FORMAT = "napari-ra-joints/image-annotations"
+SOURCES = ("human", "model", "phantom")
+TRAINING_SOURCES = ("human", "phantom")
+MODALITIES = ("radiograph", "us_greyscale", "us_doppler")
+
+
+class StoreError(RuntimeError):
+    """Something about the store file or a write to it is wrong; the message says what."""
+
+
+class StoreVersionError(StoreError):
+    """The store was written by a newer napari-ra-joints than this one."""
+
+
+class StoreLockedError(StoreError):
+    """Another process holds the write lock longer than we are willing to wait."""
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Who or what produced an annotation."""
+
+    source: str  # human | model | phantom
+    author: str  # annotator id, bundle name or generator name
+    version: str = ""  # bundle / generator version
+    weights_hash: str = ""  # sha256 of the model weights (model only)
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(f"provenance source must be one of {SOURCES}, got {self.source!r}")
+        if not str(self.author).strip():
+            raise ValueError("provenance needs an author (annotator id, bundle or generator name)")
+
+    @classmethod
+    def human(cls, annotator: str) -> Provenance:
+        return cls("human", annotator)
+
+    @classmethod
+    def model(cls, bundle: str, version: str, weights_hash: str) -> Provenance:
+        return cls("model", bundle, version, weights_hash)
+
+    @classmethod
+    def phantom(cls, generator: str = "annotation_tools.phantoms", version: str = "") -> Provenance:
+        return cls("phantom", generator, version)
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    id: int
+    path: str
+    sha256: str
+    patient_id: str
+    limb: str | None
+    modality: str
+    width: int | None
+    height: int | None
+    visit: str = ""
+
+
+@dataclass(frozen=True)
+class Revision:
+    """One revision of one annotation, with its provenance. ``value`` depends on the kind."""
+
+    id: int
+    kind: str
+    image_id: int
+    key: str  # joint id, "narrowing:<joint id>", "roi" or "us_score"
+    revision: int
+    status: str  # present | not_visible | deleted
+    value: dict[str, Any]
+    source: str
+    author: str
+    version: str
+    weights_hash: str
+    created_at: str
+    confirms: int | None = None
+
+    @property
+    def is_model(self) -> bool:
+        return self.source == "model"
+
+
+# Each annotation kind: its table, the columns that identify *what* is annotated (the revision
+# chain), and the columns holding the value.
+@dataclass(frozen=True)
+class _Kind:
+    table: str
+    owner: str  # image_id or pair_id
+    key_columns: tuple[str, ...]
+    value_columns: tuple[str, ...]
+    statuses: tuple[str, ...] = ("present", "deleted")
+
+
+_KINDS = {
+    "centre": _Kind(
+        "joint_centres",
+        "image_id",
+        ("joint_id",),
+        ("x", "y", "confidence"),
+        ("present", "not_visible", "deleted"),
+    ),
+    "polygon": _Kind("joint_space_polygons", "image_id", ("joint_id",), ("vertices",)),
+    "score": _Kind(
+        "joint_scores", "image_id", ("joint_id", "score_type"), ("value", "uncertainty")
+    ),
+    "roi": _Kind("us_rois", "image_id", (), ("x0", "y0", "x1", "y1")),
+    "us_score": _Kind(
+        "us_scores",
+        "pair_id",
+        (),
+        ("synovial_hypertrophy", "vascularity", "combined", "uncertainty"),
+    ),
+}
+
+_REVISION_COLUMNS = """
+    revision INTEGER NOT NULL CHECK (revision >= 1),
+    status TEXT NOT NULL,
+    provenance_id INTEGER NOT NULL REFERENCES provenance(id),
+    confirms INTEGER,
+    created_at TEXT NOT NULL
+"""
+
+_SCHEMA_V1 = f"""
+CREATE TABLE provenance (
+    id INTEGER PRIMARY KEY,
+    source TEXT NOT NULL CHECK (source IN ('human', 'model', 'phantom')),
+    author TEXT NOT NULL,
+    version TEXT NOT NULL DEFAULT '',
+    weights_hash TEXT NOT NULL DEFAULT '',
+    UNIQUE (source, author, version, weights_hash)
+);
+CREATE TABLE images (
+    id INTEGER PRIMARY KEY,
+    path TEXT NOT NULL UNIQUE,
+    sha256 TEXT NOT NULL,
+    patient_id TEXT NOT NULL,
+    visit TEXT NOT NULL DEFAULT '',
+    limb TEXT CHECK (limb IN ('LH', 'RH', 'LF', 'RF')),
+    modality TEXT NOT NULL CHECK (modality IN ('radiograph', 'us_greyscale', 'us_doppler')),
+    width INTEGER,
+    height INTEGER,
+    added_at TEXT NOT NULL,
+    CHECK (modality != 'radiograph' OR limb IS NOT NULL)
+);
+CREATE UNIQUE INDEX one_radiograph_per_limb ON images (patient_id, visit, limb)
+    WHERE modality = 'radiograph';
+CREATE TABLE us_pairs (
+    id INTEGER PRIMARY KEY,
+    patient_id TEXT NOT NULL,
+    site TEXT NOT NULL,
+    greyscale_image_id INTEGER NOT NULL UNIQUE REFERENCES images(id),
+    doppler_image_id INTEGER NOT NULL UNIQUE REFERENCES images(id)
+);
+CREATE TABLE joint_centres (
+    id INTEGER PRIMARY KEY,
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    joint_id TEXT NOT NULL,
+    x REAL, y REAL, confidence REAL,
+    {_REVISION_COLUMNS},
+    UNIQUE (image_id, joint_id, revision)
+);
+CREATE TABLE joint_space_polygons (
+    id INTEGER PRIMARY KEY,
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    joint_id TEXT NOT NULL,
+    vertices TEXT,
+    {_REVISION_COLUMNS},
+    UNIQUE (image_id, joint_id, revision)
+);
+CREATE TABLE joint_scores (
+    id INTEGER PRIMARY KEY,
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    joint_id TEXT NOT NULL,
+    score_type TEXT NOT NULL CHECK (score_type IN ('narrowing', 'erosion')),
+    value REAL, uncertainty REAL,
+    {_REVISION_COLUMNS},
+    UNIQUE (image_id, joint_id, score_type, revision)
+);
+CREATE TABLE us_rois (
+    id INTEGER PRIMARY KEY,
+    image_id INTEGER NOT NULL REFERENCES images(id),
+    x0 REAL, y0 REAL, x1 REAL, y1 REAL,
+    {_REVISION_COLUMNS},
+    UNIQUE (image_id, revision)
+);
+CREATE TABLE us_scores (
+    id INTEGER PRIMARY KEY,
+    pair_id INTEGER NOT NULL REFERENCES us_pairs(id),
+    synovial_hypertrophy INTEGER, vascularity INTEGER, combined INTEGER, uncertainty REAL,
+    {_REVISION_COLUMNS},
+    UNIQUE (pair_id, revision)
+);
+"""
+
+# MIGRATIONS[n] upgrades a store from schema n to n + 1. Append, never edit.
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1}
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="microseconds")
+
+
+class AnnotationStore:
+    """Read and write one project's annotations.
+
+    Open with :meth:`open` (a project folder or a ``.sqlite`` file). One object may be shared
+    between threads; writes are serialised, and each process should hold its own object.
+    """
+
+    def __init__(self, path: str | Path, *, create: bool = True, timeout: float = 10.0):
+        path = Path(path)
+        if path.is_dir() or (not path.suffix and not path.exists()):
+            path = path / STORE_FILENAME
+        self.path = path
+        self.root = path.parent
+        if not path.exists() and not create:
+            raise StoreError(f"no annotation store at {path}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._depth = 0
+        try:
+            self._conn = sqlite3.connect(
+                str(path), timeout=timeout, isolation_level=None, check_same_thread=False
+            )
+            self._conn.row_factory = sqlite3.Row
+            self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            self._conn.execute(
+                "PRAGMA synchronous = NORMAL" if mode == "wal" else "PRAGMA synchronous = FULL"
+            )
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            with contextlib.suppress(Exception):
+                self._conn.close()
+            raise self._translate(exc, "open") from exc
+
+    @classmethod
+    def open(cls, path: str | Path, *, create: bool = True) -> AnnotationStore:
+        return cls(path, create=create)
+
+    # ------------------------------------------------------------------ plumbing
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> AnnotationStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _translate(self, exc: sqlite3.DatabaseError, action: str) -> StoreError:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            return StoreLockedError(
+                f"{self.path} is locked by another process ({action}); "
+                "close the other napari/ra-joints session or try again"
+            )
+        if "not a database" in text or "malformed" in text:
+            return StoreError(f"{self.path} is not a readable annotation store ({text})")
+        return StoreError(f"{self.path}: {action} failed ({text})")
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """All writes inside commit together or not at all. Nested calls join the outer one."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self._conn
+                finally:
+                    self._depth -= 1
+                return
+            try:
+                self._conn.execute("BEGIN IMMEDIATE")
+            except sqlite3.OperationalError as exc:
+                raise self._translate(exc, "begin write") from exc
+            self._depth = 1
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            else:
+                try:
+                    self._conn.execute("COMMIT")
+                except sqlite3.OperationalError as exc:
+                    self._conn.execute("ROLLBACK")
+                    raise self._translate(exc, "commit") from exc
+            finally:
+                self._depth = 0
+
+    def _query(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._conn.execute(sql, params).fetchall()
+            except sqlite3.OperationalError as exc:
+                raise self._translate(exc, "read") from exc
+
+    @property
+    def schema_version(self) -> int:
+        rows = self._query("SELECT MAX(version) AS v FROM schema_version")
+        return int(rows[0]["v"] or 0)
+
+    def _migrate(self) -> None:
+        conn = self._conn
+        conn.execute(
+            "CREATE TABLE IF NOT EXISTS schema_version "
+            "(version INTEGER NOT NULL, applied_at TEXT NOT NULL)"
+        )
+        current = self.schema_version
+        if current > SCHEMA_VERSION:
+            raise StoreVersionError(
+                f"{self.path} has schema version {current}, but this napari-ra-joints "
+                f"understands up to {SCHEMA_VERSION}; upgrade napari-ra-joints to open it "
+                "(the file was not changed)"
+            )
+        if current == SCHEMA_VERSION:
+            return
+        if current > 0:  # keep a copy of the old store before changing it
+            backup = self.path.with_name(f"{self.path.name}.v{current}.bak")
+            with sqlite3.connect(str(backup)) as target:
+                conn.backup(target)
+        with self.transaction():
+            for version in range(current, SCHEMA_VERSION):
+                for statement in _split_sql(MIGRATIONS[version]):
+                    conn.execute(statement)
+                conn.execute(
+                    "INSERT INTO schema_version (version, applied_at) VALUES (?, ?)",
+                    (version + 1, _now()),
+                )
+
+    # ------------------------------------------------------------------ images
+
+    def _relative(self, path: str | Path) -> str:
+        path = Path(path)
+        if not path.is_absolute():
+            path = (self.root / path).resolve()
+        try:
+            return path.resolve().relative_to(self.root.resolve()).as_posix()
+        except ValueError:
+            return path.resolve().as_posix()
+
+    def resolve(self, image: ImageRecord | str) -> Path:
+        """Absolute path of an image on disk."""
+        rel = image.path if isinstance(image, ImageRecord) else image
+        path = Path(rel)
+        return path if path.is_absolute() else self.root / path
+
+    def add_image(
+        self,
+        path: str | Path,
+        *,
+        patient_id: str,
+        modality: str = "radiograph",
+        limb: Limb | str | None = None,
+        visit: str = "",
+        width: int | None = None,
+        height: int | None = None,
+        sha256: str | None = None,
+    ) -> int:
+        """Register an image (idempotent for the same file); returns its id.
+
+        A file whose content changed since it was registered is refused: its annotations
+        would no longer match the pixels.
+        """
+        if modality not in MODALITIES:
+            raise ValueError(f"modality must be one of {MODALITIES}, got {modality!r}")
+        limb_value = Limb.parse(limb).value if limb is not None else None
+        if modality == "radiograph" and limb_value is None:
+            raise ValueError(f"radiograph {path} needs a limb (LH, RH, LF or RF)")
+        if not str(patient_id).strip():
+            raise ValueError(f"image {path} needs a patient id")
+        rel = self._relative(path)
+        digest = sha256 or file_sha256(self.resolve(rel))
+        existing = self._query("SELECT * FROM images WHERE path = ?", (rel,))
+        if existing:
+            row = existing[0]
+            if row["sha256"] != digest:
+                raise StoreError(
+                    f"{rel} is already in the store with different content "
+                    "(the file changed on disk); register the new file under a new name"
+                )
+            return int(row["id"])
+        with self.transaction() as conn:
+            try:
+                cursor = conn.execute(
+                    "INSERT INTO images (path, sha256, patient_id, visit, limb, modality, "
+                    "width, height, added_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    (rel, digest, patient_id, visit, limb_value, modality, width, height, _now()),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise StoreError(
+                    f"cannot add {rel}: patient {patient_id!r} visit {visit!r} already has a "
+                    f"{limb_value} radiograph ({exc})"
+                ) from exc
+            return int(cursor.lastrowid)
+
+    def add_us_pair(self, greyscale_image_id: int, doppler_image_id: int, *, site: str) -> int:
+        """Link a grey-scale and a Doppler image of the same joint; returns the pair id."""
+        grey, doppler = self.image(greyscale_image_id), self.image(doppler_image_id)
+        if grey.modality != "us_greyscale" or doppler.modality != "us_doppler":
+            raise ValueError(
+                f"a pair needs a us_greyscale and a us_doppler image, got {grey.modality} "
+                f"({grey.path}) and {doppler.modality} ({doppler.path})"
+            )
+        if grey.patient_id != doppler.patient_id:
+            raise ValueError(f"{grey.path} and {doppler.path} belong to different patients")
+        rows = self._query(
+            "SELECT id FROM us_pairs WHERE greyscale_image_id = ? AND doppler_image_id = ?",
+            (greyscale_image_id, doppler_image_id),
+        )
+        if rows:
+            return int(rows[0]["id"])
+        with self.transaction() as conn:
+            cursor = conn.execute(
+                "INSERT INTO us_pairs (patient_id, site, greyscale_image_id, doppler_image_id) "
+                "VALUES (?, ?, ?, ?)",
+                (grey.patient_id, site, greyscale_image_id, doppler_image_id),
+            )
+            return int(cursor.lastrowid)
+
+    def image(self, image_id: int) -> ImageRecord:
+        rows = self._query("SELECT * FROM images WHERE id = ?", (int(image_id),))
+        if not rows:
+            raise KeyError(f"no image with id {image_id} in {self.path}")
+        return _image_record(rows[0])
+
+    def find_image(self, path: str | Path) -> ImageRecord | None:
+        rows = self._query("SELECT * FROM images WHERE path = ?", (self._relative(path),))
+        return _image_record(rows[0]) if rows else None
+
+    def images(
+        self,
+        *,
+        patient_id: str | None = None,
+        limb: Limb | str | None = None,
+        modality: str | None = None,
+    ) -> list[ImageRecord]:
+        sql, params = "SELECT * FROM images WHERE 1 = 1", []
+        if patient_id is not None:
+            sql += " AND patient_id = ?"
+            params.append(patient_id)
+        if limb is not None:
+            sql += " AND limb = ?"
+            params.append(Limb.parse(limb).value)
+        if modality is not None:
+            sql += " AND modality = ?"
+            params.append(modality)
+        return [_image_record(r) for r in self._query(sql + " ORDER BY patient_id, id", params)]
+
+    def patients(self) -> list[str]:
+        return [
+            r["patient_id"]
+            for r in self._query("SELECT DISTINCT patient_id FROM images ORDER BY patient_id")
+        ]
+
+    def us_pairs(self, patient_id: str | None = None) -> list[dict[str, Any]]:
+        sql, params = "SELECT * FROM us_pairs", []
+        if patient_id is not None:
+            sql, params = sql + " WHERE patient_id = ?", [patient_id]
+        return [dict(r) for r in self._query(sql + " ORDER BY patient_id, id", params)]
+
+    # ------------------------------------------------------------------ revisions (generic)
+
+    def _provenance_id(self, conn: sqlite3.Connection, prov: Provenance) -> int:
+        conn.execute(
+            "INSERT OR IGNORE INTO provenance (source, author, version, weights_hash) "
+            "VALUES (?, ?, ?, ?)",
+            (prov.source, prov.author, prov.version, prov.weights_hash),
+        )
+        row = conn.execute(
+            "SELECT id FROM provenance WHERE source = ? AND author = ? AND version = ? "
+            "AND weights_hash = ?",
+            (prov.source, prov.author, prov.version, prov.weights_hash),
+        ).fetchone()
+        return int(row[0])
+
+    def _append(
+        self,
+        kind: str,
+        owner_id: int,
+        key: dict[str, Any],
+        values: dict[str, Any],
+        provenance: Provenance,
+        status: str = "present",
+        confirms: int | None = None,
+    ) -> int:
+        spec = _KINDS[kind]
+        if status not in spec.statuses:
+            raise ValueError(f"status of a {kind} must be one of {spec.statuses}, got {status!r}")
+        where = " AND ".join(f"{c} = ?" for c in (spec.owner, *spec.key_columns))
+        key_values = [owner_id, *(key[c] for c in spec.key_columns)]
+        columns = [spec.owner, *spec.key_columns, *spec.value_columns]
+        columns += ["revision", "status", "provenance_id", "confirms", "created_at"]
+        with self.transaction() as conn:
+            revision = conn.execute(
+                f"SELECT COALESCE(MAX(revision), 0) + 1 FROM {spec.table} WHERE {where}",
+                key_values,
+            ).fetchone()[0]
+            row = [
+                *key_values,
+                *(values.get(c) for c in spec.value_columns),
+                revision,
+                status,
+                self._provenance_id(conn, provenance),
+                confirms,
+                _now(),
+            ]
+            conn.execute(
+                f"INSERT INTO {spec.table} ({', '.join(columns)}) "
+                f"VALUES ({', '.join('?' * len(columns))})",
+                row,
+            )
+            return int(revision)
+
+    def _revisions(
+        self,
+        kind: str,
+        owner_id: int,
+        *,
+        key: dict[str, Any] | None = None,
+        sources: Iterable[str] | None = None,
+        latest_only: bool = True,
+        include_deleted: bool = False,
+    ) -> list[Revision]:
+        spec = _KINDS[kind]
+        sql = (
+            f"SELECT t.*, p.source, p.author, p.version, p.weights_hash FROM {spec.table} t "
+            f"JOIN provenance p ON p.id = t.provenance_id WHERE t.{spec.owner} = ?"
+        )
+        params: list[Any] = [int(owner_id)]
+        for column, value in (key or {}).items():
+            if column not in spec.key_columns:
+                raise ValueError(f"{column!r} is not a key of {kind}")
+            sql += f" AND t.{column} = ?"
+            params.append(value)
+        if sources is not None:
+            sources = list(sources)
+            bad = set(sources) - set(SOURCES)
+            if bad:
+                raise ValueError(f"unknown provenance source(s) {sorted(bad)}")
+            sql += f" AND p.source IN ({', '.join('?' * len(sources))})"
+            params += sources
+        if latest_only:
+            partition = ", ".join(f"q.{c}" for c in spec.key_columns) or f"q.{spec.owner}"
+            sql = (
+                f"SELECT * FROM (SELECT q.*, ROW_NUMBER() OVER (PARTITION BY {partition} "
+                f"ORDER BY q.revision DESC) AS rn FROM ({sql}) q) WHERE rn = 1"
+            )
+        order = ", ".join((*spec.key_columns, "revision"))
+        rows = self._query(f"{sql} ORDER BY {order}", params)
+        out = [_revision(kind, spec, r) for r in rows]
+        if not include_deleted:
+            out = [r for r in out if r.status != "deleted"]
+        return out
+
+    # ------------------------------------------------------------------ joint centres
+
+    def _check_joint(self, image_id: int, joint_id: str) -> None:
+        image = self.image(image_id)
+        joint = get_joint(joint_id)
+        if image.modality != "radiograph":
+            raise ValueError(f"{image.path} is {image.modality}, not a radiograph")
+        if joint.limb.value != image.limb:
+            raise ValueError(
+                f"joint {joint_id} belongs to {joint.limb.value} but {image.path} is a "
+                f"{image.limb} radiograph"
+            )
+
+    def set_centre(
+        self,
+        image_id: int,
+        joint_id: str,
+        xy: tuple[float, float] | None,
+        provenance: Provenance,
+        *,
+        confidence: float | None = None,
+        status: str = "present",
+        confirms: int | None = None,
+    ) -> int:
+        """Record a joint centre (a new revision); ``status="not_visible"`` needs no point."""
+        self._check_joint(image_id, joint_id)
+        if status == "present":
+            if xy is None or not all(math.isfinite(float(v)) for v in xy):
+                raise ValueError(f"{joint_id}: a present joint needs finite (x, y), got {xy}")
+            values = {"x": float(xy[0]), "y": float(xy[1]), "confidence": confidence}
+        else:
+            values = {"confidence": confidence}
+        return self._append(
+            "centre", image_id, {"joint_id": joint_id}, values, provenance, status, confirms
+        )
+
+    def delete_centre(self, image_id: int, joint_id: str, provenance: Provenance) -> int:
+        self._check_joint(image_id, joint_id)
+        return self._append("centre", image_id, {"joint_id": joint_id}, {}, provenance, "deleted")
+
+    def centres(
+        self, image_id: int, *, sources: Iterable[str] | None = None
+    ) -> dict[str, Revision]:
+        """Newest revision of every joint centre (restricted to ``sources`` if given)."""
+        return {r.key: r for r in self._revisions("centre", image_id, sources=sources)}
+
+    def centre_history(self, image_id: int, joint_id: str) -> list[Revision]:
+        return self._revisions(
+            "centre", image_id, key={"joint_id": joint_id}, latest_only=False, include_deleted=True
+        )
+
+    def confirm(self, kind: str, image_id: int, key: dict[str, Any], annotator: str) -> int:
+        """ "Accept": copy the newest model revision as a human revision that confirms it."""
+        latest = self._revisions(kind, image_id, key=key)
+        if not latest:
+            raise StoreError(f"nothing to confirm for {kind} {key} on image {image_id}")
+        rev = latest[0]
+        values = dict(rev.value)
+        if kind == "polygon":
+            values["vertices"] = json.dumps(values["vertices"])
+        return self._append(
+            kind, image_id, key, values, Provenance.human(annotator), rev.status, rev.id
+        )
+
+    # ------------------------------------------------------------------ polygons
+
+    def set_polygon(
+        self,
+        image_id: int,
+        joint_id: str,
+        vertices: Sequence[Sequence[float]],
+        provenance: Provenance,
+    ) -> int:
+        """Record a joint-space polygon as ``[(x, y), ...]`` (a new revision)."""
+        self._check_joint(image_id, joint_id)
+        if not get_joint(joint_id).narrowing:
+            raise ValueError(f"{joint_id} is not a narrowing joint: it has no joint-space polygon")
+        points = [[float(x), float(y)] for x, y in vertices]
+        if not all(math.isfinite(v) for p in points for v in p):
+            raise ValueError(f"{joint_id}: polygon vertices must be finite")
+        return self._append(
+            "polygon",
+            image_id,
+            {"joint_id": joint_id},
+            {"vertices": json.dumps(points)},
+            provenance,
+        )
+
+    def delete_polygon(self, image_id: int, joint_id: str, provenance: Provenance) -> int:
+        self._check_joint(image_id, joint_id)
+        return self._append("polygon", image_id, {"joint_id": joint_id}, {}, provenance, "deleted")
+
+    def polygons(
+        self, image_id: int, *, sources: Iterable[str] | None = None
+    ) -> dict[str, Revision]:
+        return {r.key: r for r in self._revisions("polygon", image_id, sources=sources)}
+
+    # ------------------------------------------------------------------ scores
+
+    def set_score(
+        self,
+        image_id: int,
+        joint_id: str,
+        score_type: ScoreType | str,
+        value: float,
+        provenance: Provenance,
+        *,
+        uncertainty: float | None = None,
+    ) -> int:
+        """Record a narrowing or erosion grade (validated against the joint's scale)."""
+        self._check_joint(image_id, joint_id)
+        score_type = ScoreType(score_type)
+        get_joint(joint_id).validate_score(score_type, value)
+        return self._append(
+            "score",
+            image_id,
+            {"joint_id": joint_id, "score_type": score_type.value},
+            {"value": float(value), "uncertainty": uncertainty},
+            provenance,
+        )
+
+    def scores(
+        self, image_id: int, *, sources: Iterable[str] | None = None
+    ) -> dict[tuple[str, str], Revision]:
+        """Newest score per ``(joint_id, score_type)``."""
+        return {
+            (r.value["joint_id"], r.value["score_type"]): r
+            for r in self._revisions("score", image_id, sources=sources)
+        }
+
+    # ------------------------------------------------------------------ ultrasound
+
+    def set_roi(
+        self,
+        image_id: int,
+        box: tuple[float, float, float, float],
+        provenance: Provenance,
+    ) -> int:
+        """Record an ultrasound ROI box ``(x0, y0, x1, y1)`` on one image."""
+        image = self.image(image_id)
+        if image.modality not in ("us_greyscale", "us_doppler"):
+            raise ValueError(f"ROI boxes belong on ultrasound images; {image.path} is a radiograph")
+        x0, y0, x1, y1 = (float(v) for v in box)
+        if not all(math.isfinite(v) for v in (x0, y0, x1, y1)):
+            raise ValueError(f"ROI box must be finite, got {box}")
+        x0, x1 = sorted((x0, x1))
+        y0, y1 = sorted((y0, y1))
+        return self._append(
+            "roi", image_id, {}, {"x0": x0, "y0": y0, "x1": x1, "y1": y1}, provenance
+        )
+
+    def roi(self, image_id: int, *, sources: Iterable[str] | None = None) -> Revision | None:
+        found = self._revisions("roi", image_id, sources=sources)
+        return found[0] if found else None
+
+    def set_us_score(
+        self,
+        pair_id: int,
+        synovial_hypertrophy: int,
+        vascularity: int,
+        provenance: Provenance,
+        *,
+        uncertainty: float | None = None,
+    ) -> int:
+        """Record EULAR-OMERACT grades; the combined grade is derived, never typed in."""
+        for name, grade in (
+            ("synovial hypertrophy", synovial_hypertrophy),
+            ("vascularity", vascularity),
+        ):
+            if int(grade) != grade or not 0 <= grade <= 3:
+                raise ValueError(f"{name} grade must be an integer 0-3, got {grade}")
+        if synovial_hypertrophy == 0 and vascularity > 0:
+            raise ValueError(
+                "vascularity > 0 with synovial hypertrophy 0 is not a valid EULAR-OMERACT "
+                "combination"
+            )
+        combined = max(int(synovial_hypertrophy), int(vascularity))
+        values = {
+            "synovial_hypertrophy": int(synovial_hypertrophy),
+            "vascularity": int(vascularity),
+            "combined": combined,
+            "uncertainty": uncertainty,
+        }
+        return self._append("us_score", pair_id, {}, values, provenance)
+
+    def us_score(self, pair_id: int, *, sources: Iterable[str] | None = None) -> Revision | None:
+        found = self._revisions("us_score", pair_id, sources=sources)
+        return found[0] if found else None
+
+    # ------------------------------------------------------------------ JSON per image
+
+    def export_image_json(
+        self, image_id: int, *, sources: Iterable[str] | None = None
+    ) -> dict[str, Any]:
+        """The newest annotations of one image as plain JSON (what the plugin's writer saves)."""
+        image = self.image(image_id)
+        sources = list(sources) if sources is not None else None
+
+        def entry(rev: Revision) -> dict[str, Any]:
+            return {
+                **rev.value,
+                "status": rev.status,
+                "revision": rev.revision,
+                "provenance": {
+                    "source": rev.source,
+                    "author": rev.author,
+                    "version": rev.version,
+                    "weights_hash": rev.weights_hash,
+                },
+                "created_at": rev.created_at,
+            }
+
+        out: dict[str, Any] = {
+            "format": IMAGE_JSON_FORMAT,
+            "version": 1,
+            "image": {k: v for k, v in asdict(image).items() if k != "id"},
+            "joint_centres": [],
+            "joint_space_polygons": [],
+            "joint_scores": [],
+            "roi": None,
+        }
+        if image.modality == "radiograph":
+            out["joint_centres"] = [
+                entry(r) for r in self.centres(image_id, sources=sources).values()
+            ]
+            out["joint_space_polygons"] = [
+                entry(r) for r in self.polygons(image_id, sources=sources).values()
+            ]
+            out["joint_scores"] = [
+                entry(r) for r in self.scores(image_id, sources=sources).values()
+            ]
+        else:
+            roi = self.roi(image_id, sources=sources)
+            out["roi"] = entry(roi) if roi else None
+        return out
+
+    def import_image_json(
+        self, data: dict[str, Any] | str | Path, provenance: Provenance | None = None
+    ) -> int:
+        """Add the annotations of an exported JSON as new revisions; returns the image id.
+
+        Each entry keeps the provenance recorded in the file unless ``provenance`` is given.
+        """
+        if not isinstance(data, dict):
+            data = json.loads(Path(data).read_text())
+        if data.get("format") != IMAGE_JSON_FORMAT:
+            raise StoreError(
+                f"not a napari-ra-joints image annotation file (format={data.get('format')!r})"
+            )
+        info = data["image"]
+        with self.transaction():
+            image_id = self.add_image(
+                info["path"],
+                patient_id=info["patient_id"],
+                modality=info["modality"],
+                limb=info.get("limb"),
+                visit=info.get("visit", ""),
+                width=info.get("width"),
+                height=info.get("height"),
+            )
+
+            def prov(entry: dict[str, Any]) -> Provenance:
+                return provenance or Provenance(**entry["provenance"])
+
+            for e in data.get("joint_centres", []):
+                xy = (e["x"], e["y"]) if e["status"] == "present" else None
+                self.set_centre(
+                    image_id,
+                    e["joint_id"],
+                    xy,
+                    prov(e),
+                    confidence=e.get("confidence"),
+                    status=e["status"],
+                )
+            for e in data.get("joint_space_polygons", []):
+                self.set_polygon(image_id, e["joint_id"], e["vertices"], prov(e))
+            for e in data.get("joint_scores", []):
+                self.set_score(
+                    image_id,
+                    e["joint_id"],
+                    e["score_type"],
+                    e["value"],
+                    prov(e),
+                    uncertainty=e.get("uncertainty"),
+                )
+            if data.get("roi"):
+                e = data["roi"]
+                self.set_roi(image_id, (e["x0"], e["y0"], e["x1"], e["y1"]), prov(e))
+        return image_id
+
+    # ------------------------------------------------------------------ RA2-DREAM CSV
+
+    def dream_rows(
+        self, *, sources: Iterable[str] | None = TRAINING_SOURCES
+    ) -> list[dict[str, Any]]:
+        """One RA2-DREAM row per patient (and visit): joint scores and, when complete, totals."""
+        sources = list(sources) if sources is not None else None
+        rows: dict[str, dict[str, Any]] = {}
+        for image in self.images(modality="radiograph"):
+            pid = image.patient_id if not image.visit else f"{image.patient_id}_{image.visit}"
+            row = rows.setdefault(pid, {"Patient_ID": pid, "_scores": {}})
+            for (joint_id, score_type), rev in self.scores(image.id, sources=sources).items():
+                row[dream_column(joint_id, score_type)] = rev.value["value"]
+                row["_scores"][(joint_id, score_type)] = rev.value["value"]
+        out = []
+        for pid in sorted(rows):
+            row = rows[pid]
+            totals = patient_totals(row.pop("_scores"))
+            if totals["n_missing"] == 0:
+                row.update({k: totals[k] for k in DREAM_TOTAL_COLUMNS[1:]})
+            out.append(row)
+        return out
+
+    def export_dream_csv(
+        self, path: str | Path, *, sources: Iterable[str] | None = TRAINING_SOURCES
+    ) -> Path:
+        """Write the RA2-DREAM score table; missing scores (and incomplete totals) stay empty."""
+        path = Path(path)
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(dream_columns()), restval="")
+            writer.writeheader()
+            for row in self.dream_rows(sources=sources):
+                writer.writerow({k: _format_score(v) for k, v in row.items()})
+        return path
+
+    def import_dream_csv(self, path: str | Path, provenance: Provenance) -> list[str]:
+        """Read an RA2-DREAM table into the store; returns the problems found (never silent).
+
+        Scores are attached to the patient's radiograph of that limb; a row whose patient or
+        limb has no radiograph in the store is reported, the rest is imported.
+        """
+        path = Path(path)
+        problems: list[str] = []
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            if not reader.fieldnames or "Patient_ID" not in reader.fieldnames:
+                raise StoreError(f"{path} has no Patient_ID column: not an RA2-DREAM score table")
+            unknown = [c for c in reader.fieldnames if c not in dream_columns()]
+            problems += [f"{path}: unknown column {c!r} ignored" for c in unknown]
+            with self.transaction():
+                for line, row in enumerate(reader, start=2):
+                    problems += self._import_dream_row(path, line, row, provenance)
+        return problems
+
+    def _import_dream_row(
+        self, path: Path, line: int, row: dict[str, str], provenance: Provenance
+    ) -> list[str]:
+        problems = []
+        pid = row["Patient_ID"].strip()
+        images = {im.limb: im for im in self.images(patient_id=pid, modality="radiograph")}
+        for column, text in row.items():
+            if column in DREAM_TOTAL_COLUMNS or column not in dream_columns():
+                continue
+            if text is None or not text.strip():
+                continue
+            joint, score_type = parse_dream_column(column)
+            image = images.get(joint.limb.value)
+            where = f"{path}:{line} {column}"
+            if image is None:
+                problems.append(f"{where}: patient {pid!r} has no {joint.limb.value} radiograph")
+                continue
+            try:
+                self.set_score(image.id, joint.id, score_type, float(text), provenance)
+            except ValueError as exc:
+                problems.append(f"{where}: {exc}")
+        return problems
+
+    # ------------------------------------------------------------------ summaries
+
+    def summary(self) -> dict[str, Any]:
+        """Counts a person wants after opening a project."""
+        count = lambda sql: int(self._query(sql)[0][0])  # noqa: E731
+        return {
+            "path": str(self.path),
+            "schema_version": self.schema_version,
+            "patients": count("SELECT COUNT(DISTINCT patient_id) FROM images"),
+            "radiographs": count("SELECT COUNT(*) FROM images WHERE modality = 'radiograph'"),
+            "ultrasound_pairs": count("SELECT COUNT(*) FROM us_pairs"),
+            "joint_centre_revisions": count("SELECT COUNT(*) FROM joint_centres"),
+            "polygon_revisions": count("SELECT COUNT(*) FROM joint_space_polygons"),
+            "score_revisions": count("SELECT COUNT(*) FROM joint_scores"),
+            "roi_revisions": count("SELECT COUNT(*) FROM us_rois"),
+            "us_score_revisions": count("SELECT COUNT(*) FROM us_scores"),
+        }
+
+    def integrity_check(self) -> str:
+        return str(self._query("PRAGMA integrity_check")[0][0])
+
+
+def _split_sql(script: str) -> list[str]:
+    """Statements of a migration script (executescript would commit our transaction)."""
+    return [s.strip() for s in script.split(";") if s.strip()]
+
+
+def _format_score(value: Any) -> Any:
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _image_record(row: sqlite3.Row) -> ImageRecord:
+    return ImageRecord(
+        id=int(row["id"]),
+        path=row["path"],
+        sha256=row["sha256"],
+        patient_id=row["patient_id"],
+        limb=row["limb"],
+        modality=row["modality"],
+        width=row["width"],
+        height=row["height"],
+        visit=row["visit"],
+    )
+
+
+def _revision(kind: str, spec: _Kind, row: sqlite3.Row) -> Revision:
+    value = {c: row[c] for c in (*spec.key_columns, *spec.value_columns)}
+    if kind == "polygon" and value.get("vertices") is not None:
+        value["vertices"] = json.loads(value["vertices"])
+    key = ":".join(str(row[c]) for c in reversed(spec.key_columns)) or kind
+    return Revision(
+        id=int(row["id"]),
+        kind=kind,
+        image_id=int(row[spec.owner]),
+        key=key,
+        revision=int(row["revision"]),
+        status=row["status"],
+        value=value,
+        source=row["source"],
+        author=row["author"],
+        version=row["version"],
+        weights_hash=row["weights_hash"],
+        created_at=row["created_at"],
+        confirms=row["confirms"],
+    )
+
+
+def joint_ids_for_image(image: ImageRecord) -> tuple[str, ...]:
+    """The joint ids an annotator is asked for on a radiograph, in guided order."""
+    if image.limb is None:
+        return ()
+    return tuple(j.id for j in joints_for_limb(image.limb))

@@ -1,0 +1,36 @@
+"""Shared fixtures: small phantom data made on the fly (nothing is downloaded)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 3-patient phantom project at reduced resolution, generated once per test session."""
+    from annotation_tools.phantoms import generate_cohort
+
+    out = tmp_path_factory.mktemp("cohort") / "project"
+    generate_cohort(out, 3, seed=11, height=512, us_pairs=2, workers=1, progress=False)
+    return out
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(1234)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Without a display Qt aborts the whole run; skip GUI tests and say how to run them."""
+    import os
+    import sys
+
+    if not sys.platform.startswith("linux") or os.environ.get("DISPLAY"):
+        return
+    skip = pytest.mark.skip(reason="no display: run `bash scripts/test.sh` (uses xvfb-run)")
+    for item in items:
+        if "gui" in item.keywords:
+            item.add_marker(skip)

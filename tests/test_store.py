@@ -1,0 +1,333 @@
+import hashlib
+import json
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+import threading
+
+import numpy as np
+import pytest
+
+from annotation_tools import store as store_module
+from annotation_tools.imageio import write_png
+from annotation_tools.store import (
+    AnnotationStore,
+    Provenance,
+    StoreError,
+    StoreLockedError,
+    StoreVersionError,
+)
+from annotation_tools.vocabulary import joints_for_limb
+
+HUMAN = Provenance.human("alice")
+MODEL = Provenance.model("ra_joint_locator", "0.1.0", "abc123")
+
+
+def _image(folder, name, rng):
+    return write_png(folder / name, (rng.random((64, 48)) * 255).astype(np.uint8))
+
+
+@pytest.fixture
+def project(tmp_path, rng):
+    store = AnnotationStore.open(tmp_path)
+    ids = {}
+    for limb in ("LH", "RH", "LF", "RF"):
+        path = _image(tmp_path, f"P1_{limb}.png", rng)
+        ids[limb] = store.add_image(path, patient_id="P1", limb=limb, width=48, height=64)
+    yield store, ids
+    store.close()
+
+
+def test_store_file_and_wal(tmp_path):
+    with AnnotationStore.open(tmp_path) as store:
+        assert store.path == tmp_path / "ra_joints.sqlite"
+        assert store.schema_version == store_module.SCHEMA_VERSION
+    conn = sqlite3.connect(tmp_path / "ra_joints.sqlite")
+    assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_add_image_is_idempotent_and_refuses_changed_content(tmp_path, rng):
+    store = AnnotationStore.open(tmp_path)
+    path = _image(tmp_path, "a.png", rng)
+    first = store.add_image(path, patient_id="P1", limb="LH")
+    assert store.add_image(path, patient_id="P1", limb="LH") == first
+    assert store.image(first).path == "a.png"  # stored relative to the project
+    _image(tmp_path, "a.png", rng)  # same name, new pixels
+    with pytest.raises(StoreError, match="different content"):
+        store.add_image(path, patient_id="P1", limb="LH")
+
+
+def test_one_radiograph_per_patient_limb(project, tmp_path, rng):
+    store, _ = project
+    with pytest.raises(StoreError, match="already has a LH radiograph"):
+        store.add_image(_image(tmp_path, "dup.png", rng), patient_id="P1", limb="LH")
+    # a second visit is fine
+    store.add_image(_image(tmp_path, "v2.png", rng), patient_id="P1", limb="LH", visit="m12")
+    with pytest.raises(ValueError, match="needs a limb"):
+        store.add_image(_image(tmp_path, "x.png", rng), patient_id="P1")
+
+
+def test_corrections_add_revisions_and_keep_the_model_prediction(project):
+    store, ids = project
+    image = ids["LH"]
+    assert store.set_centre(image, "LH_mcp_2", (10.0, 20.0), MODEL, confidence=0.7) == 1
+    assert store.set_centre(image, "LH_mcp_2", (12.5, 21.0), HUMAN) == 2
+    latest = store.centres(image)["LH_mcp_2"]
+    assert (latest.value["x"], latest.value["y"], latest.source) == (12.5, 21.0, "human")
+    history = store.centre_history(image, "LH_mcp_2")
+    assert [(h.revision, h.source) for h in history] == [(1, "model"), (2, "human")]
+    assert history[0].value["x"] == 10.0 and history[0].weights_hash == "abc123"
+    # model predictions can be left out (what training exports need)
+    store.set_centre(image, "LH_mcp_3", (30.0, 20.0), MODEL, confidence=0.4)
+    assert set(store.centres(image, sources=["human", "phantom"])) == {"LH_mcp_2"}
+    assert set(store.centres(image)) == {"LH_mcp_2", "LH_mcp_3"}
+
+
+def test_confirm_copies_the_prediction_as_a_human_revision(project):
+    store, ids = project
+    image = ids["RH"]
+    store.set_centre(image, "RH_pip_3", (5.0, 6.0), MODEL, confidence=0.9)
+    model_row = store.centre_history(image, "RH_pip_3")[0]
+    store.confirm("centre", image, {"joint_id": "RH_pip_3"}, "bob")
+    latest = store.centres(image)["RH_pip_3"]
+    assert latest.source == "human" and latest.author == "bob"
+    assert latest.confirms == model_row.id
+    assert (latest.value["x"], latest.value["y"]) == (5.0, 6.0)
+
+
+def test_delete_and_not_visible(project):
+    store, ids = project
+    image = ids["LF"]
+    store.set_centre(image, "LF_mtp_1", (1.0, 2.0), HUMAN)
+    store.set_centre(image, "LF_mtp_2", None, HUMAN, status="not_visible")
+    store.delete_centre(image, "LF_mtp_1", HUMAN)
+    centres = store.centres(image)
+    assert "LF_mtp_1" not in centres
+    assert centres["LF_mtp_2"].status == "not_visible"
+    assert [h.status for h in store.centre_history(image, "LF_mtp_1")] == ["present", "deleted"]
+
+
+def test_wrong_limb_unknown_joint_and_bad_values(project):
+    store, ids = project
+    with pytest.raises(ValueError, match="belongs to LF but .* is a LH radiograph"):
+        store.set_centre(ids["LH"], "LF_mtp_1", (1, 1), HUMAN)
+    with pytest.raises(KeyError, match="unknown joint id"):
+        store.set_centre(ids["LH"], "LH_knee", (1, 1), HUMAN)
+    with pytest.raises(ValueError, match="finite"):
+        store.set_centre(ids["LH"], "LH_mcp_1", (float("nan"), 1), HUMAN)
+    with pytest.raises(ValueError, match="outside 0-4"):
+        store.set_score(ids["LH"], "LH_mcp_1", "narrowing", 5, HUMAN)
+    with pytest.raises(ValueError, match="not a narrowing joint"):
+        store.set_polygon(ids["LH"], "LH_ip", [(0, 0), (1, 0), (1, 1)], HUMAN)
+    with pytest.raises(ValueError, match="source must be one of"):
+        Provenance("robot", "x")
+    # nothing of the refused writes reached the store
+    assert store.summary()["joint_centre_revisions"] == 0
+
+
+def test_polygons_scores_roi_and_us_scores(project, tmp_path, rng):
+    store, ids = project
+    store.set_polygon(ids["LH"], "LH_mcp_2", [(0, 0), (4, 0), (4, 2), (0, 2)], HUMAN)
+    poly = store.polygons(ids["LH"])["LH_mcp_2"]
+    assert poly.value["vertices"] == [[0, 0], [4, 0], [4, 2], [0, 2]]
+    store.set_score(ids["RF"], "RF_mtp_5", "erosion", 10, HUMAN, uncertainty=0.3)
+    score = store.scores(ids["RF"])[("RF_mtp_5", "erosion")]
+    assert score.value["value"] == 10 and score.value["uncertainty"] == 0.3
+    gs = store.add_image(_image(tmp_path, "gs.png", rng), patient_id="P1", modality="us_greyscale")
+    dp = store.add_image(_image(tmp_path, "dp.png", rng), patient_id="P1", modality="us_doppler")
+    pair = store.add_us_pair(gs, dp, site="R_mcp_2")
+    store.set_roi(gs, (30, 10, 5, 40), HUMAN)  # corners in any order
+    assert store.roi(gs).value == {"x0": 5, "y0": 10, "x1": 30, "y1": 40}
+    store.set_us_score(pair, 2, 3, HUMAN)
+    assert store.us_score(pair).value["combined"] == 3
+    with pytest.raises(ValueError, match="not a valid EULAR-OMERACT"):
+        store.set_us_score(pair, 0, 1, HUMAN)
+    with pytest.raises(ValueError, match="ultrasound"):
+        store.set_roi(ids["LH"], (0, 0, 1, 1), HUMAN)
+    with pytest.raises(ValueError, match="us_greyscale and a us_doppler"):
+        store.add_us_pair(dp, gs, site="x")
+
+
+def test_image_json_round_trip(project, tmp_path):
+    store, ids = project
+    store.set_centre(ids["LH"], "LH_mcp_2", (10.25, 20.5), MODEL, confidence=0.8)
+    store.set_centre(ids["LH"], "LH_pip_2", None, HUMAN, status="not_visible")
+    store.set_polygon(ids["LH"], "LH_mcp_2", [(0, 0), (4, 0), (4, 2)], HUMAN)
+    store.set_score(ids["LH"], "LH_mcp_2", "erosion", 3, HUMAN)
+    data = json.loads(json.dumps(store.export_image_json(ids["LH"])))
+    copy = AnnotationStore.open(tmp_path / "other.sqlite")
+    data["image"]["path"] = str(tmp_path / data["image"]["path"])
+    new_id = copy.import_image_json(data)
+    centres = copy.centres(new_id)
+    assert centres["LH_mcp_2"].value["x"] == 10.25 and centres["LH_mcp_2"].source == "model"
+    assert centres["LH_pip_2"].status == "not_visible"
+    assert copy.polygons(new_id)["LH_mcp_2"].value["vertices"][1] == [4, 0]
+    assert copy.scores(new_id)[("LH_mcp_2", "erosion")].value["value"] == 3
+    with pytest.raises(StoreError, match="not a napari-ra-joints"):
+        copy.import_image_json({"format": "other"})
+
+
+def test_dream_csv_round_trip(project, tmp_path, rng):
+    store, ids = project
+    expected = {}
+    for limb, image in ids.items():
+        for joint in joints_for_limb(limb):
+            for score_type in joint.score_types:
+                value = int(rng.integers(0, joint.max_score(score_type) + 1))
+                store.set_score(image, joint.id, score_type, value, HUMAN)
+                expected[(joint.id, score_type.value)] = value
+    path = store.export_dream_csv(tmp_path / "scores.csv")
+    header, row = path.read_text().splitlines()
+    assert header.startswith(
+        "Patient_ID,Overall_Tol,Overall_erosion,Overall_narrowing,LH_mcp_E__ip"
+    )
+    values = dict(zip(header.split(","), row.split(","), strict=True))
+    assert int(values["Overall_Tol"]) == sum(expected.values())
+    # into a fresh project holding the same images
+    other = AnnotationStore.open(tmp_path / "copy")
+    for limb in ids:
+        other.add_image(tmp_path / f"P1_{limb}.png", patient_id="P1", limb=limb)
+    assert other.import_dream_csv(path, HUMAN) == []
+    got = {}
+    for image in other.images():
+        got.update({k: v.value["value"] for k, v in other.scores(image.id).items()})
+    assert got == expected
+
+
+def test_dream_csv_import_reports_problems_and_imports_the_rest(project, tmp_path):
+    store, _ = project
+    path = tmp_path / "in.csv"
+    path.write_text("Patient_ID,LH_mcp_E__2,LH_mcp_J__2,RF_mtp_E__1,Bogus\nP1,3,7,2,1\nP9,1,,,\n")
+    problems = store.import_dream_csv(path, HUMAN)
+    text = "\n".join(problems)
+    assert "unknown column 'Bogus'" in text
+    assert "in.csv:2 LH_mcp_J__2" in text and "outside 0-4" in text
+    assert "patient 'P9' has no LH radiograph" in text
+    lh = store.images(patient_id="P1", limb="LH")[0]
+    assert store.scores(lh.id)[("LH_mcp_2", "erosion")].value["value"] == 3
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_store_from_a_newer_schema_is_refused_untouched(tmp_path):
+    with AnnotationStore.open(tmp_path) as store:
+        store._conn.execute("INSERT INTO schema_version VALUES (99, 'future')")
+    before = _sha(tmp_path / "ra_joints.sqlite")
+    with pytest.raises(StoreVersionError, match="schema version 99.*upgrade napari-ra-joints"):
+        AnnotationStore.open(tmp_path)
+    assert _sha(tmp_path / "ra_joints.sqlite") == before
+
+
+def test_migration_keeps_data_and_a_backup(tmp_path, monkeypatch):
+    with AnnotationStore.open(tmp_path) as store:
+        store._conn.execute("INSERT INTO provenance (source, author) VALUES ('human', 'carol')")
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
+    monkeypatch.setitem(
+        store_module.MIGRATIONS, 1, "ALTER TABLE images ADD COLUMN note TEXT DEFAULT ''"
+    )
+    with AnnotationStore.open(tmp_path) as store:
+        assert store.schema_version == 2
+        cols = [r[1] for r in store._conn.execute("PRAGMA table_info(images)")]
+        assert "note" in cols
+        authors = [r[0] for r in store._conn.execute("SELECT author FROM provenance")]
+        assert authors == ["carol"]
+    assert (tmp_path / "ra_joints.sqlite.v1.bak").exists()
+
+
+def test_not_a_database(tmp_path):
+    bad = tmp_path / "ra_joints.sqlite"
+    bad.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not a readable annotation store"):
+        AnnotationStore.open(tmp_path)
+
+
+def test_locked_store_gives_a_clear_error(project, tmp_path):
+    _store, ids = project
+    other = sqlite3.connect(tmp_path / "ra_joints.sqlite", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    try:
+        quick = AnnotationStore(tmp_path, timeout=0.2)
+        with pytest.raises(StoreLockedError, match="locked by another process"):
+            quick.set_centre(ids["LH"], "LH_mcp_1", (1, 1), HUMAN)
+        # reading still works while the other process holds the write lock
+        assert quick.centres(ids["LH"]) == {}
+    finally:
+        other.execute("ROLLBACK")
+
+
+def test_transaction_rolls_back_everything_on_error(project):
+    store, ids = project
+    with pytest.raises(RuntimeError), store.transaction():
+        store.set_centre(ids["LH"], "LH_mcp_1", (1, 1), HUMAN)
+        raise RuntimeError("crash")
+    assert store.centres(ids["LH"]) == {}
+
+
+def test_threads_write_distinct_revisions(project):
+    store, ids = project
+
+    def work(k):
+        for i in range(20):
+            store.set_centre(ids["LH"], "LH_mcp_4", (k, i), Provenance.human(f"t{k}"))
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    revisions = [h.revision for h in store.centre_history(ids["LH"], "LH_mcp_4")]
+    assert revisions == list(range(1, 81))
+
+
+_WRITER = textwrap.dedent(
+    """
+    import sys, time
+    from annotation_tools.store import AnnotationStore, Provenance
+    store = AnnotationStore.open(sys.argv[1])
+    image = int(sys.argv[2])
+    human = Provenance.human("killed")
+    joints = [f"LH_{s}" for s in ("mcp_1", "mcp_2", "mcp_3", "mcp_4", "mcp_5")]
+    for i in range(50):
+        store.set_centre(image, joints[i % 5], (float(i), 1.0), human)
+    print("committed", flush=True)
+    with store.transaction():
+        for i in range(1000):
+            store.set_centre(image, "LH_pip_2", (float(i), 2.0), human)
+            if i == 500:
+                print("writing", flush=True)
+                time.sleep(60)
+    """
+)
+
+
+def test_killed_writer_loses_only_its_open_transaction(project, tmp_path):
+    store, ids = project
+    script = tmp_path / "writer.py"
+    script.write_text(_WRITER)
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(tmp_path), str(ids["LH"])],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout.readline().strip() == "committed"
+        assert proc.stdout.readline().strip() == "writing"
+        # a concurrent reader sees the committed rows while the writer is mid-transaction
+        assert len(store.centre_history(ids["LH"], "LH_mcp_1")) == 10
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    reopened = AnnotationStore.open(tmp_path)
+    assert reopened.integrity_check() == "ok"
+    assert reopened.summary()["joint_centre_revisions"] == 50
+    assert "LH_pip_2" not in reopened.centres(ids["LH"])
+    assert reopened.centres(ids["LH"])["LH_mcp_5"].value["x"] == 49.0
+    # and the store takes new writes
+    reopened.set_centre(ids["LH"], "LH_pip_2", (3.0, 3.0), HUMAN)
+    assert reopened.centres(ids["LH"])["LH_pip_2"].revision == 1
