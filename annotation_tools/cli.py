@@ -99,6 +99,83 @@ def _cmd_image_json(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    from .export import export_dataset
+    from .store import AnnotationStore
+
+    with AnnotationStore.open(args.store, create=False) as store:
+        report = export_dataset(
+            store,
+            args.task,
+            args.out,
+            folds=args.folds,
+            seed=args.seed,
+            include_model=args.include_model,
+            size=args.size,
+            mirror=not args.no_mirror,
+            target_mode=args.target_mode,
+            patch_size=args.patch_size,
+            progress=not args.quiet,
+        )
+    for problem in report.problems:
+        print(f"skipped: {problem}", file=sys.stderr)
+    print(
+        f"wrote {report.n_items} {args.task} items of {report.n_patients} patients to "
+        f"{args.out} ({', '.join(Path(p).name for p in report.datalists)}); "
+        f"{report.skipped} problem(s)"
+    )
+    if report.problems and not args.allow_skips:
+        print(
+            "error: some items were skipped (see above); pass --allow-skips to accept",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def _cmd_metrics(args: argparse.Namespace) -> int:
+    from .evaluation import evaluate_locator_store, evaluate_score_tables, evaluate_us_store
+
+    if args.task == "scores":
+        result = evaluate_score_tables(
+            args.truth, args.pred, n_resamples=args.bootstrap, seed=args.seed
+        )
+    elif args.task == "locator":
+        result = evaluate_locator_store(args.project, args.pred_source)
+    else:
+        result = evaluate_us_store(
+            args.project, args.pred_source, n_resamples=args.bootstrap, seed=args.seed
+        )
+    text = json.dumps(result, indent=2)
+    if args.out:
+        Path(args.out).write_text(text)
+        print(f"wrote {args.out}")
+    else:
+        print(text)
+    return 0
+
+
+def _cmd_markups(args: argparse.Namespace) -> int:
+    from .slicer import export_store_markups, import_store_markups
+    from .store import AnnotationStore, Provenance
+
+    with AnnotationStore.open(args.project, create=False) as store:
+        record = store.find_image(args.image)
+        if record is None:
+            raise FileNotFoundError(f"{args.image} is not registered in {store.path}")
+        if args.import_file:
+            problems = import_store_markups(
+                store, record.id, args.import_file, Provenance.human(args.annotator)
+            )
+            for problem in problems:
+                print(f"warning: {problem}", file=sys.stderr)
+            print(f"imported {args.import_file} into {record.path}")
+            return 1 if problems else 0
+        path = export_store_markups(store, record.id, args.out)
+    print(f"wrote {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ra-joints",
@@ -141,6 +218,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, type=Path)
     p.add_argument("--out", type=Path)
     p.set_defaults(func=_cmd_image_json)
+
+    p = sub.add_parser("export", help="write a MONAI dataset + datalist for a bundle")
+    p.add_argument("--store", required=True, type=Path, help="project folder or .sqlite file")
+    p.add_argument("--task", required=True, choices=["locator", "scorer", "ultrasound"])
+    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--folds", type=int, default=5, help="patient-level folds")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--include-model",
+        action="store_true",
+        help="also export model predictions no human confirmed",
+    )
+    p.add_argument(
+        "--allow-skips", action="store_true", help="exit 0 even when items had to be skipped"
+    )
+    p.add_argument("--size", type=int, default=512, help="locator: image side after resizing")
+    p.add_argument(
+        "--no-mirror",
+        action="store_true",
+        help="locator: keep right limbs as they are (default: mirror to left)",
+    )
+    p.add_argument("--target-mode", choices=["square", "disc"], default="square")
+    p.add_argument("--patch-size", type=int, default=128, help="scorer: patch side in pixels")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("metrics", help="evaluation figures of the RA literature")
+    p.add_argument("task", choices=["scores", "locator", "ultrasound"])
+    p.add_argument("--truth", type=Path, help="scores: RA2-DREAM table with the truth")
+    p.add_argument("--pred", type=Path, help="scores: RA2-DREAM table with predictions")
+    p.add_argument("--project", type=Path, help="locator/ultrasound: project folder")
+    p.add_argument(
+        "--pred-source",
+        default="model",
+        help="locator/ultrasound: provenance of the predictions (default: model)",
+    )
+    p.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples for CIs")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path)
+    p.set_defaults(func=_cmd_metrics)
+
+    p = sub.add_parser("markups", help="joint centres to/from 3D Slicer Markups JSON")
+    p.add_argument("--project", required=True, type=Path)
+    p.add_argument("--image", required=True, type=Path)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument("--out", type=Path, help="write a .mrk.json")
+    group.add_argument("--import", dest="import_file", type=Path, help="read a .mrk.json")
+    p.add_argument("--annotator", default="slicer", help="who placed the imported points")
+    p.set_defaults(func=_cmd_markups)
     return parser
 
 

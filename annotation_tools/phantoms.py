@@ -846,6 +846,11 @@ def render_ultrasound(
         )
         syn = (yy > top) & (yy < np.maximum(surface - 2, top)) & (u_ > 0)
         syn |= in_gap & (yy > top) & (yy < bone_y + 0.1 * sh_) & (u_ > 0)
+        # every grade >= 1 fills at least the joint recess, whatever the tilt
+        recess = ((xx - gap_x) / (1.6 * gap_half)) ** 2 + (
+            (yy - bone_y - 0.03 * sh_) / (0.035 * sh_)
+        ) ** 2 < 1
+        syn |= recess & (yy < np.maximum(surface - 1, bone_y + 0.04 * sh_))
         soft = ndimage.gaussian_filter(syn.astype(np.float32), 1.2)
         echo = echo * (1 - soft) + 0.06 * soft
     speckle = rng.rayleigh(1.0, size=echo.shape).astype(np.float32)
@@ -875,7 +880,7 @@ def render_ultrasound(
     cx0 = int(sx0 + bx0 - 0.06 * sw_)
     cx1 = int(sx0 + bx1 + 0.06 * sw_)
     cy0 = int(sy0 + by0 - 0.05 * sh_)
-    cy1 = int(sy0 + bone_y + 0.05 * sh_)
+    cy1 = int(sy0 + by1 + 0.03 * sh_)
     cx0, cx1 = max(cx0, sx0 + 2), min(cx1, sx1 - 2)
     cy0, cy1 = max(cy0, sy0 + 2), min(cy1, sy1 - 2)
     flow = _flow_mask(syn, vascularity, rng)
@@ -920,7 +925,7 @@ def _flow_mask(syn: np.ndarray, grade: int, rng: np.random.Generator) -> np.ndar
     radius = math.sqrt(target / (n_spots * math.pi)) * 1.15
     for _ in range(n_spots):
         i = int(rng.integers(area))
-        r = radius * rng.uniform(0.7, 1.3)
+        r = max(radius * rng.uniform(0.7, 1.3), 2.5)  # a visible spot, never a lone pixel
         mask |= (yy - ys[i]) ** 2 + ((xx - xs[i]) / 1.4) ** 2 < r**2
     return mask & syn
 

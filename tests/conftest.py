@@ -34,3 +34,13 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gui" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def cohort20(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The 20-patient phantom cohort of the export issue's acceptance check (small images)."""
+    from annotation_tools.phantoms import generate_cohort
+
+    out = tmp_path_factory.mktemp("cohort20") / "project"
+    generate_cohort(out, 20, seed=4, height=384, us_pairs=1, workers=2, progress=False)
+    return out

@@ -274,3 +274,14 @@ def test_cli_writes_80_radiographs_for_20_patients(tmp_path, capsys):
     assert main(["summary", "--project", str(out)]) == 0
     summary = capsys.readouterr().out
     assert "radiographs: 80" in summary and "not clinical" in summary
+
+
+def test_every_vascular_grade_has_flow_inside_the_colour_box():
+    rng = np.random.default_rng(0)
+    for _ in range(80):
+        sh = int(rng.integers(1, 4))
+        vasc = int(rng.integers(1, 4))
+        us = render_ultrasound("R_mcp_2", sh, vasc, rng)
+        cx0, cy0, cx1, cy1 = us.colour_box
+        assert us.flow_mask.sum() >= 10, (sh, vasc)
+        assert us.flow_mask[cy0:cy1, cx0:cx1].sum() == us.flow_mask.sum()

@@ -1,0 +1,234 @@
+"""Evaluation reports built from :mod:`annotation_tools.metrics`.
+
+Used by ``ra-joints metrics``, the bundles' ``evaluate.json`` and the benchmarks, so every
+figure of the project comes from the same code. Each report says that phantom figures are not
+clinical figures when the data are phantoms.
+"""
+
+from __future__ import annotations
+
+import csv
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import metrics
+from .store import TRAINING_SOURCES, AnnotationStore
+from .vocabulary import DREAM_TOTAL_COLUMNS, dream_columns, get_joint, parse_dream_column
+
+PHANTOM_NOTE = "Measured on phantoms: these figures say nothing about clinical accuracy."
+
+
+def read_dream_table(path: str | Path) -> dict[str, dict[str, float]]:
+    """Patient -> column -> value of an RA2-DREAM table (empty cells left out)."""
+    path = Path(path)
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        if not reader.fieldnames or "Patient_ID" not in reader.fieldnames:
+            raise ValueError(f"{path} has no Patient_ID column: not an RA2-DREAM score table")
+        table = {}
+        for line, row in enumerate(reader, start=2):
+            values = {}
+            for column, text in row.items():
+                if (
+                    column == "Patient_ID"
+                    or column not in dream_columns()
+                    or not (text or "").strip()
+                ):
+                    continue
+                try:
+                    values[column] = float(text)
+                except ValueError as exc:
+                    raise ValueError(f"{path}:{line} {column}: {text!r} is not a number") from exc
+            table[row["Patient_ID"].strip()] = values
+    return table
+
+
+def _with_ci(fn: Any, truth: np.ndarray, pred: np.ndarray, n_resamples: int, seed: int) -> dict:
+    if n_resamples <= 0:
+        return {"value": fn(truth, pred)}
+    return metrics.bootstrap_ci(fn, truth, pred, n_resamples=n_resamples, seed=seed).as_dict()
+
+
+def evaluate_score_tables(
+    truth_csv: str | Path, pred_csv: str | Path, *, n_resamples: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """Per-joint and per-patient figures of predicted vs true RA2-DREAM tables."""
+    if truth_csv is None or pred_csv is None:
+        raise ValueError("scores metrics need --truth and --pred RA2-DREAM tables")
+    truth, pred = read_dream_table(truth_csv), read_dream_table(pred_csv)
+    missing_patients = sorted(set(truth) - set(pred))
+    per_type: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
+    per_joint: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
+    missing_scores = 0
+    for pid, row in truth.items():
+        if pid not in pred:
+            continue
+        for column, value in row.items():
+            if column in DREAM_TOTAL_COLUMNS:
+                continue
+            if column not in pred[pid]:
+                missing_scores += 1
+                continue
+            joint, score_type = parse_dream_column(column)
+            key = f"{joint.limb.kind}_{score_type.value}"
+            for bucket in (per_type[key], per_type[score_type.value]):
+                bucket[0].append(value)
+                bucket[1].append(pred[pid][column])
+            site = per_joint[f"{joint.limb.kind}:{joint.site}:{score_type.value}"]
+            site[0].append(value)
+            site[1].append(pred[pid][column])
+    if not per_type:
+        raise ValueError("no patient/score appears in both tables")
+    result: dict[str, Any] = {
+        "n_patients": len(set(truth) & set(pred)),
+        "missing_patients": missing_patients,
+        "missing_scores": missing_scores,
+        "per_score": {},
+        "per_joint": {},
+        "patient_totals": {},
+        "baselines": {},
+    }
+    for key, (t, p) in per_type.items():
+        ta, pa = np.asarray(t), np.asarray(p)
+        summary = metrics.score_summary(ta, pa)
+        summary["rmse_ci"] = _with_ci(metrics.rmse, ta, pa, n_resamples, seed)
+        result["per_score"][key] = summary
+        result["baselines"][key] = {
+            "all_zeros_rmse": metrics.rmse(ta, np.zeros_like(ta)),
+            "mean_rmse": metrics.rmse(ta, np.full_like(ta, ta.mean())),
+        }
+    for key, (t, p) in sorted(per_joint.items()):
+        result["per_joint"][key] = {
+            "n": len(t),
+            "rmse": metrics.rmse(t, p),
+            "exact_agreement": metrics.exact_agreement(t, p),
+        }
+    for name, columns in _total_columns().items():
+        t, p = _patient_totals(truth, pred, columns)
+        if len(t) >= 2:
+            result["patient_totals"][name] = {
+                "n": len(t),
+                "rmse": metrics.rmse(t, p),
+                "pearson_r": _with_ci(
+                    metrics.pearson_r, np.asarray(t), np.asarray(p), n_resamples, seed
+                ),
+            }
+    return result
+
+
+def _total_columns() -> dict[str, list[str]]:
+    joint_cols = [c for c in dream_columns() if c not in DREAM_TOTAL_COLUMNS]
+    return {
+        "Overall_Tol": joint_cols,
+        "Overall_erosion": [c for c in joint_cols if "_E__" in c],
+        "Overall_narrowing": [c for c in joint_cols if "_J__" in c],
+    }
+
+
+def _patient_totals(
+    truth: Mapping[str, Mapping[str, float]],
+    pred: Mapping[str, Mapping[str, float]],
+    columns: Iterable[str],
+) -> tuple[list[float], list[float]]:
+    """Totals over patients whose every score is present in both tables."""
+    columns = list(columns)
+    t, p = [], []
+    for pid, row in truth.items():
+        if pid in pred and all(c in row and c in pred[pid] for c in columns):
+            t.append(sum(row[c] for c in columns))
+            p.append(sum(pred[pid][c] for c in columns))
+    return t, p
+
+
+def evaluate_locator_store(
+    project: str | Path, pred_source: str = "model", truth_sources: Iterable[str] = TRAINING_SOURCES
+) -> dict[str, Any]:
+    """Predicted (``pred_source``) vs annotated centres of every radiograph in a project."""
+    if project is None:
+        raise ValueError("locator metrics need --project")
+    errors, regions, present, detected = [], [], [], []
+    per_joint: dict[str, list[float]] = defaultdict(list)
+    with AnnotationStore.open(project, create=False) as store:
+        for image in store.images(modality="radiograph"):
+            truth = store.centres(image.id, sources=truth_sources)
+            pred = store.centres(image.id, sources=[pred_source])
+            if not pred:
+                continue
+            shape = (image.height, image.width)
+            for joint_id, rev in truth.items():
+                if rev.status != "present":
+                    continue
+                found = joint_id in pred and pred[joint_id].status == "present"
+                present.append(True)
+                detected.append(found)
+                xy_true = (rev.value["x"], rev.value["y"])
+                xy_pred = (
+                    (pred[joint_id].value["x"], pred[joint_id].value["y"])
+                    if found
+                    else (np.nan, np.nan)
+                )
+                err = float(metrics.normalised_errors([xy_true], [xy_pred], shape)[0])
+                errors.append(err)
+                regions.append(get_joint(joint_id).region)
+                per_joint[get_joint(joint_id).site].append(err)
+    if not errors:
+        raise ValueError(
+            f"no radiograph in {project} has both {pred_source!r} and annotated centres"
+        )
+    return {
+        "n_joints": len(errors),
+        "by_region": metrics.locator_summary(errors, regions),
+        "detection_sensitivity": metrics.detection_sensitivity(present, detected),
+        "per_joint_median_error": {k: float(np.median(v)) for k, v in sorted(per_joint.items())},
+    }
+
+
+def evaluate_us_store(
+    project: str | Path,
+    pred_source: str = "model",
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+    truth_sources: Iterable[str] = TRAINING_SOURCES,
+) -> dict[str, Any]:
+    """Predicted vs annotated EULAR-OMERACT grades: accuracy and weighted kappa with CIs."""
+    if project is None:
+        raise ValueError("ultrasound metrics need --project")
+    grades: dict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+    with AnnotationStore.open(project, create=False) as store:
+        for pair in store.us_pairs():
+            truth = store.us_score(pair["id"], sources=truth_sources)
+            pred = store.us_score(pair["id"], sources=[pred_source])
+            if truth is None or pred is None:
+                continue
+            for key in ("synovial_hypertrophy", "vascularity", "combined"):
+                grades[key][0].append(truth.value[key])
+                grades[key][1].append(pred.value[key])
+    if not grades:
+        raise ValueError(
+            f"no ultrasound pair in {project} has both {pred_source!r} and annotated grades"
+        )
+    out = {}
+    for key, (t, p) in grades.items():
+        ta, pa = np.asarray(t), np.asarray(p)
+        out[key] = {
+            "n": len(t),
+            "accuracy": _with_ci(metrics.accuracy, ta, pa, n_resamples, seed),
+            "linear_weighted_kappa": _with_ci(
+                metrics.linear_weighted_kappa, ta, pa, n_resamples, seed
+            ),
+        }
+    return out
+
+
+__all__ = [
+    "PHANTOM_NOTE",
+    "evaluate_locator_store",
+    "evaluate_score_tables",
+    "evaluate_us_store",
+    "read_dream_table",
+]

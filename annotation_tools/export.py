@@ -1,0 +1,452 @@
+"""Store -> MONAI training data: the bridge from what annotators draw to what bundles train on.
+
+``export_dataset(store, task, out_dir, ...)`` writes arrays MONAI's ``LoadImaged`` reads
+(``.npy`` images, ``.npz`` multi-channel targets, with ``reader="NumpyReader"``) and a
+Decathlon-style datalist (``load_decathlon_datalist(path, data_list_key="training")``) whose
+items carry a patient-level ``fold``.
+
+By default only the newest ``human`` or ``phantom`` revision of each annotation is used; model
+predictions that no human confirmed are left out unless ``include_model=True``.
+
+Every problem (missing image file, centre outside the image, polygon with < 3 points or
+self-intersecting, ROI of zero area, unknown joint) is reported with the image and the joint,
+only that item is skipped, and the report says so; nothing is dropped silently.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import __version__
+from .imageio import ImageData, ImageReadError, read_image
+from .metrics import patient_folds
+from .store import TRAINING_SOURCES, AnnotationStore, ImageRecord
+from .targets import (
+    MASK_IGNORE,
+    extract_patch,
+    locator_targets,
+    mirror_image,
+    mirror_points,
+    normalise_intensity,
+    patch_side,
+    resize_image,
+    scale_points,
+)
+from .ultrasound import (
+    RATING_SIZE,
+    UltrasoundInputError,
+    check_pair,
+    crop_roi,
+    doppler_mask,
+    transformed_doppler,
+)
+from .vocabulary import Limb, ScoreType, get_joint, joints_for_limb, site_names
+
+__all__ = ["TASKS", "ExportProblem", "ExportReport", "export_dataset"]
+
+TASKS = ("locator", "scorer", "ultrasound")
+
+
+@dataclass(frozen=True)
+class ExportProblem:
+    image: str
+    item: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.image} [{self.item}]: {self.reason}"
+
+
+@dataclass
+class ExportReport:
+    task: str
+    out_dir: str
+    datalists: list[str] = field(default_factory=list)
+    n_items: int = 0
+    n_patients: int = 0
+    problems: list[ExportProblem] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        return len(self.problems)
+
+    def as_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["problems"] = [str(p) for p in self.problems]
+        return out
+
+
+@dataclass
+class _Options:
+    folds: int
+    seed: int
+    sources: tuple[str, ...] | None
+    size: int
+    mirror: bool
+    target_mode: str
+    patch_size: int
+
+
+def export_dataset(
+    store: AnnotationStore,
+    task: str,
+    out_dir: str | Path,
+    *,
+    folds: int = 5,
+    seed: int = 0,
+    include_model: bool = False,
+    size: int = 512,
+    mirror: bool = True,
+    target_mode: str = "square",
+    patch_size: int = 128,
+    progress: bool = False,
+) -> ExportReport:
+    """Write one task's dataset and datalist(s) to ``out_dir``; returns what was done."""
+    if task not in TASKS:
+        raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    options = _Options(
+        folds=folds,
+        seed=seed,
+        sources=None if include_model else TRAINING_SOURCES,
+        size=size,
+        mirror=mirror,
+        target_mode=target_mode,
+        patch_size=patch_size,
+    )
+    report = ExportReport(task, str(out))
+    patients = store.patients()
+    if len(patients) < folds:
+        raise ValueError(
+            f"{folds} folds need at least {folds} patients; the store has {len(patients)}"
+        )
+    fold_of = patient_folds(patients, folds, seed)
+    exporter = {
+        "locator": _export_locator,
+        "scorer": _export_scorer,
+        "ultrasound": _export_ultrasound,
+    }[task]
+    datalists = exporter(store, out, options, fold_of, report, progress)
+    for name, items in datalists.items():
+        path = out / name
+        document = {
+            "name": f"ra_joints {task}",
+            "description": f"exported by annotation_tools.export {__version__} from {store.path}",
+            "task": task,
+            "folds": folds,
+            "seed": seed,
+            "sources": list(options.sources) if options.sources else "all (incl. model)",
+            **_task_header(task, name, options),
+            "training": items,
+            "problems": [str(p) for p in report.problems],
+        }
+        path.write_text(json.dumps(document, indent=1))
+        report.datalists.append(str(path))
+        report.n_items += len(items)
+    report.n_patients = len({i["patient_id"] for items in datalists.values() for i in items})
+    return report
+
+
+def _task_header(task: str, name: str, options: _Options) -> dict[str, Any]:
+    if task == "locator":
+        kind = "hand" if "hand" in name else "foot"
+        return {
+            "limb_kind": kind,
+            "channels": list(site_names(kind)),
+            "spatial_size": [options.size, options.size],
+            "target_mode": options.target_mode,
+            "mirrored_to_left": options.mirror,
+            "ignore_value": -1,
+        }
+    if task == "scorer":
+        return {
+            "patch_size": options.patch_size,
+            "mask_ignore_value": MASK_IGNORE,
+            "score_max": {"narrowing": 4, "erosion_hand": 5, "erosion_foot": 10},
+        }
+    return {"crop_size": RATING_SIZE, "signal_colour": [255, 0, 0]}
+
+
+def _iter(items: list[Any], progress: bool, desc: str) -> Iterable[Any]:
+    if not progress:
+        return items
+    from tqdm.auto import tqdm
+
+    return tqdm(items, desc=desc)
+
+
+def _load(
+    store: AnnotationStore, image: ImageRecord, report: ExportProblem | Any
+) -> ImageData | None:
+    path = store.resolve(image)
+    if not path.exists():
+        report.problems.append(ExportProblem(image.path, "image", "file is missing on disk"))
+        return None
+    try:
+        return read_image(path)
+    except ImageReadError as exc:
+        report.problems.append(ExportProblem(image.path, "image", exc.reason))
+        return None
+
+
+def _valid_centres(
+    store: AnnotationStore,
+    image: ImageRecord,
+    shape: tuple[int, int],
+    options: _Options,
+    report: ExportReport,
+) -> dict[str, tuple[float, float] | None]:
+    """Newest usable centres: present -> (x, y), "not visible" -> None; problems reported."""
+    h, w = shape
+    out: dict[str, tuple[float, float] | None] = {}
+    for joint_id, rev in store.centres(image.id, sources=options.sources).items():
+        try:
+            joint = get_joint(joint_id)
+        except KeyError:
+            report.problems.append(
+                ExportProblem(image.path, joint_id, "not a joint in the vocabulary")
+            )
+            continue
+        if joint.limb.value != image.limb:
+            report.problems.append(
+                ExportProblem(image.path, joint_id, f"not a joint of {image.limb}")
+            )
+            continue
+        if rev.status == "not_visible":
+            out[joint_id] = None
+            continue
+        x, y = rev.value["x"], rev.value["y"]
+        if not (-0.5 <= x <= w - 0.5 and -0.5 <= y <= h - 0.5):
+            report.problems.append(
+                ExportProblem(
+                    image.path,
+                    joint_id,
+                    f"centre ({x:.1f}, {y:.1f}) lies outside the {w}x{h} image",
+                )
+            )
+            continue
+        out[joint_id] = (float(x), float(y))
+    return out
+
+
+# ------------------------------------------------------------------------------ locator
+
+
+def _export_locator(
+    store: AnnotationStore,
+    out: Path,
+    options: _Options,
+    fold_of: dict[str, int],
+    report: ExportReport,
+    progress: bool,
+) -> dict[str, list[dict[str, Any]]]:
+    (out / "images").mkdir(exist_ok=True)
+    (out / "labels").mkdir(exist_ok=True)
+    lists: dict[str, list[dict[str, Any]]] = {"datalist_hand.json": [], "datalist_foot.json": []}
+    grid = (options.size, options.size)
+    for image in _iter(store.images(modality="radiograph"), progress, "locator export"):
+        data = _load(store, image, report)
+        if data is None:
+            continue
+        limb = Limb.parse(image.limb)
+        centres = _valid_centres(store, image, data.shape, options, report)
+        if not centres:
+            report.problems.append(ExportProblem(image.path, "image", "no joint centre annotated"))
+            continue
+        pixels = normalise_intensity(data.grey())
+        mirrored = options.mirror and limb.side == "right"
+        scale = (grid[0] / data.shape[0], grid[1] / data.shape[1])
+        resized = resize_image(pixels, grid)
+        grid_centres: dict[str, tuple[float, float] | None] = {}
+        for joint_id, xy in centres.items():
+            site = get_joint(joint_id).site
+            if xy is None:
+                grid_centres[site] = None
+                continue
+            point = scale_points([xy], data.shape, grid)
+            if mirrored:
+                point = mirror_points(point, grid[1])
+            grid_centres[site] = (float(point[0, 0]), float(point[0, 1]))
+        if mirrored:
+            resized = mirror_image(resized)
+        targets = locator_targets(grid_centres, limb, grid, scale=scale, mode=options.target_mode)
+        stem = Path(image.path).stem
+        np.save(out / "images" / f"{stem}.npy", resized.astype(np.float32))
+        np.savez_compressed(out / "labels" / f"{stem}.npz", label=targets)
+        lists[f"datalist_{limb.kind}.json"].append(
+            {
+                "image": f"images/{stem}.npy",
+                "label": f"labels/{stem}.npz",
+                "patient_id": image.patient_id,
+                "image_id": image.id,
+                "source_image": image.path,
+                "limb": limb.value,
+                "fold": fold_of[image.patient_id],
+                "original_shape": list(data.shape),
+                "mirrored": mirrored,
+                "centres": {
+                    site: (None if xy is None else [round(v, 4) for v in xy])
+                    for site, xy in grid_centres.items()
+                },
+            }
+        )
+    return {name: items for name, items in lists.items() if items}
+
+
+# ------------------------------------------------------------------------------ scorer
+
+
+def _export_scorer(
+    store: AnnotationStore,
+    out: Path,
+    options: _Options,
+    fold_of: dict[str, int],
+    report: ExportReport,
+    progress: bool,
+) -> dict[str, list[dict[str, Any]]]:
+    (out / "patches").mkdir(exist_ok=True)
+    (out / "masks").mkdir(exist_ok=True)
+    items: list[dict[str, Any]] = []
+    for image in _iter(store.images(modality="radiograph"), progress, "scorer export"):
+        data = _load(store, image, report)
+        if data is None:
+            continue
+        centres = _valid_centres(store, image, data.shape, options, report)
+        scores: dict[str, dict[str, float]] = defaultdict(dict)
+        for (joint_id, score_type), rev in store.scores(image.id, sources=options.sources).items():
+            scores[joint_id][score_type] = float(rev.value["value"])
+        polygons = store.polygons(image.id, sources=options.sources)
+        pixels = normalise_intensity(data.grey())
+        stem = Path(image.path).stem
+        for joint in joints_for_limb(image.limb):
+            xy = centres.get(joint.id)
+            if xy is None or not scores.get(joint.id):
+                continue  # not visible / not annotated / not scored: nothing to learn from
+            poly = polygons.get(joint.id)
+            patch = extract_patch(
+                pixels,
+                xy,
+                patch_side(joint, data.shape[0]),
+                size=options.patch_size,
+                polygon=poly.value["vertices"] if poly else None,
+            )
+            for problem in patch.problems:
+                report.problems.append(
+                    ExportProblem(image.path, joint.id, f"{problem}; mask ignored")
+                )
+            mask = (
+                patch.mask
+                if patch.mask is not None
+                else np.full(patch.image.shape, MASK_IGNORE, np.uint8)
+            )
+            name = f"{stem}_{joint.site}"
+            np.save(out / "patches" / f"{name}.npy", patch.image.astype(np.float32))
+            np.save(out / "masks" / f"{name}.npy", mask)
+            item = {
+                "image": f"patches/{name}.npy",
+                "mask": f"masks/{name}.npy",
+                "has_mask": bool(patch.mask is not None and not patch.problems),
+                "patient_id": image.patient_id,
+                "image_id": image.id,
+                "source_image": image.path,
+                "limb": image.limb,
+                "joint_id": joint.id,
+                "site": joint.site,
+                "region": joint.region,
+                "fold": fold_of[image.patient_id],
+                "centre": [round(v, 4) for v in xy],
+                "patch_side": patch.side,
+            }
+            for score_type in ScoreType:
+                value = scores[joint.id].get(score_type.value)
+                item[score_type.value] = -1.0 if value is None else value
+                item[f"{score_type.value}_max"] = (
+                    joint.max_score(score_type) if joint.carries(score_type) else 0
+                )
+            items.append(item)
+    return {"datalist.json": items}
+
+
+# ------------------------------------------------------------------------------ ultrasound
+
+
+def _export_ultrasound(
+    store: AnnotationStore,
+    out: Path,
+    options: _Options,
+    fold_of: dict[str, int],
+    report: ExportReport,
+    progress: bool,
+) -> dict[str, list[dict[str, Any]]]:
+    for sub in ("greyscale", "doppler", "doppler_mask", "doppler_transformed"):
+        (out / sub).mkdir(exist_ok=True)
+    items: list[dict[str, Any]] = []
+    for pair in _iter(store.us_pairs(), progress, "ultrasound export"):
+        grey_rec = store.image(pair["greyscale_image_id"])
+        dop_rec = store.image(pair["doppler_image_id"])
+        label = f"pair {pair['id']} ({pair['site']})"
+        score = store.us_score(pair["id"], sources=options.sources)
+        if score is None:
+            report.problems.append(ExportProblem(grey_rec.path, label, "no ultrasound grades"))
+            continue
+        roi_rev = store.roi(grey_rec.id, sources=options.sources) or store.roi(
+            dop_rec.id, sources=options.sources
+        )
+        if roi_rev is None:
+            report.problems.append(ExportProblem(grey_rec.path, label, "no ROI box"))
+            continue
+        dop_roi_rev = store.roi(dop_rec.id, sources=options.sources) or roi_rev
+        grey, dop = _load(store, grey_rec, report), _load(store, dop_rec, report)
+        if grey is None or dop is None:
+            continue
+        problems = check_pair(grey.pixels, dop.pixels)
+        if problems:
+            report.problems += [ExportProblem(dop_rec.path, label, p) for p in problems]
+            continue
+        box = [roi_rev.value[k] for k in ("x0", "y0", "x1", "y1")]
+        dop_box = [dop_roi_rev.value[k] for k in ("x0", "y0", "x1", "y1")]
+        try:
+            grey_crop = crop_roi(
+                grey.pixels if grey.pixels.ndim == 2 else grey.grey().astype(np.uint8), box
+            )
+            dop_rgb = dop.pixels[..., :3]
+            mask_full = doppler_mask(dop_rgb, dop_box)
+            dop_crop = crop_roi(dop_rgb, dop_box)
+            mask_crop = crop_roi(mask_full, dop_box)
+        except UltrasoundInputError as exc:
+            report.problems.append(ExportProblem(grey_rec.path, label, str(exc)))
+            continue
+        transformed = transformed_doppler(dop_crop, mask_crop)
+        stem = f"{pair['patient_id']}_pair{pair['id']}"
+        np.save(out / "greyscale" / f"{stem}.npy", grey_crop.astype(np.uint8))
+        np.save(out / "doppler" / f"{stem}.npy", np.moveaxis(dop_crop, -1, 0).astype(np.uint8))
+        np.save(out / "doppler_mask" / f"{stem}.npy", mask_crop.astype(np.uint8))
+        np.save(
+            out / "doppler_transformed" / f"{stem}.npy",
+            np.moveaxis(transformed, -1, 0).astype(np.uint8),
+        )
+        items.append(
+            {
+                "greyscale": f"greyscale/{stem}.npy",
+                "doppler": f"doppler/{stem}.npy",
+                "doppler_mask": f"doppler_mask/{stem}.npy",
+                "doppler_transformed": f"doppler_transformed/{stem}.npy",
+                "patient_id": pair["patient_id"],
+                "pair_id": pair["id"],
+                "site": pair["site"],
+                "fold": fold_of[pair["patient_id"]],
+                "roi": box,
+                "synovial_hypertrophy": score.value["synovial_hypertrophy"],
+                "vascularity": score.value["vascularity"],
+                "combined": score.value["combined"],
+            }
+        )
+    return {"datalist.json": items}

@@ -1,0 +1,342 @@
+"""Every evaluation number of the project, computed in one place.
+
+Bundle evaluations and benchmarks call these functions; they wrap scipy/scikit-learn where those
+have the statistic, so the numbers agree with the references, and add what RA papers report
+(normalised locator error, exact/within-one agreement, "any damage" sensitivity).
+
+Degenerate inputs never crash deep inside: empty input raises a ``ValueError`` that says so;
+a statistic that is undefined for the data (Pearson r of a constant, AUC with one class) is
+``nan`` with a :class:`MetricWarning` saying why.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = [
+    "MetricWarning",
+    "accuracy",
+    "any_damage_sensitivity_specificity",
+    "auc",
+    "bootstrap_ci",
+    "detection_sensitivity",
+    "exact_agreement",
+    "linear_weighted_kappa",
+    "locator_summary",
+    "normalised_errors",
+    "patient_folds",
+    "patient_kfold",
+    "pearson_r",
+    "rmse",
+    "score_summary",
+    "share_within",
+    "wilcoxon_one_sided",
+    "within_one_agreement",
+    "youden",
+]
+
+
+class MetricWarning(UserWarning):
+    """A statistic is undefined for the given data and was returned as nan."""
+
+
+def _pair(y_true: Sequence[float], y_pred: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+    a = np.asarray(y_true, dtype=float).ravel()
+    b = np.asarray(y_pred, dtype=float).ravel()
+    if a.shape != b.shape:
+        raise ValueError(f"y_true has {a.size} values but y_pred has {b.size}")
+    if a.size == 0:
+        raise ValueError("no cases to evaluate (empty input)")
+    if not (np.isfinite(a).all() and np.isfinite(b).all()):
+        raise ValueError("inputs contain nan or inf; drop missing cases before evaluating")
+    return a, b
+
+
+def _nan(reason: str) -> float:
+    warnings.warn(reason, MetricWarning, stacklevel=3)
+    return float("nan")
+
+
+# ------------------------------------------------------------------------------ scores
+
+
+def rmse(y_true: Sequence[float], y_pred: Sequence[float]) -> float:
+    from sklearn.metrics import root_mean_squared_error
+
+    a, b = _pair(y_true, y_pred)
+    return float(root_mean_squared_error(a, b))
+
+
+def pearson_r(y_true: Sequence[float], y_pred: Sequence[float]) -> float:
+    from scipy.stats import pearsonr
+
+    a, b = _pair(y_true, y_pred)
+    if a.size < 2:
+        return _nan("Pearson r needs at least 2 cases")
+    if np.ptp(a) == 0 or np.ptp(b) == 0:
+        return _nan("Pearson r is undefined when one input is constant")
+    return float(pearsonr(a, b).statistic)
+
+
+def exact_agreement(y_true: Sequence[float], y_pred: Sequence[float]) -> float:
+    """PEA (Hirano et al.): share of cases whose rounded prediction equals the grade."""
+    a, b = _pair(y_true, y_pred)
+    return float(np.mean(np.rint(b) == np.rint(a)))
+
+
+def within_one_agreement(y_true: Sequence[float], y_pred: Sequence[float]) -> float:
+    """PCA (Hirano et al.): share of cases within one grade."""
+    a, b = _pair(y_true, y_pred)
+    return float(np.mean(np.abs(np.rint(b) - np.rint(a)) <= 1))
+
+
+def any_damage_sensitivity_specificity(
+    y_true: Sequence[float], y_pred: Sequence[float], threshold: float = 0.5
+) -> tuple[float, float]:
+    """Sensitivity and specificity for "any damage" (grade >= 1 vs 0)."""
+    a, b = _pair(y_true, y_pred)
+    truth, call = a >= threshold, b >= threshold
+    positives, negatives = truth.sum(), (~truth).sum()
+    sens = (
+        float((call & truth).sum() / positives)
+        if positives
+        else _nan("sensitivity is undefined: no case with damage")
+    )
+    spec = (
+        float((~call & ~truth).sum() / negatives)
+        if negatives
+        else _nan("specificity is undefined: no case without damage")
+    )
+    return sens, spec
+
+
+def accuracy(y_true: Sequence[float], y_pred: Sequence[float]) -> float:
+    from sklearn.metrics import accuracy_score
+
+    a, b = _pair(y_true, y_pred)
+    return float(accuracy_score(np.rint(a).astype(int), np.rint(b).astype(int)))
+
+
+def linear_weighted_kappa(y_true: Sequence[float], y_pred: Sequence[float]) -> float:
+    """Cohen's kappa with linear weights, as RATING reports for EULAR-OMERACT grades."""
+    from sklearn.metrics import cohen_kappa_score
+
+    a, b = _pair(y_true, y_pred)
+    ia, ib = np.rint(a).astype(int), np.rint(b).astype(int)
+    if np.unique(np.concatenate([ia, ib])).size < 2:
+        return _nan("kappa is undefined when every grade, true and predicted, is the same")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        value = cohen_kappa_score(ia, ib, weights="linear")
+    return float(value) if math.isfinite(value) else _nan("kappa is undefined for these data")
+
+
+def auc(y_true: Sequence[float], y_score: Sequence[float]) -> float:
+    """ROC AUC of a binary split (``y_true`` 0/1)."""
+    from sklearn.metrics import roc_auc_score
+
+    a, b = _pair(y_true, y_score)
+    if np.unique(a).size < 2:
+        return _nan("AUC is undefined when only one class is present")
+    return float(roc_auc_score(a.astype(int), b))
+
+
+def youden(y_true: Sequence[float], y_score: Sequence[float]) -> tuple[float, float]:
+    """Youden index J = max(sensitivity + specificity - 1) and the threshold reaching it."""
+    from sklearn.metrics import roc_curve
+
+    a, b = _pair(y_true, y_score)
+    if np.unique(a).size < 2:
+        return _nan("Youden index is undefined when only one class is present"), float("nan")
+    fpr, tpr, thresholds = roc_curve(a.astype(int), b)
+    best = int(np.argmax(tpr - fpr))
+    return float(tpr[best] - fpr[best]), float(thresholds[best])
+
+
+# ------------------------------------------------------------------------------ locator
+
+
+def normalised_errors(
+    true_xy: np.ndarray | Sequence[Sequence[float]],
+    pred_xy: np.ndarray | Sequence[Sequence[float]],
+    image_shape: tuple[int, int] | Sequence[tuple[int, int]],
+) -> np.ndarray:
+    """Euclidean error of each joint divided by the image diagonal (RA2-DREAM convention).
+
+    ``image_shape`` is one ``(H, W)`` for all points or one per point. A missing prediction
+    (nan) gives an infinite error, so it counts as a miss at every threshold.
+    """
+    t = np.asarray(true_xy, dtype=float).reshape(-1, 2)
+    p = np.asarray(pred_xy, dtype=float).reshape(-1, 2)
+    if t.shape != p.shape:
+        raise ValueError(f"{len(t)} true points but {len(p)} predicted")
+    if t.size == 0:
+        raise ValueError("no joints to evaluate (empty input)")
+    shapes = np.asarray(image_shape, dtype=float).reshape(-1, 2)
+    diagonal = np.hypot(shapes[:, 0], shapes[:, 1])
+    err = np.hypot(*(p - t).T) / diagonal
+    return np.where(np.isnan(err), np.inf, err)
+
+
+def share_within(errors: Sequence[float], threshold: float) -> float:
+    e = np.asarray(errors, dtype=float)
+    if e.size == 0:
+        raise ValueError("no joints to evaluate (empty input)")
+    return float(np.mean(e <= threshold))
+
+
+def detection_sensitivity(present: Sequence[bool], detected: Sequence[bool]) -> float:
+    """Share of joints that are there (annotated) and that the locator did not flag missing."""
+    pres = np.asarray(present, bool)
+    det = np.asarray(detected, bool)
+    if pres.shape != det.shape or pres.size == 0:
+        raise ValueError("present and detected must be non-empty and the same length")
+    if not pres.any():
+        return _nan("detection sensitivity is undefined: no joint is present")
+    return float((det & pres).sum() / pres.sum())
+
+
+def locator_summary(
+    errors: Sequence[float],
+    regions: Sequence[str],
+    thresholds: Sequence[float] = (0.01, 0.02, 0.03),
+) -> dict[str, dict[str, float]]:
+    """Share within each threshold, overall and per region (finger, thumb, wrist, toe)."""
+    e = np.asarray(errors, dtype=float)
+    reg = np.asarray(regions)
+    if e.shape != reg.shape:
+        raise ValueError("one region per error is needed")
+    out = {}
+    for name in ["all", *sorted(set(reg.tolist()))]:
+        sel = e if name == "all" else e[reg == name]
+        out[name] = {f"within_{t:g}": share_within(sel, t) for t in thresholds}
+        finite = sel[np.isfinite(sel)]
+        out[name]["median_error"] = float(np.median(finite)) if finite.size else float("nan")
+        out[name]["n"] = int(sel.size)
+    return out
+
+
+# ------------------------------------------------------------------------------ summaries
+
+
+def score_summary(y_true: Sequence[float], y_pred: Sequence[float]) -> dict[str, float]:
+    """The per-joint score figures of the RA literature in one dict."""
+    sens, spec = any_damage_sensitivity_specificity(y_true, y_pred)
+    return {
+        "n": int(np.asarray(y_true).size),
+        "rmse": rmse(y_true, y_pred),
+        "pearson_r": pearson_r(y_true, y_pred),
+        "exact_agreement": exact_agreement(y_true, y_pred),
+        "within_one_agreement": within_one_agreement(y_true, y_pred),
+        "any_damage_sensitivity": sens,
+        "any_damage_specificity": spec,
+        "linear_weighted_kappa": linear_weighted_kappa(y_true, y_pred),
+    }
+
+
+@dataclass(frozen=True)
+class ConfidenceInterval:
+    value: float
+    low: float
+    high: float
+    n_resamples: int
+    n_undefined: int  # resamples where the statistic was nan (e.g. a single class drawn)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"value": self.value, "ci_low": self.low, "ci_high": self.high}
+
+
+def bootstrap_ci(
+    metric: Callable[..., float],
+    *arrays: Sequence[float],
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> ConfidenceInterval:
+    """Percentile bootstrap CI of ``metric(*arrays)``, resampling cases (paired) with a seed.
+
+    Written here rather than with ``scipy.stats.bootstrap`` because resamples where a metric is
+    undefined (kappa or AUC on a single drawn class) must be skipped and counted, not turn the
+    whole interval into nan.
+    """
+    data = [np.asarray(a) for a in arrays]
+    n = len(data[0])
+    if n == 0:
+        raise ValueError("no cases to bootstrap (empty input)")
+    if any(len(d) != n for d in data):
+        raise ValueError("all arrays must have one value per case")
+    rng = np.random.default_rng(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetricWarning)
+        value = float(metric(*data))
+        stats = np.array(
+            [
+                float(metric(*(d[idx] for d in data)))
+                for idx in rng.integers(0, n, size=(n_resamples, n))
+            ]
+        )
+    defined = stats[np.isfinite(stats)]
+    if defined.size == 0:
+        return ConfidenceInterval(value, float("nan"), float("nan"), n_resamples, n_resamples)
+    alpha = (1 - confidence) / 2
+    low, high = np.quantile(defined, [alpha, 1 - alpha])
+    return ConfidenceInterval(
+        value, float(low), float(high), n_resamples, int(n_resamples - defined.size)
+    )
+
+
+def wilcoxon_one_sided(errors_a: Sequence[float], errors_b: Sequence[float]) -> dict[str, float]:
+    """Is model A better (smaller errors) than model B on the same cases? One-sided, paired.
+
+    Returns the statistic, the p-value and the median difference (A - B).
+    """
+    from scipy.stats import wilcoxon
+
+    a, b = _pair(errors_a, errors_b)
+    diff = a - b
+    if not np.any(diff):
+        return {
+            "statistic": float("nan"),
+            "p_value": _nan("Wilcoxon test is undefined: the two models have identical errors"),
+            "median_diff": 0.0,
+        }
+    result = wilcoxon(a, b, alternative="less")
+    return {
+        "statistic": float(result.statistic),
+        "p_value": float(result.pvalue),
+        "median_diff": float(np.median(diff)),
+    }
+
+
+# ------------------------------------------------------------------------------ folds
+
+
+def patient_kfold(
+    patient_ids: Sequence[str], n_splits: int, seed: int = 0
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """K-fold splits of cases with no patient in both train and test (shuffled, seeded)."""
+    from sklearn.model_selection import GroupKFold
+
+    groups = np.asarray(patient_ids)
+    n_patients = np.unique(groups).size
+    if n_splits < 2:
+        raise ValueError("cross-validation needs at least 2 folds")
+    if n_patients < n_splits:
+        raise ValueError(f"{n_splits} folds need at least {n_splits} patients, got {n_patients}")
+    splitter = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(groups)), groups=groups))
+
+
+def patient_folds(patient_ids: Sequence[str], n_splits: int, seed: int = 0) -> dict[str, int]:
+    """Fold number of every patient (the test fold of its cases)."""
+    folds: dict[str, int] = {}
+    groups = np.asarray(patient_ids)
+    for k, (_, test) in enumerate(patient_kfold(groups, n_splits, seed)):
+        for pid in np.unique(groups[test]):
+            folds[str(pid)] = k
+    return folds

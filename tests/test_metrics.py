@@ -1,0 +1,167 @@
+"""Metrics against scipy/scikit-learn on random data, and their behaviour on degenerate input."""
+
+import numpy as np
+import pytest
+from scipy import stats
+from sklearn import metrics as skm
+
+from annotation_tools import metrics as m
+
+
+@pytest.fixture
+def grades(rng):
+    truth = rng.integers(0, 5, size=200)
+    pred = np.clip(truth + rng.normal(0, 0.8, size=200), 0, 4)
+    return truth.astype(float), pred
+
+
+def test_regression_metrics_match_references(grades):
+    t, p = grades
+    assert m.rmse(t, p) == pytest.approx(np.sqrt(skm.mean_squared_error(t, p)), abs=1e-9)
+    assert m.pearson_r(t, p) == pytest.approx(stats.pearsonr(t, p).statistic, abs=1e-9)
+
+
+def test_agreement_metrics_match_confusion_matrix(grades):
+    t, p = grades
+    ti, pi = t.astype(int), np.rint(p).astype(int)
+    cm = skm.confusion_matrix(ti, pi, labels=range(5))
+    assert m.exact_agreement(t, p) == pytest.approx(np.trace(cm) / cm.sum(), abs=1e-9)
+    near = sum(cm[i, j] for i in range(5) for j in range(5) if abs(i - j) <= 1)
+    assert m.within_one_agreement(t, p) == pytest.approx(near / cm.sum(), abs=1e-9)
+    assert m.accuracy(t, p) == pytest.approx(skm.accuracy_score(ti, pi), abs=1e-9)
+    assert m.linear_weighted_kappa(t, p) == pytest.approx(
+        skm.cohen_kappa_score(ti, pi, weights="linear"), abs=1e-9
+    )
+    sens, spec = m.any_damage_sensitivity_specificity(t, p)
+    tn, fp, fn, tp = skm.confusion_matrix(ti >= 1, pi >= 1).ravel()
+    assert sens == pytest.approx(tp / (tp + fn), abs=1e-9)
+    assert spec == pytest.approx(tn / (tn + fp), abs=1e-9)
+    assert sens == pytest.approx(skm.recall_score(ti >= 1, pi >= 1), abs=1e-9)
+
+
+def test_binary_split_metrics_match_roc(rng):
+    y = rng.integers(0, 2, size=300)
+    score = y * 0.6 + rng.random(300)
+    assert m.auc(y, score) == pytest.approx(skm.roc_auc_score(y, score), abs=1e-9)
+    j, threshold = m.youden(y, score)
+    fpr, tpr, _ = skm.roc_curve(y, score)
+    assert j == pytest.approx((tpr - fpr).max(), abs=1e-9)
+    call = score >= threshold
+    sens = (call & (y == 1)).sum() / (y == 1).sum()
+    spec = (~call & (y == 0)).sum() / (y == 0).sum()
+    assert sens + spec - 1 == pytest.approx(j, abs=1e-9)
+
+
+def test_wilcoxon_one_sided_matches_scipy(rng):
+    a = rng.random(40)
+    b = a + rng.normal(0.1, 0.1, 40)
+    result = m.wilcoxon_one_sided(a, b)
+    assert result["p_value"] == pytest.approx(
+        stats.wilcoxon(a, b, alternative="less").pvalue, abs=1e-9
+    )
+    assert result["p_value"] < 0.05 and result["median_diff"] < 0
+    assert m.wilcoxon_one_sided(b, a)["p_value"] > 0.5
+
+
+def test_locator_errors_and_shares():
+    true = [[0, 0], [10, 0], [0, 0]]
+    pred = [[3, 4], [10, 0], [np.nan, np.nan]]
+    err = m.normalised_errors(true, pred, (300, 400))
+    np.testing.assert_allclose(err[:2], [5 / 500, 0.0], atol=1e-12)
+    assert np.isinf(err[2])  # a missed joint is wrong at every threshold
+    assert m.share_within(err, 0.01) == pytest.approx(2 / 3)
+    summary = m.locator_summary(err, ["finger", "finger", "wrist"])
+    assert summary["finger"]["within_0.02"] == 1.0 and summary["wrist"]["within_0.03"] == 0.0
+    assert summary["all"]["n"] == 3
+    assert m.detection_sensitivity([True, True, False], [True, False, False]) == 0.5
+
+
+def test_bootstrap_is_seeded_and_brackets_the_value(grades):
+    t, p = grades
+    a = m.bootstrap_ci(m.rmse, t, p, n_resamples=300, seed=7)
+    b = m.bootstrap_ci(m.rmse, t, p, n_resamples=300, seed=7)
+    assert a == b
+    assert a.low <= a.value <= a.high and a.high - a.low < 0.3
+    wider = m.bootstrap_ci(m.rmse, t[:20], p[:20], n_resamples=300, seed=7)
+    assert wider.high - wider.low > a.high - a.low
+
+
+def test_bootstrap_skips_undefined_resamples():
+    t = np.array([0] * 19 + [1])
+    p = np.array([0] * 19 + [1])
+    ci = m.bootstrap_ci(m.auc, t, p, n_resamples=200, seed=0)
+    assert ci.n_undefined > 0 and np.isfinite(ci.low)  # resamples without a positive skipped
+
+
+def test_patient_folds_never_split_a_patient(rng):
+    patients = [f"P{i // 3}" for i in range(60)]  # 20 patients, 3 cases each
+    splits = m.patient_kfold(patients, 5, seed=1)
+    groups = np.array(patients)
+    for train, test in splits:
+        assert not set(groups[train]) & set(groups[test])
+    folds = m.patient_folds(patients, 5, seed=1)
+    assert set(folds.values()) == set(range(5)) and len(folds) == 20
+    assert folds == m.patient_folds(patients, 5, seed=1)
+    assert folds != m.patient_folds(patients, 5, seed=2)
+    with pytest.raises(ValueError, match="at least 5 patients"):
+        m.patient_kfold(["a", "b"], 5)
+
+
+# ------------------------------------------------------------------ degenerate input
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        m.rmse,
+        m.pearson_r,
+        m.exact_agreement,
+        m.within_one_agreement,
+        m.accuracy,
+        m.linear_weighted_kappa,
+        m.auc,
+    ],
+)
+def test_empty_input_is_a_clear_error(fn):
+    with pytest.raises(ValueError, match="empty input"):
+        fn([], [])
+
+
+def test_mismatched_lengths_and_nans_are_clear_errors():
+    with pytest.raises(ValueError, match="3 values but y_pred has 2"):
+        m.rmse([1, 2, 3], [1, 2])
+    with pytest.raises(ValueError, match="nan"):
+        m.rmse([1, np.nan], [1, 2])
+
+
+def test_constant_predictions_give_nan_with_a_warning():
+    with pytest.warns(m.MetricWarning, match="constant"):
+        assert np.isnan(m.pearson_r([1, 2, 3], [2, 2, 2]))
+    assert m.rmse([1, 2, 3], [2, 2, 2]) == pytest.approx(np.sqrt(2 / 3))
+
+
+def test_single_class_gives_nan_with_a_warning():
+    with pytest.warns(m.MetricWarning, match="one class"):
+        assert np.isnan(m.auc([1, 1, 1], [0.2, 0.5, 0.9]))
+    with pytest.warns(m.MetricWarning, match="same"):
+        assert np.isnan(m.linear_weighted_kappa([2, 2], [2, 2]))
+    with pytest.warns(m.MetricWarning, match="no case with damage"):
+        sens, spec = m.any_damage_sensitivity_specificity([0, 0], [0, 1])
+    assert np.isnan(sens) and spec == 0.5
+    with pytest.warns(m.MetricWarning, match="identical"):
+        m.wilcoxon_one_sided([1, 2], [1, 2])
+
+
+def test_score_summary_has_every_figure(grades):
+    t, p = grades
+    summary = m.score_summary(t, p)
+    assert set(summary) >= {
+        "rmse",
+        "pearson_r",
+        "exact_agreement",
+        "within_one_agreement",
+        "any_damage_sensitivity",
+        "any_damage_specificity",
+        "linear_weighted_kappa",
+    }
+    assert 0 <= summary["exact_agreement"] <= summary["within_one_agreement"] <= 1
