@@ -176,6 +176,23 @@ def _cmd_markups(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_benchmark(args: argparse.Namespace) -> int:
+    from .benchmark import run_benchmark
+
+    result = run_benchmark(
+        args.task,
+        args.out,
+        bundle=args.bundle,
+        heldout=args.heldout,
+        patients=args.patients,
+        seed=args.seed,
+        device=args.device,
+    )
+    print(Path(args.out).with_suffix(".md").read_text())
+    print(f"wrote {args.out} ({result['note']})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ra-joints",
@@ -267,6 +284,20 @@ def build_parser() -> argparse.ArgumentParser:
     group.add_argument("--import", dest="import_file", type=Path, help="read a .mrk.json")
     p.add_argument("--annotator", default="slicer", help="who placed the imported points")
     p.set_defaults(func=_cmd_markups)
+
+    p = sub.add_parser("benchmark", help="measure a shipped bundle on held-out phantoms")
+    p.add_argument("--task", required=True, choices=["locator"])
+    p.add_argument("--out", type=Path, default=Path("results/benchmark_locator.json"))
+    p.add_argument("--bundle", type=Path, help="bundle folder (default: the repository's)")
+    p.add_argument(
+        "--heldout",
+        type=Path,
+        help="project folder to measure on (default: a fresh phantom cohort generated with --seed)",
+    )
+    p.add_argument("--patients", type=int, default=40)
+    p.add_argument("--seed", type=int, default=2000)
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.set_defaults(func=_cmd_benchmark)
     return parser
 
 

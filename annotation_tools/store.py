@@ -268,11 +268,11 @@ class AnnotationStore:
     """
 
     def __init__(self, path: str | Path, *, create: bool = True, timeout: float = 10.0):
-        path = Path(path)
+        path = Path(path).expanduser().resolve()
         if path.is_dir() or (not path.suffix and not path.exists()):
             path = path / STORE_FILENAME
         self.path = path
-        self.root = path.parent
+        self.root = path.parent  # absolute, so resolve() gives paths valid from any cwd
         if not path.exists() and not create:
             raise StoreError(f"no annotation store at {path}")
         path.parent.mkdir(parents=True, exist_ok=True)
