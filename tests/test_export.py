@@ -6,7 +6,7 @@ import sqlite3
 
 import numpy as np
 import pytest
-from matplotlib.path import Path as MplPath
+from helpers import inside_or_near
 from monai.data import load_decathlon_datalist
 from monai.transforms import LoadImaged
 from skimage.transform import resize
@@ -115,7 +115,7 @@ def test_scorer_masks_lie_inside_their_polygons(exports, cohort20):
         side, size = item["patch_side"], mask.shape[0]
         origin = np.array(item["centre"]) - side / 2
         xy = origin + (np.stack([cols, rows], 1) + 0.5) * side / size
-        assert _inside_or_near(polygon, xy, side / size).mean() > 0.99, item["image"]
+        assert inside_or_near(polygon, xy, side / size).mean() > 0.99, item["image"]
     assert with_mask == 20 * (2 * 15 + 2 * 6)
     store.close()
 
@@ -145,17 +145,6 @@ def test_ultrasound_crops_equal_the_roi_contents(exports, cohort20):
             assert mask.sum() == 0
         else:
             assert mask.sum() > 0
-
-
-def _inside_or_near(polygon, points, tol):
-    """Inside the polygon or within ``tol`` of its outline (orientation-independent)."""
-    inside = MplPath(polygon).contains_points(points)
-    a, b = polygon, np.roll(polygon, -1, axis=0)
-    ab = b - a
-    t = np.clip(((points[:, None] - a) * ab).sum(-1) / (ab * ab).sum(-1), 0, 1)
-    nearest = a + t[..., None] * ab
-    dist = np.linalg.norm(points[:, None] - nearest, axis=-1).min(axis=1)
-    return inside | (dist <= tol)
 
 
 def _source(project, pair_id):

@@ -48,6 +48,26 @@ def _bundle_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "monai.bundle", *args]
 
 
+def _infer(dataset_dir: str | Path, out: Path, *extra: str) -> None:
+    """The bundle's inference through MONAI's runner, as a user would call it."""
+    _run(
+        _bundle_cmd(
+            "run",
+            "--config_file",
+            "configs/inference.json",
+            "--meta_file",
+            "configs/metadata.json",
+            "--bundle_root",
+            ".",
+            "--dataset_dir",
+            str(dataset_dir),
+            "--output_dir",
+            str(out),
+            *extra,
+        )
+    )
+
+
 def _run(cmd: list[str], cwd: Path = BUNDLE, timeout: int = 600) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
@@ -130,23 +150,7 @@ def heldout(tmp_path_factory):
 
 def test_inference_through_monai_bundle_run(heldout, tmp_path):
     out = tmp_path / "pred"
-    _run(
-        _bundle_cmd(
-            "run",
-            "--config_file",
-            "configs/inference.json",
-            "--meta_file",
-            "configs/metadata.json",
-            "--bundle_root",
-            ".",
-            "--dataset_dir",
-            str(heldout / "radiographs"),
-            "--output_dir",
-            str(out),
-            "--store",
-            str(heldout),
-        )
-    )
+    _infer(str(heldout / "radiographs"), out, "--store", str(heldout))
     files = sorted(out.glob("*.json"))
     assert len(files) == 8
     store = AnnotationStore.open(heldout, create=False)
@@ -233,21 +237,7 @@ def test_bad_inputs_in_a_folder_are_reported_and_the_rest_runs(heldout, tmp_path
         np.repeat(grey8[..., None], 3, 2) + np.array([0, 0, 1], np.uint8),
     )  # an RGB export of a foot radiograph
     out = tmp_path / "pred"
-    _run(
-        _bundle_cmd(
-            "run",
-            "--config_file",
-            "configs/inference.json",
-            "--meta_file",
-            "configs/metadata.json",
-            "--bundle_root",
-            ".",
-            "--dataset_dir",
-            str(folder),
-            "--output_dir",
-            str(out),
-        )
-    )
+    _infer(str(folder), out)
     results = {p.stem: json.loads(p.read_text()) for p in out.glob("*.json")}
     assert len(results) == 6  # every file got an answer
 
