@@ -39,7 +39,6 @@ from .vocabulary import (
     dream_column,
     dream_columns,
     get_joint,
-    joints_for_limb,
     parse_dream_column,
     patient_totals,
 )
@@ -1051,10 +1050,3 @@ def _revision(kind: str, spec: _Kind, row: sqlite3.Row) -> Revision:
         created_at=row["created_at"],
         confirms=row["confirms"],
     )
-
-
-def joint_ids_for_image(image: ImageRecord) -> tuple[str, ...]:
-    """The joint ids an annotator is asked for on a radiograph, in guided order."""
-    if image.limb is None:
-        return ()
-    return tuple(j.id for j in joints_for_limb(image.limb))
