@@ -183,9 +183,8 @@ def _iter(items: list[Any], progress: bool, desc: str) -> Iterable[Any]:
     return tqdm(items, desc=desc)
 
 
-def _load(
-    store: AnnotationStore, image: ImageRecord, report: ExportProblem | Any
-) -> ImageData | None:
+def _load(store: AnnotationStore, image: ImageRecord, report: ExportReport) -> ImageData | None:
+    """Read an image, or record in the report why it cannot be used."""
     path = store.resolve(image)
     if not path.exists():
         report.problems.append(ExportProblem(image.path, "image", "file is missing on disk"))
