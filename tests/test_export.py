@@ -194,6 +194,11 @@ def test_unconfirmed_model_predictions_are_not_exported(small_copy, tmp_path):
     store.close()
 
 
+def _export(project, task, out, *extra):
+    """``ra-joints export`` as a user types it; returns the exit status."""
+    return main(["export", "--store", str(project), "--task", task, "--out", str(out), *extra])
+
+
 def test_bad_annotations_are_reported_and_only_they_skipped(small_copy, tmp_path, capsys):
     store = AnnotationStore.open(small_copy, create=False)
     images = store.images(modality="radiograph")
@@ -217,21 +222,15 @@ def test_bad_annotations_are_reported_and_only_they_skipped(small_copy, tmp_path
 
     out = tmp_path / "ex"
     assert (
-        main(
-            [
-                "export",
-                "--store",
-                str(small_copy),
-                "--task",
-                "scorer",
-                "--out",
-                str(out / "scorer"),
-                "--folds",
-                "3",
-                "--quiet",
-                "--patch-size",
-                "32",
-            ]
+        _export(
+            small_copy,
+            "scorer",
+            str(out / "scorer"),
+            "--folds",
+            "3",
+            "--quiet",
+            "--patch-size",
+            "32",
         )
         == 1
     )
@@ -251,43 +250,21 @@ def test_bad_annotations_are_reported_and_only_they_skipped(small_copy, tmp_path
     assert not any(i["image_id"] == missing.id for i in items)
     # --allow-skips accepts the same problems
     assert (
-        main(
-            [
-                "export",
-                "--store",
-                str(small_copy),
-                "--task",
-                "scorer",
-                "--out",
-                str(out / "again"),
-                "--folds",
-                "3",
-                "--quiet",
-                "--allow-skips",
-                "--patch-size",
-                "32",
-            ]
+        _export(
+            small_copy,
+            "scorer",
+            str(out / "again"),
+            "--folds",
+            "3",
+            "--quiet",
+            "--allow-skips",
+            "--patch-size",
+            "32",
         )
         == 0
     )
     capsys.readouterr()
-    assert (
-        main(
-            [
-                "export",
-                "--store",
-                str(small_copy),
-                "--task",
-                "ultrasound",
-                "--out",
-                str(out / "us"),
-                "--folds",
-                "3",
-                "--quiet",
-            ]
-        )
-        == 1
-    )
+    assert _export(small_copy, "ultrasound", str(out / "us"), "--folds", "3", "--quiet") == 1
     assert "zero area" in capsys.readouterr().err
     us_items = json.loads((out / "us" / "datalist.json").read_text())["training"]
     assert len(us_items) == 5  # 6 pairs, one with a bad ROI
