@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import csv
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -144,47 +144,93 @@ def _patient_totals(
     return t, p
 
 
+def locator_figures(
+    cases: Iterable[tuple[str, Mapping[str, Sequence[float]], Mapping[str, Any], Sequence[int]]],
+    *,
+    tolerance: float = 0.02,
+    wrong: Sequence[str] = (),
+) -> dict[str, Any]:
+    """Locator figures over ``(image, truth, prediction, (H, W))`` cases.
+
+    ``truth`` maps joint id -> ``(x, y)`` of the annotated (present) joints; ``prediction``
+    maps joint id -> ``(x, y)``, or ``None`` / absent for a joint flagged missing.
+    A joint is *wrongly named* when its point is off its own joint (> ``tolerance`` of the
+    diagonal) and on another one (<= ``tolerance``): an index-middle or thumb-index swap.
+    Points near their own joint but a little nearer a neighbour (wrist sites lie a few pixels
+    apart) are counted separately as ``closer_to_another_joint``. ``wrong`` adds wrong names
+    found elsewhere (e.g. a whole image located as the wrong limb).
+    """
+    errors, regions, present, detected = [], [], [], []
+    wrong_names = list(wrong)
+    closer_to_other = 0
+    per_joint: dict[str, list[float]] = defaultdict(list)
+    n_images = 0
+    for image, truth, prediction, shape in cases:
+        n_images += 1
+        ids = list(truth)
+        truth_xy = np.array([truth[k] for k in ids], dtype=float).reshape(-1, 2)
+        diagonal = float(np.hypot(*shape))
+        for joint_id in ids:
+            xy = prediction.get(joint_id)
+            present.append(True)
+            detected.append(xy is not None)
+            err = float(
+                metrics.normalised_errors(
+                    [truth[joint_id]], [xy if xy is not None else (np.nan, np.nan)], shape
+                )[0]
+            )
+            errors.append(err)
+            regions.append(get_joint(joint_id).region)
+            per_joint[get_joint(joint_id).site].append(err)
+            if xy is None:
+                continue
+            dist = np.hypot(*(truth_xy - np.asarray(xy, dtype=float)).T) / diagonal
+            nearest = ids[int(np.argmin(dist))]
+            if nearest != joint_id:
+                closer_to_other += 1
+                if err > tolerance and dist.min() <= tolerance:
+                    wrong_names.append(f"{image}: {joint_id} placed on {nearest}")
+    if not errors:
+        raise ValueError("no annotated joints to evaluate")
+    return {
+        "n_images": n_images,
+        "n_joints": len(errors),
+        "by_region": metrics.locator_summary(errors, regions),
+        "detection_sensitivity": metrics.detection_sensitivity(present, detected),
+        "wrong_names": len(wrong_names),
+        "wrong_name_examples": wrong_names[:20],
+        "closer_to_another_joint": closer_to_other,
+        "per_joint_within_0.02": {
+            k: float(np.mean(np.asarray(v) <= 0.02)) for k, v in sorted(per_joint.items())
+        },
+        "per_joint_median_error": {k: float(np.median(v)) for k, v in sorted(per_joint.items())},
+    }
+
+
+def present_centres(revisions: Mapping[str, Any]) -> dict[str, tuple[float, float]]:
+    """Joint id -> (x, y) of the store revisions whose status is ``present``."""
+    return {k: (r.value["x"], r.value["y"]) for k, r in revisions.items() if r.status == "present"}
+
+
 def evaluate_locator_store(
     project: str | Path, pred_source: str = "model", truth_sources: Iterable[str] = TRAINING_SOURCES
 ) -> dict[str, Any]:
     """Predicted (``pred_source``) vs annotated centres of every radiograph in a project."""
     if project is None:
         raise ValueError("locator metrics need --project")
-    errors, regions, present, detected = [], [], [], []
-    per_joint: dict[str, list[float]] = defaultdict(list)
+    cases = []
     with AnnotationStore.open(project, create=False) as store:
         for image in store.images(modality="radiograph"):
-            truth = store.centres(image.id, sources=truth_sources)
             pred = store.centres(image.id, sources=[pred_source])
             if not pred:
                 continue
-            shape = (image.height, image.width)
-            for joint_id, rev in truth.items():
-                if rev.status != "present":
-                    continue
-                found = joint_id in pred and pred[joint_id].status == "present"
-                present.append(True)
-                detected.append(found)
-                xy_true = (rev.value["x"], rev.value["y"])
-                xy_pred = (
-                    (pred[joint_id].value["x"], pred[joint_id].value["y"])
-                    if found
-                    else (np.nan, np.nan)
-                )
-                err = float(metrics.normalised_errors([xy_true], [xy_pred], shape)[0])
-                errors.append(err)
-                regions.append(get_joint(joint_id).region)
-                per_joint[get_joint(joint_id).site].append(err)
-    if not errors:
+            truth = present_centres(store.centres(image.id, sources=truth_sources))
+            cases.append((image.path, truth, present_centres(pred), (image.height, image.width)))
+    if not cases:
         raise ValueError(
             f"no radiograph in {project} has both {pred_source!r} and annotated centres"
         )
-    return {
-        "n_joints": len(errors),
-        "by_region": metrics.locator_summary(errors, regions),
-        "detection_sensitivity": metrics.detection_sensitivity(present, detected),
-        "per_joint_median_error": {k: float(np.median(v)) for k, v in sorted(per_joint.items())},
-    }
+    return locator_figures(cases)
 
 
 def evaluate_us_store(
@@ -230,5 +276,7 @@ __all__ = [
     "evaluate_locator_store",
     "evaluate_score_tables",
     "evaluate_us_store",
+    "locator_figures",
+    "present_centres",
     "read_dream_table",
 ]

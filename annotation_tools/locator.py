@@ -14,7 +14,6 @@ no blob means "missing", never an invented point.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 import time
@@ -30,7 +29,7 @@ from monai.metrics import CumulativeIterationMetric
 from monai.transforms import MapTransform
 from scipy import ndimage
 
-from .imageio import IMAGE_EXTENSIONS, ImageData, ImageReadError, read_image
+from .imageio import IMAGE_EXTENSIONS, ImageData, ImageReadError, file_sha256, read_image
 from .targets import (
     IGNORE,
     mirror_image,
@@ -39,7 +38,7 @@ from .targets import (
     resize_image,
     scale_points,
 )
-from .vocabulary import Limb, get_joint, joints_for_limb, site_names
+from .vocabulary import Limb, joints_for_limb, site_names
 
 __all__ = [
     "BUNDLE_NAME",
@@ -495,13 +494,6 @@ class DecodeJointsd(MapTransform):
         return d
 
 
-def weights_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        digest.update(handle.read())
-    return digest.hexdigest()
-
-
 class SaveJointsJSONd(MapTransform):
     """Write one ``<stem>.json`` per image, and optionally the centres into a project store."""
 
@@ -517,7 +509,7 @@ class SaveJointsJSONd(MapTransform):
         self.output_dir = Path(output_dir)
         self.model = {"bundle": BUNDLE_NAME, "version": bundle_version}
         if weights_file and Path(weights_file).exists():
-            self.model["weights_sha256"] = weights_sha256(weights_file)
+            self.model["weights_sha256"] = file_sha256(weights_file)
         self.store = store
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -684,7 +676,7 @@ class JointLocator:
         info = {
             "bundle": BUNDLE_NAME,
             "version": str(parser.get("_meta_#version", "")),
-            "weights_sha256": weights_sha256(weights_path),
+            "weights_sha256": file_sha256(weights_path),
         }
         return cls(
             network,
@@ -799,71 +791,30 @@ def evaluate_results(
 ) -> dict[str, Any]:
     """Locator figures of results against a project's human/phantom centres.
 
-    A joint is *wrongly named* when the result's limb differs from the stored one, or when
-    its point is off its own joint (> ``tolerance`` of the diagonal) and on another one
-    (<= ``tolerance``): an index-middle or thumb-index swap. Points that are near their own
-    joint but a little nearer a neighbour (wrist sites lie a few pixels apart) are counted
-    separately as ``closer_to_another_joint``.
+    The figures come from :func:`annotation_tools.evaluation.locator_figures`; a result located
+    as another limb than the stored one counts as a wrong name too.
     """
-    from .metrics import detection_sensitivity, locator_summary, normalised_errors
+    from .evaluation import PHANTOM_NOTE, locator_figures, present_centres
     from .store import TRAINING_SOURCES, AnnotationStore
 
-    errors, regions, present, detected, seconds = [], [], [], [], []
-    wrong: list[str] = []
-    closer_to_other = 0
-    per_joint: dict[str, list[float]] = {}
+    cases, wrong = [], []
     with AnnotationStore.open(project, create=False) as store:
         for result in results:
             record = store.find_image(result.path)
             if record is None:
                 raise ValueError(f"{result.path} is not registered in {store.path}")
-            if result.seconds is not None:
-                seconds.append(result.seconds)
-            truth = {
-                k: (r.value["x"], r.value["y"])
-                for k, r in store.centres(record.id, sources=TRAINING_SOURCES).items()
-                if r.status == "present"
-            }
             if result.limb != record.limb:
-                wrong += [f"{record.path}: located as {result.limb}, is {record.limb}"]
-            ids = list(truth)
-            truth_xy = np.array([truth[k] for k in ids])
-            for joint_id in ids:
-                pred = result.joints.get(joint_id)
-                found = pred is not None and not pred.missing
-                present.append(True)
-                detected.append(found)
-                xy = (pred.x, pred.y) if found else (np.nan, np.nan)
-                err = float(normalised_errors([truth[joint_id]], [xy], result.image_shape)[0])
-                errors.append(err)
-                regions.append(get_joint(joint_id).region)
-                per_joint.setdefault(get_joint(joint_id).site, []).append(err)
-                if found:
-                    dist = np.hypot(*(truth_xy - np.array(xy)).T) / np.hypot(*result.image_shape)
-                    nearest = ids[int(np.argmin(dist))]
-                    if nearest != joint_id:
-                        closer_to_other += 1
-                        if err > tolerance and dist.min() <= tolerance:
-                            wrong.append(f"{record.path}: {joint_id} placed on {nearest}")
-    if not errors:
-        raise ValueError("no annotated joints to evaluate")
-    return {
-        "n_images": len(results),
-        "n_joints": len(errors),
-        "by_region": locator_summary(errors, regions),
-        "detection_sensitivity": detection_sensitivity(present, detected),
-        "wrong_names": len(wrong),
-        "wrong_name_examples": wrong[:20],
-        "closer_to_another_joint": closer_to_other,
-        "conflicts_flagged_missing": sum(
-            1 for r in results for w in r.warnings if "claimed the same point" in w
-        ),
-        "per_joint_within_0.02": {
-            k: float(np.mean(np.asarray(v) <= 0.02)) for k, v in sorted(per_joint.items())
-        },
-        "seconds_per_image_mean": float(np.mean(seconds)) if seconds else None,
-        "note": "Measured on phantoms: these figures say nothing about clinical accuracy.",
-    }
+                wrong.append(f"{record.path}: located as {result.limb}, is {record.limb}")
+            truth = present_centres(store.centres(record.id, sources=TRAINING_SOURCES))
+            cases.append((record.path, truth, result.present(), result.image_shape))
+    report = locator_figures(cases, tolerance=tolerance, wrong=wrong)
+    seconds = [r.seconds for r in results if r.seconds is not None]
+    report["conflicts_flagged_missing"] = sum(
+        1 for r in results for w in r.warnings if "claimed the same point" in w
+    )
+    report["seconds_per_image_mean"] = float(np.mean(seconds)) if seconds else None
+    report["note"] = PHANTOM_NOTE
+    return report
 
 
 def write_evaluation(

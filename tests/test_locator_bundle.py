@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from annotation_tools.evaluation import evaluate_locator_store
 from annotation_tools.export import export_dataset
 from annotation_tools.imageio import read_image, write_dicom, write_png
 from annotation_tools.locator import JointLocator, evaluate_results
@@ -176,6 +177,10 @@ def test_inference_through_monai_bundle_run(heldout, tmp_path):
         assert set(model) == set(truth)
         assert next(iter(model.values())).author == "ra_joint_locator"
     store.close()
+    # the store's model revisions give the same figures through `ra-joints metrics locator`
+    report = evaluate_locator_store(heldout)
+    assert report["n_images"] == 8 and report["n_joints"] == 8 * 14
+    assert report["by_region"]["all"]["within_0.02"] >= 0.9 and report["wrong_names"] == 0
 
 
 def test_evaluate_config_reports_the_metrics_module_figures(heldout, tmp_path):
