@@ -179,18 +179,50 @@ def _cmd_markups(args: argparse.Namespace) -> int:
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from .benchmark import run_benchmark
 
+    extra = {}
+    if args.task == "scorer":
+        extra = {"compare": args.compare, "locator_bundle": args.locator_bundle}
+    elif args.compare or args.locator_bundle:
+        raise ValueError("--compare and --locator-bundle belong to --task scorer")
+    out = args.out or Path(f"results/benchmark_{args.task}.json")
     result = run_benchmark(
         args.task,
-        args.out,
+        out,
         bundle=args.bundle,
         heldout=args.heldout,
         patients=args.patients,
         seed=args.seed,
         device=args.device,
+        **extra,
     )
+    args.out = out
     print(Path(args.out).with_suffix(".md").read_text())
     print(f"wrote {args.out} ({result['note']})")
     return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from .pipeline import describe, pipeline_from_bundles, predict_folder
+
+    locator, scorer = pipeline_from_bundles(args.locator_bundle, args.scorer_bundle, args.device)
+    result = predict_folder(
+        args.images,
+        args.out,
+        locator,
+        scorer,
+        case_table=args.cases,
+        store=args.store,
+        explain=not args.no_explain,
+        progress=not args.quiet,
+    )
+    facts = describe(result)
+    print(
+        f"scored {facts['patients']} patient(s), {facts['radiographs']} radiograph(s) in "
+        f"{facts['seconds']} s -> {args.out} (scores_ra2dream.csv, scores/, shap/, summary.json)"
+    )
+    for path, reason in result.failures:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    return 0 if not result.failures else 3
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -254,7 +286,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-mirror",
         action="store_true",
-        help="locator: keep right limbs as they are (default: mirror to left)",
+        help="keep right limbs as they are (default: mirror to left)",
     )
     p.add_argument("--target-mode", choices=["square", "disc"], default="square")
     p.add_argument("--patch-size", type=int, default=128, help="scorer: patch side in pixels")
@@ -286,8 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_markups)
 
     p = sub.add_parser("benchmark", help="measure a shipped bundle on held-out phantoms")
-    p.add_argument("--task", required=True, choices=["locator"])
-    p.add_argument("--out", type=Path, default=Path("results/benchmark_locator.json"))
+    p.add_argument("--task", required=True, choices=["locator", "scorer"])
+    p.add_argument("--out", type=Path, help="JSON file (default: results/benchmark_<task>.json)")
     p.add_argument("--bundle", type=Path, help="bundle folder (default: the repository's)")
     p.add_argument(
         "--heldout",
@@ -297,7 +329,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--patients", type=int, default=40)
     p.add_argument("--seed", type=int, default=2000)
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument(
+        "--compare",
+        type=Path,
+        nargs="*",
+        default=[],
+        help="scorer: folders of other trained variants (model.pt + config.json) to compare",
+    )
+    p.add_argument("--locator-bundle", type=Path, help="scorer: locator bundle for end to end")
     p.set_defaults(func=_cmd_benchmark)
+
+    p = sub.add_parser(
+        "predict",
+        help="locate and score every radiograph of a folder (RA2-DREAM CSV, JSON, SHAP PNGs)",
+    )
+    p.add_argument("--images", type=Path, required=True, help="folder of DICOM/PNG/JPEG/TIFF")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "--cases",
+        type=Path,
+        help="CSV with columns file, patient_id, limb (default: DICOM tags, then file names "
+        "like P001_LH.dcm)",
+    )
+    p.add_argument("--store", type=Path, help="also write model revisions into this project")
+    p.add_argument("--locator-bundle", type=Path)
+    p.add_argument("--scorer-bundle", type=Path)
+    p.add_argument("--no-explain", action="store_true", help="skip the SHAP heatmaps")
+    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=_cmd_predict)
     return parser
 
 

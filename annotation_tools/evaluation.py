@@ -59,7 +59,19 @@ def evaluate_score_tables(
     """Per-joint and per-patient figures of predicted vs true RA2-DREAM tables."""
     if truth_csv is None or pred_csv is None:
         raise ValueError("scores metrics need --truth and --pred RA2-DREAM tables")
-    truth, pred = read_dream_table(truth_csv), read_dream_table(pred_csv)
+    return score_figures(
+        read_dream_table(truth_csv), read_dream_table(pred_csv), n_resamples=n_resamples, seed=seed
+    )
+
+
+def score_figures(
+    truth: Mapping[str, Mapping[str, float]],
+    pred: Mapping[str, Mapping[str, float]],
+    *,
+    n_resamples: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Per-joint and per-patient figures of two RA2-DREAM tables (patient -> column -> value)."""
     missing_patients = sorted(set(truth) - set(pred))
     per_type: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
     per_joint: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
@@ -118,6 +130,51 @@ def evaluate_score_tables(
                 ),
             }
     return result
+
+
+def paired_score_errors(
+    truth: Mapping[str, Mapping[str, float]],
+    preds: Sequence[Mapping[str, Mapping[str, float]]],
+    score_type: str,
+) -> list[np.ndarray]:
+    """Absolute errors of several predictions on the scores *all* of them gave, same order.
+
+    The input of a paired test (``metrics.wilcoxon_one_sided``) between two models.
+    """
+    return [np.concatenate(e) for e in _errors_by_patient(truth, preds, score_type)]
+
+
+def paired_patient_mse(
+    truth: Mapping[str, Mapping[str, float]],
+    preds: Sequence[Mapping[str, Mapping[str, float]]],
+    score_type: str | None = None,
+) -> list[np.ndarray]:
+    """Mean squared error per patient of several predictions (same patients, same scores).
+
+    Joints of one patient are not independent; a paired test over patients is the honest one.
+    """
+    return [
+        np.array([np.mean(np.square(p)) for p in e if len(p)])
+        for e in _errors_by_patient(truth, preds, score_type)
+    ]
+
+
+def _errors_by_patient(
+    truth: Mapping[str, Mapping[str, float]],
+    preds: Sequence[Mapping[str, Mapping[str, float]]],
+    score_type: str | None,
+) -> list[list[np.ndarray]]:
+    letters = {"narrowing": ("_J__",), "erosion": ("_E__",), None: ("_J__", "_E__")}[score_type]
+    out: list[list[np.ndarray]] = [[] for _ in preds]
+    for pid, row in sorted(truth.items()):
+        columns = [
+            c
+            for c in sorted(row)
+            if any(x in c for x in letters) and all(c in p.get(pid, {}) for p in preds)
+        ]
+        for e, p in zip(out, preds, strict=True):
+            e.append(np.array([abs(p[pid][c] - row[c]) for c in columns], dtype=float))
+    return out
 
 
 def _total_columns() -> dict[str, list[str]]:
@@ -277,6 +334,9 @@ __all__ = [
     "evaluate_score_tables",
     "evaluate_us_store",
     "locator_figures",
+    "paired_patient_mse",
+    "paired_score_errors",
     "present_centres",
     "read_dream_table",
+    "score_figures",
 ]

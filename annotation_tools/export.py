@@ -30,12 +30,11 @@ from .metrics import patient_folds
 from .store import TRAINING_SOURCES, AnnotationStore, ImageRecord
 from .targets import (
     MASK_IGNORE,
-    extract_patch,
+    joint_patch,
     locator_targets,
     mirror_image,
     mirror_points,
     normalise_intensity,
-    patch_side,
     resize_image,
     scale_points,
 )
@@ -169,6 +168,7 @@ def _task_header(task: str, name: str, options: _Options) -> dict[str, Any]:
     if task == "scorer":
         return {
             "patch_size": options.patch_size,
+            "mirrored_to_left": options.mirror,
             "mask_ignore_value": MASK_IGNORE,
             "score_max": {"narrowing": 4, "erosion_hand": 5, "erosion_foot": 10},
         }
@@ -325,16 +325,18 @@ def _export_scorer(
         polygons = store.polygons(image.id, sources=options.sources)
         pixels = normalise_intensity(data.grey())
         stem = Path(image.path).stem
+        mirrored = options.mirror and Limb.parse(image.limb).side == "right"
         for joint in joints_for_limb(image.limb):
             xy = centres.get(joint.id)
             if xy is None or not scores.get(joint.id):
                 continue  # not visible / not annotated / not scored: nothing to learn from
             poly = polygons.get(joint.id)
-            patch = extract_patch(
+            patch = joint_patch(
                 pixels,
+                joint,
                 xy,
-                patch_side(joint, data.shape[0]),
                 size=options.patch_size,
+                mirror=mirrored,
                 polygon=poly.value["vertices"] if poly else None,
             )
             for problem in patch.problems:
@@ -363,6 +365,7 @@ def _export_scorer(
                 "fold": fold_of[image.patient_id],
                 "centre": [round(v, 4) for v in xy],
                 "patch_side": patch.side,
+                "mirrored": mirrored,
             }
             for score_type in ScoreType:
                 value = scores[joint.id].get(score_type.value)

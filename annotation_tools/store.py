@@ -36,11 +36,11 @@ from .vocabulary import (
     DREAM_TOTAL_COLUMNS,
     Limb,
     ScoreType,
-    dream_column,
     dream_columns,
+    dream_row,
     get_joint,
     parse_dream_column,
-    patient_totals,
+    write_dream_csv,
 )
 
 __all__ = [
@@ -913,33 +913,19 @@ class AnnotationStore:
     ) -> list[dict[str, Any]]:
         """One RA2-DREAM row per patient (and visit): joint scores and, when complete, totals."""
         sources = list(sources) if sources is not None else None
-        rows: dict[str, dict[str, Any]] = {}
+        scores: dict[str, dict[tuple[str, str], float]] = {}
         for image in self.images(modality="radiograph"):
             pid = image.patient_id if not image.visit else f"{image.patient_id}_{image.visit}"
-            row = rows.setdefault(pid, {"Patient_ID": pid, "_scores": {}})
-            for (joint_id, score_type), rev in self.scores(image.id, sources=sources).items():
-                row[dream_column(joint_id, score_type)] = rev.value["value"]
-                row["_scores"][(joint_id, score_type)] = rev.value["value"]
-        out = []
-        for pid in sorted(rows):
-            row = rows[pid]
-            totals = patient_totals(row.pop("_scores"))
-            if totals["n_missing"] == 0:
-                row.update({k: totals[k] for k in DREAM_TOTAL_COLUMNS[1:]})
-            out.append(row)
-        return out
+            patient = scores.setdefault(pid, {})
+            for key, rev in self.scores(image.id, sources=sources).items():
+                patient[key] = rev.value["value"]
+        return [dream_row(pid, scores[pid]) for pid in sorted(scores)]
 
     def export_dream_csv(
         self, path: str | Path, *, sources: Iterable[str] | None = TRAINING_SOURCES
     ) -> Path:
         """Write the RA2-DREAM score table; missing scores (and incomplete totals) stay empty."""
-        path = Path(path)
-        with open(path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(dream_columns()), restval="")
-            writer.writeheader()
-            for row in self.dream_rows(sources=sources):
-                writer.writerow({k: _format_score(v) for k, v in row.items()})
-        return path
+        return write_dream_csv(self.dream_rows(sources=sources), path)
 
     def import_dream_csv(self, path: str | Path, provenance: Provenance) -> list[str]:
         """Read an RA2-DREAM table into the store; returns the problems found (never silent).
@@ -1008,12 +994,6 @@ class AnnotationStore:
 def _split_sql(script: str) -> list[str]:
     """Statements of a migration script (executescript would commit our transaction)."""
     return [s.strip() for s in script.split(";") if s.strip()]
-
-
-def _format_score(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
 
 
 def _image_record(row: sqlite3.Row) -> ImageRecord:

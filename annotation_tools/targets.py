@@ -23,11 +23,13 @@ __all__ = [
     "MASK_IGNORE",
     "Patch",
     "extract_patch",
+    "joint_patch",
     "locator_targets",
     "mirror_image",
     "mirror_points",
     "normalise_intensity",
     "patch_side",
+    "patch_to_image",
     "resize_image",
     "scale_points",
 ]
@@ -272,3 +274,46 @@ def _self_intersects(pts: np.ndarray) -> bool:
             if d1 * d2 < 0 and d3 * d4 < 0:
                 return True
     return False
+
+
+def joint_patch(
+    pixels: np.ndarray,
+    joint: Joint,
+    centre: Sequence[float],
+    *,
+    size: int,
+    mirror: bool,
+    polygon: Sequence[Sequence[float]] | None = None,
+    shift: float = 0.0,
+    rng: np.random.Generator | None = None,
+) -> Patch:
+    """The scorer's patch of one joint: side from the radiograph height, right limbs mirrored.
+
+    ``pixels`` is the intensity-normalised radiograph. With ``mirror`` the patch (and its mask)
+    is flipped left-right, so the scorer only ever sees left-limb anatomy; :func:`Patch.to_image`
+    then needs the flip undone first (see :func:`patch_to_image`).
+    """
+    patch = extract_patch(
+        pixels,
+        centre,
+        patch_side(joint, pixels.shape[0]),
+        size=size,
+        polygon=polygon,
+        shift=shift,
+        rng=rng,
+    )
+    if mirror:
+        patch.image = mirror_image(patch.image)
+        if patch.mask is not None:
+            patch.mask = mirror_image(patch.mask)
+    return patch
+
+
+def patch_to_image(
+    patch: Patch, uv: np.ndarray | Sequence[Sequence[float]], mirrored: bool
+) -> np.ndarray:
+    """Pixel ``(u, v)`` of a (possibly mirrored) joint patch -> image ``(x, y)``."""
+    uv = np.array(uv, dtype=float).reshape(-1, 2)
+    if mirrored:
+        uv[:, 0] = patch.size - 1 - uv[:, 0]
+    return patch.to_image(uv)

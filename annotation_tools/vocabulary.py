@@ -16,6 +16,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from functools import cache
+from pathlib import Path
+from typing import Any
 
 __all__ = [
     "DREAM_TOTAL_COLUMNS",
@@ -346,3 +348,38 @@ def patient_totals(
         "Overall_narrowing": narrowing,
         "n_missing": len(expected - seen),
     }
+
+
+def dream_row(patient_id: str, scores: Mapping[tuple[str, str], float | None]) -> dict[str, Any]:
+    """One RA2-DREAM row: the given joint scores, and the totals only when none is missing."""
+    row: dict[str, Any] = {"Patient_ID": patient_id}
+    known = {}
+    for (joint_id, score_type), value in scores.items():
+        if value is None or value != value:  # None or NaN: no score
+            continue
+        row[dream_column(joint_id, score_type)] = value
+        known[(joint_id, score_type)] = value
+    totals = patient_totals(known)
+    if totals["n_missing"] == 0:
+        row.update({k: totals[k] for k in DREAM_TOTAL_COLUMNS[1:]})
+    return row
+
+
+def write_dream_csv(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
+    """Write RA2-DREAM rows (from :func:`dream_row`); absent scores and totals stay empty."""
+    import csv
+
+    path = Path(path)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(dream_columns()), restval="")
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({k: _format_score(v) for k, v in row.items()})
+    return path
+
+
+def _format_score(value: Any) -> Any:
+    """Whole grades as integers; model scores (expected grades) with 4 decimals."""
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else round(value, 4)
+    return value

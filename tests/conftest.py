@@ -44,3 +44,13 @@ def cohort20(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cohort20") / "project"
     generate_cohort(out, 20, seed=4, height=384, us_pairs=1, workers=2, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def full_res_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two phantom patients at the resolution the shipped weights were trained on."""
+    from annotation_tools.phantoms import generate_cohort
+
+    out = tmp_path_factory.mktemp("fullres") / "project"
+    generate_cohort(out, 2, seed=21, height=1200, us_pairs=1, workers=2, progress=False)
+    return out

@@ -15,7 +15,7 @@ from annotation_tools.cli import main
 from annotation_tools.export import export_dataset
 from annotation_tools.imageio import read_image
 from annotation_tools.store import AnnotationStore, Provenance
-from annotation_tools.targets import scale_points
+from annotation_tools.targets import Patch, patch_to_image, scale_points
 from annotation_tools.vocabulary import get_joint, joints_for_limb
 
 
@@ -113,8 +113,9 @@ def test_scorer_masks_lie_inside_their_polygons(exports, cohort20):
         assert len(rows), item["image"]
         polygon = np.array(store.polygons(item["image_id"])[joint.id].value["vertices"])
         side, size = item["patch_side"], mask.shape[0]
-        origin = np.array(item["centre"]) - side / 2
-        xy = origin + (np.stack([cols, rows], 1) + 0.5) * side / size
+        assert item["mirrored"] == item["limb"].startswith("R")
+        geometry = Patch(np.zeros((size, size), np.float32), tuple(item["centre"]), side)
+        xy = patch_to_image(geometry, np.stack([cols, rows], 1), item["mirrored"])
         assert inside_or_near(polygon, xy, side / size).mean() > 0.99, item["image"]
     assert with_mask == 20 * (2 * 15 + 2 * 6)
     store.close()

@@ -1,0 +1,80 @@
+"""Which patient and which limb a radiograph shows, for folders of files outside a project.
+
+Sources, first match wins:
+
+1. a CSV table with columns ``file``, ``patient_id``, ``limb`` (``file`` relative to the image
+   folder or absolute; either of the other two may be blank);
+2. DICOM tags: ``PatientID``; ``ImageLaterality``/``Laterality`` + ``BodyPartExamined``;
+3. the file name: ``<patient>_<limb>.<ext>`` or ``<patient>-<limb>.<ext>`` where the limb
+   token is LH, RH, LF or RF (any case), e.g. ``P001_LH.dcm``, ``p001-rf.png``;
+4. otherwise the patient is the file's stem and the limb is left for the locator to decide.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from .imageio import ImageData
+from .locator import _LIMB_TOKEN, resolve_limb
+from .vocabulary import Limb
+
+__all__ = ["Case", "CaseTable", "identify"]
+
+
+@dataclass(frozen=True)
+class Case:
+    patient_id: str
+    limb: str | None
+    patient_source: str  # table | dicom | filename | stem
+    limb_source: str  # given | dicom | filename | unknown
+
+
+class CaseTable:
+    """Patient and limb per file from a CSV (``file,patient_id,limb``)."""
+
+    def __init__(self, rows: dict[str, tuple[str | None, str | None]]):
+        self.rows = rows
+
+    @classmethod
+    def read(cls, path: str | Path, image_root: str | Path | None = None) -> CaseTable:
+        path = Path(path)
+        root = Path(image_root) if image_root else path.parent
+        rows: dict[str, tuple[str | None, str | None]] = {}
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = {"file"} - set(reader.fieldnames or [])
+            if missing:
+                raise ValueError(f"{path}: the case table needs a 'file' column")
+            for line, row in enumerate(reader, start=2):
+                limb = (row.get("limb") or "").strip() or None
+                if limb:
+                    try:
+                        limb = Limb.parse(limb).value
+                    except ValueError as exc:
+                        raise ValueError(f"{path}, line {line}: {exc}") from exc
+                target = Path(row["file"].strip())
+                key = str((target if target.is_absolute() else root / target).resolve())
+                rows[key] = ((row.get("patient_id") or "").strip() or None, limb)
+        return cls(rows)
+
+    def lookup(self, path: str | Path) -> tuple[str | None, str | None]:
+        return self.rows.get(str(Path(path).resolve()), (None, None))
+
+
+def identify(path: str | Path, image: ImageData, table: CaseTable | None = None) -> Case:
+    """Patient and limb of one radiograph (see the module docstring for the order)."""
+    patient, limb = table.lookup(path) if table else (None, None)
+    patient_source = "table" if patient else ""
+    if not patient and image.patient_id:
+        patient, patient_source = image.patient_id, "dicom"
+    if not patient:
+        stem = Path(path).stem
+        match = _LIMB_TOKEN.search(stem)
+        if match and match.start() > 0:
+            patient, patient_source = stem[: match.start()].rstrip("_- ."), "filename"
+        else:
+            patient, patient_source = stem, "stem"
+    resolved, limb_source = resolve_limb(path, image, limb)
+    return Case(patient, resolved.value if resolved else None, patient_source, limb_source)

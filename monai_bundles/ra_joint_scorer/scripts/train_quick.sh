@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Reproduces models/model.pt and models/symmetry.skops on a 2-core CPU (about 25 minutes):
+#   patch model : phantoms seed 100 (60 patients) -> export 64-px patches (5 folds, seed 0)
+#                 -> quick training (validation fold 0)
+#   symmetry    : phantoms seed 300 (40 patients) + seed 301 (80 patients), which the patch
+#                 model never saw -> per-joint ExtraTrees (quick: 100 trees, depth 4)
+# Run from anywhere with the project's environment active. WORK defaults to runs/scorer.
+set -euo pipefail
+BUNDLE="$(cd "$(dirname "$0")/.." && pwd)"
+WORK="${1:-$BUNDLE/../../runs/scorer}"
+mkdir -p "$WORK"
+[ -f "$WORK/cohort/cohort.json" ] || ra-joints phantoms --out "$WORK/cohort" --patients 60 --seed 100
+[ -f "$WORK/trees_a/cohort.json" ] || ra-joints phantoms --out "$WORK/trees_a" --patients 40 --seed 300
+[ -f "$WORK/trees_b/cohort.json" ] || ra-joints phantoms --out "$WORK/trees_b" --patients 80 --seed 301
+ra-joints export --store "$WORK/cohort" --task scorer --out "$WORK/data" --patch-size 64 --folds 5 --seed 0
+python -m monai.bundle run \
+    --config_file "['$BUNDLE/configs/train.json','$BUNDLE/configs/quick.json']" \
+    --meta_file "$BUNDLE/configs/metadata.json" --logging_file "$BUNDLE/configs/logging.conf" \
+    --bundle_root "$BUNDLE" --dataset_dir "$WORK/data" --ckpt_dir "$WORK/ckpt"
+cp "$WORK/ckpt/model.pt" "$BUNDLE/models/model.pt"
+python -m monai.bundle run \
+    --config_file "['$BUNDLE/configs/train_symmetry.json','$BUNDLE/configs/quick.json']" \
+    --meta_file "$BUNDLE/configs/metadata.json" --bundle_root "$BUNDLE" \
+    --tree_store "['$WORK/trees_a','$WORK/trees_b']"
+python -m monai.bundle ckpt_export network_def --filepath "$BUNDLE/models/model.ts" \
+    --ckpt_file "$BUNDLE/models/model.pt" --meta_file "$BUNDLE/configs/metadata.json" \
+    --config_file "$BUNDLE/configs/inference.json" --bundle_root "$BUNDLE"

@@ -1,0 +1,418 @@
+"""The ra_joint_scorer bundle through MONAI's own tooling, with the shipped weights."""
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import inside_or_near
+
+from annotation_tools.cli import main
+from annotation_tools.export import export_dataset
+from annotation_tools.imageio import read_image
+from annotation_tools.scoring import JointScorer, load_patch_set
+from annotation_tools.store import TRAINING_SOURCES, AnnotationStore
+from annotation_tools.symmetry import SymmetryModel
+from annotation_tools.vocabulary import dream_columns, get_joint
+
+BUNDLE = Path(__file__).resolve().parents[1] / "monai_bundles" / "ra_joint_scorer"
+LOCATOR = BUNDLE.parent / "ra_joint_locator"
+
+
+def _run(cmd: list[str], cwd: Path = BUNDLE, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def _bundle(*args: str) -> list[str]:
+    return [sys.executable, "-m", "monai.bundle", *args]
+
+
+def _truth(project: Path) -> dict[tuple[str, str], dict[str, float]]:
+    """(image stem, joint id) -> true grades of a phantom project."""
+    out = {}
+    with AnnotationStore.open(project, create=False) as store:
+        for image in store.images(modality="radiograph"):
+            for (joint_id, score_type), rev in store.scores(image.id).items():
+                out.setdefault((Path(image.path).stem, joint_id), {})[score_type] = rev.value[
+                    "value"
+                ]
+    return out
+
+
+@pytest.fixture(scope="module")
+def scored_pair(full_res_pair, tmp_path_factory):
+    """The bundle's inference.json on two full-resolution phantom patients (store centres)."""
+    out = tmp_path_factory.mktemp("scored")
+    _run(
+        _bundle(
+            "run",
+            "--config_file",
+            "configs/inference.json",
+            "--meta_file",
+            "configs/metadata.json",
+            "--bundle_root",
+            ".",
+            "--store",
+            str(full_res_pair),
+            "--output_dir",
+            str(out),
+        )
+    )
+    return out
+
+
+def test_bundle_layout_follows_the_model_zoo():
+    for rel in [
+        "configs/metadata.json",
+        "configs/train.json",
+        "configs/evaluate.json",
+        "configs/inference.json",
+        "configs/multi_gpu_train.json",
+        "configs/train_symmetry.json",
+        "configs/quick.json",
+        "configs/logging.conf",
+        "models/model.pt",
+        "models/symmetry.skops",
+        "docs/README.md",
+        "LICENSE",
+    ]:
+        assert (BUNDLE / rel).exists(), rel
+    meta = json.loads((BUNDLE / "configs/metadata.json").read_text())
+    assert meta["version"] in meta["changelog"]
+    assert "not for clinical use" in meta["intended_use"].lower()
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 17
+    torch.load(BUNDLE / "models/model.pt", weights_only=True)  # tensors only, no code
+    assert SymmetryModel.load(BUNDLE / "models/symmetry.skops").fitted_keys
+
+
+def test_verify_net_in_out_for_every_variant():
+    for variant in ("seg_guided", "plain", "hirano"):
+        _run(
+            _bundle(
+                "verify_net_in_out",
+                "network_def",
+                "--meta_file",
+                "configs/metadata.json",
+                "--config_file",
+                "configs/inference.json",
+                "--bundle_root",
+                ".",
+                "--variant",
+                variant,
+            )
+        )
+
+
+def test_torchscript_export_matches_the_network(tmp_path):
+    target = tmp_path / "model.ts"
+    _run(
+        _bundle(
+            "ckpt_export",
+            "network_def",
+            "--filepath",
+            str(target),
+            "--ckpt_file",
+            "models/model.pt",
+            "--meta_file",
+            "configs/metadata.json",
+            "--config_file",
+            "configs/inference.json",
+            "--bundle_root",
+            ".",
+        )
+    )
+    scripted = torch.jit.load(str(target))
+    scorer = JointScorer.from_bundle(BUNDLE, device="cpu")
+    x = torch.rand(2, 1, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(scripted(x), scorer.network(x), atol=1e-4, rtol=1e-4)
+
+
+def test_inference_scores_are_named_in_range_and_close_to_truth(scored_pair, full_res_pair):
+    truth = _truth(full_res_pair)
+    files = sorted((scored_pair / "scores").glob("*.json"))
+    assert len(files) == 8
+    errors = {"narrowing": [], "erosion": []}
+    for path in files:
+        doc = json.loads(path.read_text())
+        assert "not for clinical use" in doc["note"]
+        for joint_id, js in doc["joints"].items():
+            joint = get_joint(joint_id)
+            assert joint.limb.value == doc["limb"]
+            assert js["stage"] == "symmetry"  # both patients have all four limbs
+            for score_type in ("narrowing", "erosion"):
+                value = js[score_type]
+                if not joint.carries(score_type):
+                    assert value is None
+                    continue
+                assert 0 <= value <= joint.max_score(score_type)
+                assert js[f"{score_type}_sd"] >= 0
+                errors[score_type].append(abs(value - truth[(path.stem, joint_id)][score_type]))
+    # behaviour, not a pinned number: phantom grades are learned (mostly exact, rarely off by 2)
+    for score_type, err in errors.items():
+        err = np.asarray(err)
+        assert np.mean(np.round(err) == 0) > 0.6, score_type
+        assert np.mean(err < 1.5) > 0.9, score_type
+
+
+def test_inference_writes_dream_csv_summary_and_shap(scored_pair, full_res_pair):
+    with open(scored_pair / "scores_ra2dream.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [r["Patient_ID"] for r in rows] == ["S21-P0001", "S21-P0002"]
+    assert list(rows[0]) == list(dream_columns())
+    for row in rows:
+        joints = [float(row[c]) for c in dream_columns()[4:]]
+        assert float(row["Overall_Tol"]) == pytest.approx(sum(joints), abs=0.01)
+    summary = json.loads((scored_pair / "summary.json").read_text())
+    assert all(p["symmetry"] for p in summary["patients"]) and not summary["failed_files"]
+    for p in summary["patients"]:
+        png = scored_pair / p["shap_png"]
+        from skimage.io import imread
+
+        assert imread(png).std() > 0  # a drawn figure, not an empty canvas
+
+
+def test_predicted_joint_space_outlines_overlap_the_drawn_ones(scored_pair, full_res_pair):
+    with AnnotationStore.open(full_res_pair, create=False) as store:
+        hits = []
+        for image in store.images(modality="radiograph"):
+            doc = json.loads((scored_pair / "scores" / f"{Path(image.path).stem}.json").read_text())
+            for joint_id, rev in store.polygons(image.id).items():
+                predicted = doc["joints"][joint_id]["polygon"]
+                if predicted is None:
+                    hits.append(False)
+                    continue
+                centre = np.mean(np.asarray(predicted), axis=0, keepdims=True)
+                hits.append(bool(inside_or_near(np.asarray(rev.value["vertices"]), centre, 4)[0]))
+    assert np.mean(hits) > 0.8
+
+
+def test_store_gets_model_revisions_and_keeps_the_truth(full_res_pair, tmp_path):
+    project = tmp_path / "project"
+    shutil.copytree(full_res_pair, project)
+    with AnnotationStore.open(project, create=False) as store:
+        image = store.images(modality="radiograph")[0]
+        truth_before = store.scores(image.id, sources=TRAINING_SOURCES)
+    _run(
+        _bundle(
+            "run",
+            "--config_file",
+            "configs/inference.json",
+            "--meta_file",
+            "configs/metadata.json",
+            "--bundle_root",
+            ".",
+            "--store",
+            str(project),
+            "--write_store",
+            "true",
+            "--explain",
+            "false",
+            "--output_dir",
+            str(tmp_path / "out"),
+        )
+    )
+    with AnnotationStore.open(project, create=False) as store:
+        model = store.scores(image.id, sources=["model"])
+        assert model and all(r.author == "ra_joint_scorer" for r in model.values())
+        assert all(r.weights_hash for r in model.values())
+        assert store.scores(image.id, sources=TRAINING_SOURCES) == truth_before
+        polygons = store.polygons(image.id, sources=["model"])
+        assert polygons  # editable joint-space outlines for the plugin
+
+
+def test_missing_joints_limbs_and_border_centres(full_res_pair, tmp_path):
+    """Flagged joints get no score, a lone limb keeps patch scores, border joints are padded."""
+    scorer = JointScorer.from_bundle(BUNDLE, device="cpu")
+    centres_dir = tmp_path / "joints"
+    centres_dir.mkdir()
+    images = tmp_path / "images"
+    images.mkdir()
+    with AnnotationStore.open(full_res_pair, create=False) as store:
+        record = store.images(patient_id="S21-P0001", limb="LH")[0]
+        shutil.copy(store.resolve(record), images)
+        centres = store.centres(record.id)
+    src = images / Path(record.path).name
+    shape = read_image(src).shape
+    joints = {
+        k: {"x": r.value["x"], "y": r.value["y"], "missing": False} for k, r in centres.items()
+    }
+    joints["LH_mcp_3"] = {"x": None, "y": None, "missing": True}
+    joints["LH_pip_5"] = {"x": 2.0, "y": float(shape[0] - 3), "missing": False}  # at the border
+    (centres_dir / f"{src.stem}.json").write_text(
+        json.dumps({"image": str(src), "limb": "LH", "joints": joints})
+    )
+    (images / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    patch_set = load_patch_set(images, centres_dir=centres_dir, patch_size=scorer.patch_size)
+    assert [Path(f).name for f, _ in patch_set.failures] == ["broken.png"]
+    (patient,) = scorer.score(patch_set)
+    assert not patient.symmetry and "all four limbs" in patient.note
+    (image,) = patient.images
+    assert image.joints["LH_mcp_3"].stage == "missing"
+    assert image.joints["LH_mcp_3"].narrowing is None
+    assert image.joints["LH_pip_5"].stage == "patch"
+    assert image.joints["LH_pip_5"].narrowing is not None
+
+
+def test_evaluate_config_reports_patch_and_symmetry_figures(full_res_pair, tmp_path):
+    _run(
+        _bundle(
+            "run",
+            "--config_file",
+            "['configs/inference.json','configs/evaluate.json']",
+            "--meta_file",
+            "configs/metadata.json",
+            "--bundle_root",
+            ".",
+            "--store",
+            str(full_res_pair),
+            "--output_dir",
+            str(tmp_path),
+        )
+    )
+    report = json.loads((tmp_path / "metrics.json").read_text())
+    assert report["symmetry_applied"] == 2
+    for stage in ("patch", "final"):
+        narrowing = report[stage]["per_score"]["narrowing"]
+        assert narrowing["n"] == 2 * (2 * 15 + 2 * 6)
+        assert 0 <= narrowing["exact_agreement"] <= 1
+    assert "phantoms" in report["note"]
+
+
+@pytest.fixture(scope="module")
+def patch_data(small_cohort, tmp_path_factory):
+    out = tmp_path_factory.mktemp("patches")
+    export_dataset(
+        AnnotationStore.open(small_cohort, create=False), "scorer", out, folds=3, patch_size=32
+    )
+    return out
+
+
+def test_training_config_runs_and_saves_weights(patch_data, tmp_path):
+    _run(
+        _bundle(
+            "run",
+            "--config_file",
+            "['configs/train.json','configs/quick.json']",
+            "--meta_file",
+            "configs/metadata.json",
+            "--bundle_root",
+            ".",
+            "--dataset_dir",
+            str(patch_data),
+            "--ckpt_dir",
+            str(tmp_path),
+            "--patch_size",
+            "32",
+            "--epochs",
+            "1",
+            "--val_interval",
+            "1",
+            "--unet_channels",
+            "[8, 16, 16, 16]",
+            "--encoder_channels",
+            "[8, 16]",
+        )
+    )
+    state = torch.load(tmp_path / "model.pt", weights_only=True)
+    assert any(k.startswith("unet.") for k in state)
+
+
+def test_symmetry_config_fits_on_a_project(small_cohort, tmp_path):
+    target = tmp_path / "symmetry.skops"
+    project = tmp_path / "project"
+    shutil.copytree(small_cohort, project)
+    # three patients are too few; the stage needs at least five
+    proc = subprocess.run(
+        _bundle(
+            "run",
+            "--config_file",
+            "configs/train_symmetry.json",
+            "--bundle_root",
+            ".",
+            "--tree_store",
+            str(project),
+            "--symmetry_file",
+            str(target),
+            "--n_estimators",
+            "5",
+        ),
+        cwd=BUNDLE,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode != 0 and "at least 5" in proc.stdout + proc.stderr
+    assert not target.exists()
+
+
+def test_multi_gpu_config_trains_with_two_processes(patch_data, tmp_path):
+    ranks = tmp_path / "ranks"
+    _run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            "['configs/train.json','configs/quick.json','configs/multi_gpu_train.json']",
+            "--meta_file",
+            "configs/metadata.json",
+            "--bundle_root",
+            ".",
+            "--dataset_dir",
+            str(patch_data),
+            "--ckpt_dir",
+            str(tmp_path / "ckpt"),
+            "--rank_weights_dir",
+            str(ranks),
+            "--patch_size",
+            "32",
+            "--epochs",
+            "1",
+            "--val_interval",
+            "1",
+            "--unet_channels",
+            "[8, 16, 16, 16]",
+            "--encoder_channels",
+            "[8, 16]",
+        ]
+    )
+    a = torch.load(ranks / "rank0.pt", weights_only=True)
+    b = torch.load(ranks / "rank1.pt", weights_only=True)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])  # DDP kept the ranks in step
+
+
+def test_predict_cli_runs_the_whole_pipeline(full_res_pair, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    with AnnotationStore.open(full_res_pair, create=False) as store:
+        for record in store.images(patient_id="S21-P0002"):
+            if record.modality == "radiograph":
+                shutil.copy(store.resolve(record), images)
+    (images / "notes.png").write_text("not an image")
+    out = tmp_path / "out"
+    code = main(["predict", "--images", str(images), "--out", str(out), "--quiet"])
+    assert code == 3  # one file could not be used: said, the rest is scored
+    assert "notes.png" in capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    (patient,) = summary["patients"]
+    assert patient["patient_id"] == "S21-P0002" and patient["symmetry"]
+    assert len(list((out / "joints").glob("*.json"))) == 4
+    assert (out / patient["shap_png"]).exists()
+    assert summary["failed_files"][0]["file"].endswith("notes.png")
