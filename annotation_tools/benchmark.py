@@ -219,14 +219,15 @@ def benchmark_scorer(
             **_figures(truth, _tables(scored, "patch"), n_resamples),
         }
     ]
-    patch_tables = {shipped.variant: _tables(scored, "patch")}
+    # patch-stage tables by (variant, head): variants are compared with the same head
+    patch_tables = {(shipped.variant, shipped.head): _tables(scored, "patch")}
     for folder in compare:
         spec = _compare_spec(folder)
         other = JointScorer.from_bundle(
             bundle, device=device, weights=spec["weights"], symmetry="", overrides=spec["overrides"]
         )
         table = _tables(other.score(patch_set(other.patch_size)), "patch")
-        patch_tables.setdefault(other.variant, table)
+        patch_tables.setdefault((other.variant, other.head), table)
         variants.append({"name": spec["name"], **_figures(truth, table, n_resamples)})
     symmetry_table = _tables(scored, "final")
     symmetry: dict[str, Any] = {"applied": shipped.symmetry is not None}
@@ -237,7 +238,7 @@ def benchmark_scorer(
                 **_figures(truth, symmetry_table, n_resamples),
             }
         )
-        pair = [symmetry_table, patch_tables[shipped.variant]]
+        pair = [symmetry_table, patch_tables[(shipped.variant, shipped.head)]]
         for score_type in ("narrowing", "erosion", None):
             sym_mse, patch_mse = paired_patient_mse(truth, pair, score_type)
             entry = {
@@ -251,12 +252,14 @@ def benchmark_scorer(
             symmetry[score_type or "all"] = entry
         symmetry["model"] = shipped.symmetry.info
     tests = {}
-    if "seg_guided" in patch_tables and "plain" in patch_tables:
+    for head in sorted({h for _, h in patch_tables}):
+        if ("seg_guided", head) not in patch_tables or ("plain", head) not in patch_tables:
+            continue
+        pair = [patch_tables[("seg_guided", head)], patch_tables[("plain", head)]]
+        suffix = "" if head == shipped.head else f"_{head}_head"
         for score_type in ("narrowing", "erosion"):
-            seg, plain = paired_score_errors(
-                truth, [patch_tables["seg_guided"], patch_tables["plain"]], score_type
-            )
-            tests[f"seg_guided_vs_plain_{score_type}"] = wilcoxon_one_sided(seg, plain)
+            seg, plain = paired_score_errors(truth, pair, score_type)
+            tests[f"seg_guided_vs_plain_{score_type}{suffix}"] = wilcoxon_one_sided(seg, plain)
     # end to end on the files, and the time of a whole patient
     locator = JointLocator.from_bundle(
         locator_bundle or BUNDLES_DIR / "ra_joint_locator", device=device

@@ -149,10 +149,32 @@ def _cmd_metrics(args: argparse.Namespace) -> int:
     text = json.dumps(result, indent=2)
     if args.out:
         Path(args.out).write_text(text)
+        if args.task == "scores":
+            print(_score_lines(result))
         print(f"wrote {args.out}")
     else:
         print(text)
     return 0
+
+
+def _score_lines(result: dict) -> str:
+    """A few readable lines of a score comparison (the JSON has everything)."""
+    lines = [f"{result['n_patients']} patients"]
+    for key in ("narrowing", "erosion"):
+        s = result["per_score"].get(key)
+        if s:
+            lines.append(
+                f"  {key}: exact {s['exact_agreement']:.1%}, within one "
+                f"{s['within_one_agreement']:.1%}, RMSE {s['rmse']:.3f} ({s['n']} scores)"
+            )
+    total = result["patient_totals"].get("Overall_Tol")
+    if total:
+        r = total["pearson_r"]
+        lines.append(
+            f"  total Sharp/vdH: Pearson r {r['value']:.4f}, RMSE {total['rmse']:.2f} "
+            f"({total['n']} complete patients)"
+        )
+    return "\n".join(lines)
 
 
 def _cmd_markups(args: argparse.Namespace) -> int:

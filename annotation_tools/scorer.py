@@ -51,7 +51,7 @@ __all__ = [
 ]
 
 VARIANTS = ("seg_guided", "plain", "hirano")
-HEADS = ("classes", "regression")
+HEADS = ("classes", "regression", "both")
 NARROWING_CLASSES = 5  # 0..4
 EROSION_CLASSES = 11  # 0..10 (feet); hands stop at 5
 MISSING = -1.0  # a score the joint does not carry or nobody gave
@@ -60,7 +60,18 @@ MISSING = -1.0  # a score the joint does not carry or nobody gave
 def score_channels(head: str) -> int:
     """Number of score logits a head produces."""
     _check_head(head)
-    return NARROWING_CLASSES + EROSION_CLASSES if head == "classes" else 2
+    return {"classes": 0, "regression": 2, "both": 2}[head] + (
+        NARROWING_CLASSES + EROSION_CLASSES if head != "regression" else 0
+    )
+
+
+def _head_parts(logits: torch.Tensor, head: str) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """Split score logits into (regression logits (B, 2), class logits (B, 16)) of a head."""
+    if head == "classes":
+        return None, logits
+    if head == "regression":
+        return logits, None
+    return logits[:, :2], logits[:, 2:]
 
 
 def _check_head(head: str) -> None:
@@ -242,14 +253,16 @@ def decode_scores(
 
     ``classes``: expected grade and the standard deviation of the class distribution.
     ``regression``: sigmoid x maximum; the uncertainty is not known (NaN) - use an ensemble.
+    ``both``: the regression value with the class distribution's standard deviation.
     A joint with ``erosion_max`` 0 (no erosion score) or ``carries_narrowing`` False gets NaN.
     """
     _check_head(head)
-    logits = score_logits.detach().float().cpu()
+    reg, cls = _head_parts(score_logits.detach().float().cpu(), head)
     top = torch.as_tensor(erosion_max, dtype=torch.float32).reshape(-1)
-    if head == "classes":
-        p_n = torch.softmax(logits[:, :NARROWING_CLASSES], dim=1)
-        p_e = torch.softmax(_erosion_logits(logits[:, NARROWING_CLASSES:], top), dim=1)
+    probs: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
+    if cls is not None:
+        p_n = torch.softmax(cls[:, :NARROWING_CLASSES], dim=1)
+        p_e = torch.softmax(_erosion_logits(cls[:, NARROWING_CLASSES:], top), dim=1)
         g_n = torch.arange(NARROWING_CLASSES, dtype=torch.float32)
         g_e = torch.arange(EROSION_CLASSES, dtype=torch.float32)
         n = (p_n * g_n).sum(1)
@@ -257,12 +270,12 @@ def decode_scores(
         n_sd = ((p_n * (g_n - n[:, None]) ** 2).sum(1)).sqrt()
         e_sd = ((p_e * (g_e - e[:, None]) ** 2).sum(1)).sqrt()
         probs = (p_n.numpy(), p_e.numpy())
-    else:
-        n = torch.sigmoid(logits[:, 0]) * 4.0
-        e = torch.sigmoid(logits[:, 1]) * top
-        n_sd = torch.full_like(n, float("nan"))
-        e_sd = torch.full_like(e, float("nan"))
-        probs = (None, None)
+    if reg is not None:
+        n = torch.sigmoid(reg[:, 0]) * 4.0
+        e = torch.sigmoid(reg[:, 1]) * top
+        if cls is None:
+            n_sd = torch.full_like(n, float("nan"))
+            e_sd = torch.full_like(e, float("nan"))
     out = DecodedScores(n.numpy(), e.numpy(), n_sd.numpy(), e_sd.numpy(), *probs)
     no_erosion = top.numpy() <= 0
     out.erosion[no_erosion] = np.nan
@@ -280,10 +293,10 @@ def decode_scores(
 class ScorerLoss(nn.Module):
     """Score loss + ``mask_weight`` x masked BCE on the joint-space mask.
 
-    Score loss: cross-entropy per score type (``classes``) or MSE on score / maximum
-    (``regression``); scores a joint does not carry (target -1) are skipped, as are mask pixels
-    marked 255 (no or invalid polygon). Use ``mask_weight=0`` for variants without a
-    segmentation branch.
+    Score loss: cross-entropy per score type (``classes``), MSE on score / maximum
+    (``regression``) or both (``both``); scores a joint does not carry (target -1) are skipped,
+    as are mask pixels marked 255 (no or invalid polygon). Use ``mask_weight=0`` for variants
+    without a segmentation branch.
     """
 
     def __init__(self, head: str = "classes", mask_weight: float = 1.0):
@@ -300,19 +313,20 @@ class ScorerLoss(nn.Module):
         top = torch.as_tensor(target["erosion_max"], device=device).float().reshape(-1)
         has_n, has_e = t_n >= 0, (t_e >= 0) & (top > 0)
         loss = scores.new_zeros(())
-        if self.head == "classes":
+        reg, cls = _head_parts(scores, self.head)
+        if cls is not None:
             if has_n.any():
                 loss = loss + F.cross_entropy(
-                    scores[has_n, :NARROWING_CLASSES], t_n[has_n].round().long()
+                    cls[has_n, :NARROWING_CLASSES], t_n[has_n].round().long()
                 )
             if has_e.any():
-                logits = _erosion_logits(scores[has_e, NARROWING_CLASSES:], top[has_e])
+                logits = _erosion_logits(cls[has_e, NARROWING_CLASSES:], top[has_e])
                 loss = loss + F.cross_entropy(logits, t_e[has_e].round().long())
-        else:
+        if reg is not None:
             if has_n.any():
-                loss = loss + F.mse_loss(torch.sigmoid(scores[has_n, 0]), t_n[has_n] / 4.0)
+                loss = loss + F.mse_loss(torch.sigmoid(reg[has_n, 0]), t_n[has_n] / 4.0)
             if has_e.any():
-                loss = loss + F.mse_loss(torch.sigmoid(scores[has_e, 1]), t_e[has_e] / top[has_e])
+                loss = loss + F.mse_loss(torch.sigmoid(reg[has_e, 1]), t_e[has_e] / top[has_e])
         if self.mask_weight and "mask" in target:
             mask = torch.as_tensor(target["mask"], device=device).float()
             valid = mask != MASK_IGNORE

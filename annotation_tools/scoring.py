@@ -643,23 +643,12 @@ class JointScorer:
         symmetry: str | Path | None = None,
         overrides: Mapping[str, Any] | None = None,
     ) -> JointScorer:
-        from monai.bundle import ConfigParser
+        from .bundles import load_bundle_network
 
         root = Path(bundle_root)
-        parser = ConfigParser()
-        parser.read_config([str(root / c) for c in config_files])
-        parser.read_meta(str(root / "configs" / "metadata.json"))
-        parser["bundle_root"] = str(root)
-        for key, value in (overrides or {}).items():
-            parser[key] = value
-        weights_path = Path(weights) if weights else root / "models" / "model.pt"
-        if not weights_path.exists():
-            raise FileNotFoundError(
-                f"no weights at {weights_path}: train the bundle first (see {root}/docs/README.md)"
-            )
-        network = parser.get_parsed_content("network_def")
-        state = torch.load(weights_path, map_location="cpu", weights_only=True)
-        network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+        parser, network, weights_path = load_bundle_network(
+            root, config_files=config_files, weights=weights, overrides=overrides
+        )
         # symmetry: None -> the bundle's models/symmetry.skops if present; "" -> none
         symmetry_path = root / "models" / "symmetry.skops" if symmetry is None else Path(symmetry)
         use = symmetry != "" and symmetry_path.is_file()

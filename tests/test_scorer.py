@@ -33,7 +33,7 @@ from annotation_tools.vocabulary import dream_columns, dream_row, get_joint, joi
 
 
 @pytest.mark.parametrize("variant", ["seg_guided", "plain", "hirano"])
-@pytest.mark.parametrize("head", ["classes", "regression"])
+@pytest.mark.parametrize("head", ["classes", "regression", "both"])
 def test_every_variant_gives_the_packed_output(variant, head):
     net = build_scorer(variant, head).eval()
     with torch.no_grad():
@@ -78,7 +78,18 @@ def test_regression_decoding_scales_by_the_joint_maximum():
     assert np.isnan(out.narrowing_sd).all()
 
 
-@pytest.mark.parametrize("head", ["classes", "regression"])
+def test_both_head_scores_by_regression_with_the_class_spread():
+    logits = torch.full((1, 2 + NARROWING_CLASSES + EROSION_CLASSES), -20.0)
+    logits[0, :2] = 0.0  # regression: narrowing 2.0, erosion half the maximum
+    logits[0, 2 + 1] = logits[0, 2 + 3] = 20.0  # classes: narrowing split between 1 and 3
+    logits[0, 2 + NARROWING_CLASSES] = 20.0
+    out = decode_scores(logits, "both", erosion_max=[10])
+    assert out.narrowing[0] == pytest.approx(2.0) and out.erosion[0] == pytest.approx(5.0)
+    assert out.narrowing_sd[0] == pytest.approx(1.0)
+    assert out.erosion_sd[0] == pytest.approx(0.0, abs=1e-4)
+
+
+@pytest.mark.parametrize("head", ["classes", "regression", "both"])
 def test_loss_skips_missing_scores_and_ignored_mask_pixels(head):
     pred = torch.zeros(2, 1 + score_channels(head), 8, 8, requires_grad=True)
     target = {

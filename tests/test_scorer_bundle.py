@@ -16,6 +16,7 @@ from helpers import inside_or_near
 from annotation_tools.cli import main
 from annotation_tools.export import export_dataset
 from annotation_tools.imageio import read_image
+from annotation_tools.scorer import build_scorer
 from annotation_tools.scoring import JointScorer, load_patch_set
 from annotation_tools.store import TRAINING_SOURCES, AnnotationStore
 from annotation_tools.symmetry import SymmetryModel
@@ -36,6 +37,22 @@ def _bundle(*args: str) -> list[str]:
     return [sys.executable, "-m", "monai.bundle", *args]
 
 
+def _infer(*args: str, config: str = "configs/inference.json") -> None:
+    """The bundle's inference (or evaluation) through MONAI's runner, as a user calls it."""
+    _run(
+        _bundle(
+            "run",
+            "--config_file",
+            config,
+            "--meta_file",
+            "configs/metadata.json",
+            "--bundle_root",
+            ".",
+            *args,
+        )
+    )
+
+
 def _truth(project: Path) -> dict[tuple[str, str], dict[str, float]]:
     """(image stem, joint id) -> true grades of a phantom project."""
     out = {}
@@ -52,21 +69,7 @@ def _truth(project: Path) -> dict[tuple[str, str], dict[str, float]]:
 def scored_pair(full_res_pair, tmp_path_factory):
     """The bundle's inference.json on two full-resolution phantom patients (store centres)."""
     out = tmp_path_factory.mktemp("scored")
-    _run(
-        _bundle(
-            "run",
-            "--config_file",
-            "configs/inference.json",
-            "--meta_file",
-            "configs/metadata.json",
-            "--bundle_root",
-            ".",
-            "--store",
-            str(full_res_pair),
-            "--output_dir",
-            str(out),
-        )
-    )
+    _infer("--store", str(full_res_pair), "--output_dir", str(out))
     return out
 
 
@@ -89,7 +92,7 @@ def test_bundle_layout_follows_the_model_zoo():
     meta = json.loads((BUNDLE / "configs/metadata.json").read_text())
     assert meta["version"] in meta["changelog"]
     assert "not for clinical use" in meta["intended_use"].lower()
-    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 17
+    assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 3
     torch.load(BUNDLE / "models/model.pt", weights_only=True)  # tensors only, no code
     assert SymmetryModel.load(BUNDLE / "models/symmetry.skops").fitted_keys
 
@@ -202,24 +205,15 @@ def test_store_gets_model_revisions_and_keeps_the_truth(full_res_pair, tmp_path)
     with AnnotationStore.open(project, create=False) as store:
         image = store.images(modality="radiograph")[0]
         truth_before = store.scores(image.id, sources=TRAINING_SOURCES)
-    _run(
-        _bundle(
-            "run",
-            "--config_file",
-            "configs/inference.json",
-            "--meta_file",
-            "configs/metadata.json",
-            "--bundle_root",
-            ".",
-            "--store",
-            str(project),
-            "--write_store",
-            "true",
-            "--explain",
-            "false",
-            "--output_dir",
-            str(tmp_path / "out"),
-        )
+    _infer(
+        "--store",
+        str(project),
+        "--write_store",
+        "true",
+        "--explain",
+        "false",
+        "--output_dir",
+        str(tmp_path / "out"),
     )
     with AnnotationStore.open(project, create=False) as store:
         model = store.scores(image.id, sources=["model"])
@@ -264,20 +258,12 @@ def test_missing_joints_limbs_and_border_centres(full_res_pair, tmp_path):
 
 
 def test_evaluate_config_reports_patch_and_symmetry_figures(full_res_pair, tmp_path):
-    _run(
-        _bundle(
-            "run",
-            "--config_file",
-            "['configs/inference.json','configs/evaluate.json']",
-            "--meta_file",
-            "configs/metadata.json",
-            "--bundle_root",
-            ".",
-            "--store",
-            str(full_res_pair),
-            "--output_dir",
-            str(tmp_path),
-        )
+    _infer(
+        "--store",
+        str(full_res_pair),
+        "--output_dir",
+        str(tmp_path),
+        config="['configs/inference.json','configs/evaluate.json']",
     )
     report = json.loads((tmp_path / "metrics.json").read_text())
     assert report["symmetry_applied"] == 2
@@ -416,3 +402,35 @@ def test_predict_cli_runs_the_whole_pipeline(full_res_pair, tmp_path, capsys):
     assert len(list((out / "joints").glob("*.json"))) == 4
     assert (out / patient["shap_png"]).exists()
     assert summary["failed_files"][0]["file"].endswith("notes.png")
+
+
+def test_benchmark_compares_variants_and_times_a_patient(full_res_pair, tmp_path, capsys):
+    variant = tmp_path / "plain"
+    variant.mkdir()
+    torch.save(
+        {"model": build_scorer("plain", "regression").state_dict()}, variant / "model.pt"
+    )  # an untrained variant: the table must still list it
+    (variant / "config.json").write_text(json.dumps({"variant": "plain", "head": "regression"}))
+    out = tmp_path / "bench.json"
+    code = main(
+        [
+            "benchmark",
+            "--task",
+            "scorer",
+            "--heldout",
+            str(full_res_pair),
+            "--compare",
+            str(variant),
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    result = json.loads(out.read_text())
+    names = [v["name"] for v in result["variants"]]
+    assert names[1] == "plain / regression" and "symmetry" in names[-1]
+    shipped, untrained = result["variants"][0], result["variants"][1]
+    assert shipped["narrowing"]["rmse"] < untrained["narrowing"]["rmse"]
+    assert result["speed"]["seconds_per_patient_median"] > 0
+    assert "seg_guided_vs_plain_narrowing" in result["tests"]
+    assert "Phantom figures" in capsys.readouterr().out

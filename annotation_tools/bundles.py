@@ -1,0 +1,44 @@
+"""Open a MONAI bundle in-process: its own configs build the network, weights load safely."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["load_bundle_network"]
+
+
+def load_bundle_network(
+    bundle_root: str | Path,
+    *,
+    config_files: Sequence[str] = ("configs/inference.json",),
+    weights: str | Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> tuple[Any, torch.nn.Module, Path]:
+    """``(parser, network, weights path)`` of a bundle, weights loaded with ``weights_only``.
+
+    The configs stay the single description of the network: ``network_def`` is parsed from them
+    (plus ``overrides``), never rebuilt by hand. ``torch.load(weights_only=True)`` refuses
+    pickled code, so weights received from another site cannot run anything.
+    """
+    from monai.bundle import ConfigParser
+
+    root = Path(bundle_root)
+    parser = ConfigParser()
+    parser.read_config([str(root / c) for c in config_files])
+    parser.read_meta(str(root / "configs" / "metadata.json"))
+    parser["bundle_root"] = str(root)
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    weights_path = Path(weights) if weights else root / "models" / "model.pt"
+    if not weights_path.exists():
+        raise FileNotFoundError(
+            f"no weights at {weights_path}: train the bundle first (see {root}/docs/README.md)"
+        )
+    network = parser.get_parsed_content("network_def")
+    state = torch.load(weights_path, map_location="cpu", weights_only=True)
+    network.load_state_dict(state.get("model", state) if isinstance(state, dict) else state)
+    return parser, network, weights_path
