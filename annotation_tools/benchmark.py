@@ -149,6 +149,12 @@ SCORER_TARGETS = {
 def _compare_spec(folder: Path) -> dict[str, Any]:
     """A trained variant: ``model.pt`` plus ``config.json`` (the train overrides it used)."""
     folder = Path(folder)
+    for name in ("model.pt", "config.json"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(
+                f"{folder} has no {name}: a compared variant needs its weights and the "
+                "train overrides it used (scripts/train_variants.sh writes both)"
+            )
     config = json.loads((folder / "config.json").read_text())
     return {
         "name": f"{config['variant']} / {config['head']}",
@@ -200,6 +206,7 @@ def benchmark_scorer(
     from .symmetry import patient_vector
 
     bundle = Path(bundle or BUNDLES_DIR / "ra_joint_scorer")
+    specs = [_compare_spec(folder) for folder in compare]  # fail early on a bad folder
     project = heldout_cohort(heldout, patients, seed)
     truth = read_dream_table(project / "scores_ra2dream.csv")
     shipped = JointScorer.from_bundle(bundle, device=device)
@@ -221,8 +228,7 @@ def benchmark_scorer(
     ]
     # patch-stage tables by (variant, head): variants are compared with the same head
     patch_tables = {(shipped.variant, shipped.head): _tables(scored, "patch")}
-    for folder in compare:
-        spec = _compare_spec(folder)
+    for spec in specs:
         other = JointScorer.from_bundle(
             bundle, device=device, weights=spec["weights"], symmetry="", overrides=spec["overrides"]
         )
