@@ -110,7 +110,7 @@ def predict_folder(
         bar.update(len(paths[start : start + chunk]))
     bar.close()
     patch_set.failures += failures
-    patients = scorer.score(patch_set, explain=False)
+    patients = scorer.score(patch_set, explain=False, progress=progress)
     if explain and scorer.symmetry is not None:
         from .scoring import apply_symmetry
 

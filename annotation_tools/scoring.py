@@ -673,20 +673,31 @@ class JointScorer:
         )
 
     @torch.no_grad()
-    def score_patches(self, patch_set: PatchSet, batch_size: int = 128) -> PatchScoreCollector:
+    def score_patches(
+        self, patch_set: PatchSet, batch_size: int = 128, progress: bool = False
+    ) -> PatchScoreCollector:
+        from tqdm.auto import tqdm
+
         collector = PatchScoreCollector(patch_set, self.head, self.variant == "seg_guided")
-        for start in range(0, len(patch_set.items), batch_size):
+        starts = range(0, len(patch_set.items), batch_size)
+        for start in tqdm(starts, desc="score patches", unit="batch", disable=not progress):
             chunk = patch_set.items[start : start + batch_size]
             x = torch.from_numpy(np.stack([c["image"] for c in chunk])).to(self.device)
             collector.add(self.network(x), [c["index"] for c in chunk])
         return collector
 
     def score(
-        self, patch_set: PatchSet, *, explain: bool = False, batch_size: int = 128
+        self,
+        patch_set: PatchSet,
+        *,
+        explain: bool = False,
+        batch_size: int = 128,
+        progress: bool = False,
     ) -> list[PatientScores]:
         """Patch stage, then the symmetry stage per patient."""
         started = time.perf_counter()
-        patients = group_patients(self.score_patches(patch_set, batch_size).image_scores())
+        collector = self.score_patches(patch_set, batch_size, progress)
+        patients = group_patients(collector.image_scores())
         apply_symmetry(patients, self.symmetry, explain=explain)
         self.last_seconds = time.perf_counter() - started
         return patients
