@@ -1,0 +1,289 @@
+"""RATING building blocks: ECOC grades, the MULTITUDE ensemble, jigsaw pretraining, networks.
+
+Ultrasound synovitis is graded on the EULAR-OMERACT scale: synovial hypertrophy (SH) 0-3,
+Doppler vascularity 0-3, combined = the larger of the two; vascularity > 0 with SH = 0 is not a
+valid combination. RATING (Zhou et al., Patterns 2022) predicts each grade through
+error-correcting output codes (binary networks for "> 0", "> 1", "> 2") and combines five
+fold models with the MULTITUDE vote. These are the pieces the ``ra_us_rating`` bundle is built
+from; each is a small function with a test.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = [
+    "GRADES",
+    "SPLITS",
+    "FusionNet",
+    "JigsawNet",
+    "Multitude",
+    "build_backbone",
+    "codewords",
+    "combined_grade",
+    "ecoc_decode",
+    "heatmap_overlay",
+    "integrated_gradients_heatmap",
+    "is_valid_pair",
+    "jigsaw_permutations",
+    "jigsaw_puzzle",
+    "majority_vote",
+    "multitude",
+    "valid_pairs",
+]
+
+GRADES = 4  # 0-3
+SPLITS = (1, 2, 3)  # binary task k: "grade >= k"  (0|123, 01|23, 012|3)
+
+
+# ------------------------------------------------------------------------------ grades
+
+
+def is_valid_pair(sh: int, vascularity: int) -> bool:
+    """EULAR-OMERACT: Doppler signal without synovial hypertrophy is not a valid pair."""
+    return not (sh == 0 and vascularity > 0)
+
+
+def combined_grade(sh: int, vascularity: int) -> int:
+    """The combined EOSS grade of a valid pair: the larger of the two grades."""
+    if not is_valid_pair(sh, vascularity):
+        raise ValueError(f"SH {sh} with vascularity {vascularity} is not a valid EOSS pair")
+    return max(int(sh), int(vascularity))
+
+
+def valid_pairs() -> list[tuple[int, int]]:
+    """All valid (SH, vascularity) pairs in the fixed order MULTITUDE breaks ties with."""
+    return [(s, v) for s in range(GRADES) for v in range(GRADES) if is_valid_pair(s, v)]
+
+
+def codewords(repeats: int = 1) -> np.ndarray:
+    """(4, 3 x repeats) ordinal code words: grade g -> [g >= 1, g >= 2, g >= 3] per seed."""
+    base = np.array([[int(g >= k) for k in SPLITS] for g in range(GRADES)], dtype=float)
+    return np.repeat(base, repeats, axis=1)
+
+
+def ecoc_decode(
+    probabilities: np.ndarray, thresholds: Sequence[float] | None = None, repeats: int = 1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Binary outputs -> the grade of the nearest code word (L1), and all distances.
+
+    ``probabilities``: (N, 3 x repeats), columns ordered split-major (``>=1`` seed 1, seed 2,
+    ``>=2`` seed 1, ...). ``thresholds`` (one per column, default 0.5) shift each network's
+    operating point, as RATING tuned per model: a probability ``p`` counts as
+    ``p - t + 0.5``. Ties go to the lower grade. An inconsistent output such as "> 2 but not
+    > 1" still decodes to the closest valid grade.
+    """
+    p = np.atleast_2d(np.asarray(probabilities, dtype=float))
+    words = codewords(repeats)
+    if p.shape[1] != words.shape[1]:
+        raise ValueError(f"expected {words.shape[1]} binary outputs per case, got {p.shape[1]}")
+    if thresholds is not None:
+        p = np.clip(p - np.asarray(thresholds, dtype=float)[None, :] + 0.5, 0.0, 1.0)
+    distances = np.abs(p[:, None, :] - words[None, :, :]).sum(-1)
+    return distances.argmin(1), distances  # argmin returns the first (lowest) on ties
+
+
+# ------------------------------------------------------------------------------ ensembles
+
+
+@dataclass(frozen=True)
+class Multitude:
+    sh: int
+    vascularity: int
+    combined: int
+    weights: dict[tuple[int, int], float]  # every valid pair's vote product
+
+
+def multitude(sh_votes: Sequence[int], vascularity_votes: Sequence[int]) -> Multitude:
+    """RATING's MULTITUDE vote over fold models.
+
+    Each valid (SH, vascularity) pair is weighted by (models voting that SH) x (models voting
+    that vascularity); invalid pairs are excluded, so the result is always valid; ties go to the
+    first pair in :func:`valid_pairs` order.
+    """
+    if len(sh_votes) != len(vascularity_votes) or not len(sh_votes):
+        raise ValueError("MULTITUDE needs one SH and one vascularity vote per model")
+    sh_count = np.bincount(np.asarray(sh_votes, int), minlength=GRADES)
+    v_count = np.bincount(np.asarray(vascularity_votes, int), minlength=GRADES)
+    weights = {pair: float(sh_count[pair[0]] * v_count[pair[1]]) for pair in valid_pairs()}
+    best = max(weights.values())
+    sh, v = next(pair for pair in valid_pairs() if weights[pair] == best)
+    return Multitude(sh, v, combined_grade(sh, v), weights)
+
+
+def majority_vote(votes: Sequence[int]) -> int:
+    """Plain majority over models (ties to the lower grade); the ablation baseline."""
+    return int(np.bincount(np.asarray(votes, int), minlength=GRADES).argmax())
+
+
+# ------------------------------------------------------------------------------ jigsaw
+
+
+def jigsaw_permutations(n: int, seed: int = 0, tiles: int = 9) -> np.ndarray:
+    """``n`` permutations of ``tiles`` tiles chosen for a large minimum Hamming distance.
+
+    Greedy maximin selection (Noroozi & Favaro): start from a random permutation, then keep
+    adding the permutation whose smallest Hamming distance to those already chosen is largest.
+    RATING used 1000 of 9! = 362 880; the puzzle is only learnable if the permutations differ.
+    """
+    everything = np.array(list(itertools.permutations(range(tiles))), dtype=np.int8)
+    if not 1 <= n <= len(everything):
+        raise ValueError(f"choose between 1 and {len(everything)} permutations, got {n}")
+    rng = np.random.default_rng(seed)
+    chosen = [int(rng.integers(len(everything)))]
+    nearest = (everything != everything[chosen[0]]).sum(1)
+    for _ in range(n - 1):
+        pick = int(nearest.argmax())
+        chosen.append(pick)
+        nearest = np.minimum(nearest, (everything != everything[pick]).sum(1))
+    return everything[chosen].astype(np.int64)
+
+
+def jigsaw_puzzle(
+    image: torch.Tensor,
+    permutations: np.ndarray,
+    rng: np.random.Generator,
+    cell: int = 75,
+    tile: int = 64,
+) -> tuple[torch.Tensor, int]:
+    """(C, 3 x cell, 3 x cell) image -> (9, C, tile, tile) shuffled tiles and the permutation id.
+
+    Each tile is a random ``tile``-px crop inside its ``cell`` (the gap stops the network from
+    solving the puzzle by matching edges), as in RATING's 225 / 75 / 64 set-up.
+    """
+    _, h, w = image.shape
+    if h != 3 * cell or w != 3 * cell:
+        raise ValueError(f"a jigsaw input is {3 * cell}x{3 * cell}, got {h}x{w}")
+    tiles = []
+    for row in range(3):
+        for col in range(3):
+            dy, dx = rng.integers(0, cell - tile + 1, size=2)
+            y, x = row * cell + dy, col * cell + dx
+            tiles.append(image[:, y : y + tile, x : x + tile])
+    label = int(rng.integers(len(permutations)))
+    order = permutations[label]
+    return torch.stack([tiles[i] for i in order]), label
+
+
+# ------------------------------------------------------------------------------ networks
+
+
+def build_backbone(in_channels: int = 3) -> nn.Module:
+    """MONAI ResNet-18 (2D, stride-2 7x7 stem as in the paper) returning 512 features."""
+    from monai.networks.nets import resnet18
+
+    return resnet18(
+        spatial_dims=2,
+        n_input_channels=in_channels,
+        conv1_t_size=7,
+        conv1_t_stride=2,
+        feed_forward=False,
+    )
+
+
+class JigsawNet(nn.Module):
+    """Context-free network: one shared backbone per tile, features concatenated, classified
+    into the permutation that shuffled them (self-supervised pretraining of F and G)."""
+
+    def __init__(self, backbone: nn.Module, n_permutations: int, features: int = 512):
+        super().__init__()
+        self.backbone = backbone
+        self.classifier = nn.Sequential(
+            nn.Linear(9 * features, 1024), nn.ReLU(inplace=True), nn.Linear(1024, n_permutations)
+        )
+
+    def forward(self, tiles: torch.Tensor) -> torch.Tensor:
+        b, n, c, h, w = tiles.shape
+        feats = self.backbone(tiles.reshape(b * n, c, h, w)).reshape(b, -1)
+        return self.classifier(feats)
+
+
+class FusionNet(nn.Module):
+    """SH network: F (grey-scale) and G (Doppler) features, 512 + 512, into a 2-layer MLP H.
+
+    Input: (B, 1 + 3, S, S) = the grey-scale ROI crop and the transformed Doppler crop.
+    ``freeze_backbones()`` is the third training stage (only H learns).
+    """
+
+    def __init__(self, grey: nn.Module, doppler: nn.Module, hidden: int = 256, outputs: int = 1):
+        super().__init__()
+        self.grey = grey
+        self.doppler = doppler
+        self.head = nn.Sequential(
+            nn.Linear(1024, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, outputs)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.cat([self.grey(x[:, :1]), self.doppler(x[:, 1:4])], dim=1))
+
+    def freeze_backbones(self) -> None:
+        for module in (self.grey, self.doppler):
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad_(False)
+
+
+# ------------------------------------------------------------------------------ explanations
+
+
+def integrated_gradients_heatmap(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    *,
+    target: int | None = None,
+    steps: int = 50,
+    noisy_copies: int = 8,
+    noise_sd: float = 0.1,
+    floor: float = 0.2,
+    seed: int = 0,
+) -> np.ndarray:
+    """RATING's explanation: integrated gradients (zero baseline, ``steps`` steps) averaged over
+    ``noisy_copies`` noisy inputs (captum ``NoiseTunnel``, SmoothGrad), absolute values summed
+    over channels, normalised to [0, 1], values below ``floor`` set to 0.
+
+    ``inputs``: one case (1, C, H, W); returns (H, W). The model is put in eval mode.
+    """
+    from captum.attr import IntegratedGradients, NoiseTunnel
+
+    if inputs.ndim != 4 or inputs.shape[0] != 1:
+        raise ValueError(f"explain one case (1, C, H, W) at a time, got {tuple(inputs.shape)}")
+    model.eval()
+    torch.manual_seed(seed)
+    tunnel = NoiseTunnel(IntegratedGradients(model))
+    attribution = tunnel.attribute(
+        inputs,
+        baselines=torch.zeros_like(inputs),
+        target=target,
+        n_steps=steps,
+        nt_type="smoothgrad",
+        nt_samples=noisy_copies,
+        nt_samples_batch_size=1,
+        stdevs=noise_sd,
+        internal_batch_size=steps,
+    )
+    heat = attribution.detach().abs().sum(1)[0].cpu().numpy()
+    top = float(heat.max())
+    if top <= 0:
+        return np.zeros_like(heat)
+    heat = heat / top
+    heat[heat < floor] = 0.0
+    return heat.astype(np.float32)
+
+
+def heatmap_overlay(grey: np.ndarray, heat: np.ndarray, alpha: float = 0.6) -> np.ndarray:
+    """Grey-scale image (H, W) with the heatmap painted in yellow: (H, W, 3) uint8."""
+    base = np.asarray(grey, dtype=np.float32)
+    if base.max() > 1.0:
+        base = base / 255.0
+    if base.shape != heat.shape:
+        raise ValueError(f"image {base.shape} and heatmap {heat.shape} differ in size")
+    rgb = np.repeat(base[..., None], 3, axis=-1)
+    weight = (alpha * np.clip(heat, 0, 1))[..., None]
+    yellow = np.array([1.0, 1.0, 0.0], dtype=np.float32)
+    return (np.clip(rgb * (1 - weight) + yellow * weight, 0, 1) * 255).astype(np.uint8)
