@@ -18,7 +18,6 @@ benchmark, the napari plugin) and by the tests.
 from __future__ import annotations
 
 import json
-import time
 from collections import defaultdict
 from collections.abc import Hashable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -695,11 +694,9 @@ class JointScorer:
         progress: bool = False,
     ) -> list[PatientScores]:
         """Patch stage, then the symmetry stage per patient."""
-        started = time.perf_counter()
         collector = self.score_patches(patch_set, batch_size, progress)
         patients = group_patients(collector.image_scores())
         apply_symmetry(patients, self.symmetry, explain=explain)
-        self.last_seconds = time.perf_counter() - started
         return patients
 
 

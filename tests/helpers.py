@@ -15,3 +15,42 @@ def inside_or_near(polygon, points, tol):
     nearest = a + t[..., None] * ab
     dist = np.linalg.norm(points[:, None] - nearest, axis=-1).min(axis=1)
     return inside | (dist <= tol)
+
+
+def bundle_cmd(*args):
+    """``python -m monai.bundle ...`` with this interpreter."""
+    import sys
+
+    return [sys.executable, "-m", "monai.bundle", *args]
+
+
+def run_in(bundle, cmd, timeout=600):
+    """Run a command in a bundle folder as a user would; fail with its output when it fails."""
+    import os
+    import subprocess
+
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    proc = subprocess.run(cmd, cwd=bundle, capture_output=True, text=True, timeout=timeout, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+def export_torchscript(bundle, target):
+    """The bundle's network_def and shipped weights as TorchScript, through MONAI's tooling."""
+    run_in(
+        bundle,
+        bundle_cmd(
+            "ckpt_export",
+            "network_def",
+            "--filepath",
+            str(target),
+            "--ckpt_file",
+            "models/model.pt",
+            "--meta_file",
+            "configs/metadata.json",
+            "--config_file",
+            "configs/inference.json",
+            "--bundle_root",
+            ".",
+        ),
+    )

@@ -1,15 +1,14 @@
 """The ra_joint_locator bundle through MONAI's own tooling, with the shipped weights."""
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import bundle_cmd, export_torchscript, run_in
 
 from annotation_tools.evaluation import evaluate_locator_store
 from annotation_tools.export import export_dataset
@@ -45,14 +44,10 @@ METADATA_KEYS = {
 }
 
 
-def _bundle_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "monai.bundle", *args]
-
-
 def _infer(dataset_dir: str | Path, out: Path, *extra: str) -> None:
     """The bundle's inference through MONAI's runner, as a user would call it."""
     _run(
-        _bundle_cmd(
+        bundle_cmd(
             "run",
             "--config_file",
             "configs/inference.json",
@@ -69,11 +64,8 @@ def _infer(dataset_dir: str | Path, out: Path, *extra: str) -> None:
     )
 
 
-def _run(cmd: list[str], cwd: Path = BUNDLE, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
+def _run(cmd: list[str], cwd: Path = BUNDLE, timeout: int = 600):
+    return run_in(cwd, cmd, timeout)
 
 
 def test_bundle_layout_follows_the_model_zoo():
@@ -103,7 +95,7 @@ def test_bundle_layout_follows_the_model_zoo():
 
 def test_verify_net_in_out():
     _run(
-        _bundle_cmd(
+        bundle_cmd(
             "verify_net_in_out",
             "network_def",
             "--meta_file",
@@ -118,22 +110,7 @@ def test_verify_net_in_out():
 
 def test_torchscript_export_matches_the_network(tmp_path):
     target = tmp_path / "model.ts"
-    _run(
-        _bundle_cmd(
-            "ckpt_export",
-            "network_def",
-            "--filepath",
-            str(target),
-            "--ckpt_file",
-            str(WEIGHTS),
-            "--meta_file",
-            "configs/metadata.json",
-            "--config_file",
-            "configs/inference.json",
-            "--bundle_root",
-            ".",
-        )
-    )
+    export_torchscript(BUNDLE, target)
     scripted = torch.jit.load(str(target))
     locator = JointLocator.from_bundle(BUNDLE, device="cpu")
     x = torch.rand(1, 3, 256, 256)
@@ -186,7 +163,7 @@ def test_inference_through_monai_bundle_run(heldout, tmp_path):
 def test_evaluate_config_reports_the_metrics_module_figures(heldout, tmp_path):
     out = tmp_path / "eval"
     _run(
-        _bundle_cmd(
+        bundle_cmd(
             "run",
             "--config_file",
             "['configs/inference.json','configs/evaluate.json']",

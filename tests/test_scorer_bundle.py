@@ -2,7 +2,6 @@
 
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -11,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import inside_or_near
+from helpers import bundle_cmd, export_torchscript, inside_or_near, run_in
 
 from annotation_tools.cli import main
 from annotation_tools.export import export_dataset
@@ -24,23 +23,29 @@ from annotation_tools.vocabulary import dream_columns, get_joint
 
 BUNDLE = Path(__file__).resolve().parents[1] / "monai_bundles" / "ra_joint_scorer"
 LOCATOR = BUNDLE.parent / "ra_joint_locator"
+# a one-epoch run of a very small network: checks the configs, not the model
+TINY_TRAINING = (
+    "--patch_size",
+    "32",
+    "--epochs",
+    "1",
+    "--val_interval",
+    "1",
+    "--unet_channels",
+    "[8, 16, 16, 16]",
+    "--encoder_channels",
+    "[8, 16]",
+)
 
 
-def _run(cmd: list[str], cwd: Path = BUNDLE, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
-
-
-def _bundle(*args: str) -> list[str]:
-    return [sys.executable, "-m", "monai.bundle", *args]
+def _run(cmd: list[str], cwd: Path = BUNDLE, timeout: int = 600):
+    return run_in(cwd, cmd, timeout)
 
 
 def _infer(*args: str, config: str = "configs/inference.json") -> None:
     """The bundle's inference (or evaluation) through MONAI's runner, as a user calls it."""
     _run(
-        _bundle(
+        bundle_cmd(
             "run",
             "--config_file",
             config,
@@ -100,7 +105,7 @@ def test_bundle_layout_follows_the_model_zoo():
 def test_verify_net_in_out_for_every_variant():
     for variant in ("seg_guided", "plain", "hirano"):
         _run(
-            _bundle(
+            bundle_cmd(
                 "verify_net_in_out",
                 "network_def",
                 "--meta_file",
@@ -117,22 +122,7 @@ def test_verify_net_in_out_for_every_variant():
 
 def test_torchscript_export_matches_the_network(tmp_path):
     target = tmp_path / "model.ts"
-    _run(
-        _bundle(
-            "ckpt_export",
-            "network_def",
-            "--filepath",
-            str(target),
-            "--ckpt_file",
-            "models/model.pt",
-            "--meta_file",
-            "configs/metadata.json",
-            "--config_file",
-            "configs/inference.json",
-            "--bundle_root",
-            ".",
-        )
-    )
+    export_torchscript(BUNDLE, target)
     scripted = torch.jit.load(str(target))
     scorer = JointScorer.from_bundle(BUNDLE, device="cpu")
     x = torch.rand(2, 1, 64, 64)
@@ -285,7 +275,7 @@ def patch_data(small_cohort, tmp_path_factory):
 
 def test_training_config_runs_and_saves_weights(patch_data, tmp_path):
     _run(
-        _bundle(
+        bundle_cmd(
             "run",
             "--config_file",
             "['configs/train.json','configs/quick.json']",
@@ -297,16 +287,7 @@ def test_training_config_runs_and_saves_weights(patch_data, tmp_path):
             str(patch_data),
             "--ckpt_dir",
             str(tmp_path),
-            "--patch_size",
-            "32",
-            "--epochs",
-            "1",
-            "--val_interval",
-            "1",
-            "--unet_channels",
-            "[8, 16, 16, 16]",
-            "--encoder_channels",
-            "[8, 16]",
+            *TINY_TRAINING,
         )
     )
     state = torch.load(tmp_path / "model.pt", weights_only=True)
@@ -319,7 +300,7 @@ def test_symmetry_config_fits_on_a_project(small_cohort, tmp_path):
     shutil.copytree(small_cohort, project)
     # three patients are too few; the stage needs at least five
     proc = subprocess.run(
-        _bundle(
+        bundle_cmd(
             "run",
             "--config_file",
             "configs/train_symmetry.json",
@@ -365,16 +346,7 @@ def test_multi_gpu_config_trains_with_two_processes(patch_data, tmp_path):
             str(tmp_path / "ckpt"),
             "--rank_weights_dir",
             str(ranks),
-            "--patch_size",
-            "32",
-            "--epochs",
-            "1",
-            "--val_interval",
-            "1",
-            "--unet_channels",
-            "[8, 16, 16, 16]",
-            "--encoder_channels",
-            "[8, 16]",
+            *TINY_TRAINING,
         ]
     )
     a = torch.load(ranks / "rank0.pt", weights_only=True)
