@@ -110,13 +110,7 @@ def predict_folder(
         bar.update(len(paths[start : start + chunk]))
     bar.close()
     patch_set.failures += failures
-    patients = scorer.score(patch_set, explain=False, progress=progress)
-    if explain and scorer.symmetry is not None:
-        from .scoring import apply_symmetry
-
-        for patient in tqdm(patients, desc="SHAP explanations", disable=not progress):
-            if patient.symmetry:
-                apply_symmetry([patient], scorer.symmetry, explain=True)
+    patients = scorer.score(patch_set, explain=explain, progress=progress)
     info = {**locator.model_info, **{f"scorer_{k}": v for k, v in scorer.model_info.items()}}
     write_outputs(patients, patch_set.failures, out, info)
     if store:
