@@ -323,9 +323,7 @@ def benchmark_scorer(
         "targets": {
             "narrowing_exact_agreement": nar["exact_agreement"],
             "narrowing_within_one_agreement": nar["within_one_agreement"],
-            "total_pearson_r": totals_r.get("value", totals_r)
-            if isinstance(totals_r, dict)
-            else totals_r,
+            "total_pearson_r": _r(totals_r),
             "seconds_per_patient": float(np.median(seconds)),
             "required": SCORER_TARGETS,
         },

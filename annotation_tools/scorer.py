@@ -54,7 +54,6 @@ VARIANTS = ("seg_guided", "plain", "hirano")
 HEADS = ("classes", "regression", "both")
 NARROWING_CLASSES = 5  # 0..4
 EROSION_CLASSES = 11  # 0..10 (feet); hands stop at 5
-MISSING = -1.0  # a score the joint does not carry or nobody gave
 
 
 def score_channels(head: str) -> int:

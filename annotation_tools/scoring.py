@@ -32,7 +32,7 @@ from .cases import CaseTable, identify
 from .imageio import ImageData, ImageReadError, file_sha256, read_image
 from .locator import CLINICAL_NOTE, image_files
 from .scorer import decode_scores, split_output
-from .symmetry import SCORE_KEYS, SymmetryModel, SymmetryModelError, patient_vector, plot_shap
+from .symmetry import SCORE_INDEX, SymmetryModel, SymmetryModelError, patient_vector, plot_shap
 from .targets import joint_patch, normalise_intensity, patch_to_image, polygon_problem
 from .vocabulary import (
     LIMBS,
@@ -464,7 +464,7 @@ def apply_symmetry(
                 if js.stage == "missing":
                     continue
                 for st in get_joint(joint_id).score_types:
-                    i = SCORE_KEYS.index((joint_id, st.value))
+                    i = SCORE_INDEX[(joint_id, st.value)]
                     if np.isfinite(pred[0, i]):
                         setattr(js, st.value, float(pred[0, i]))
                         setattr(js, f"{st.value}_sd", float(spread[0, i]))
@@ -719,12 +719,13 @@ def true_scores(
     """Patient -> ``(joint_id, score_type) -> grade`` of a project (default: human/phantom)."""
     from .store import TRAINING_SOURCES, AnnotationStore
 
-    out: dict[str, dict[tuple[str, str], float]] = defaultdict(dict)
     with AnnotationStore.open(project, create=False) as db:
-        for record in db.images(modality="radiograph"):
-            for key, rev in db.scores(record.id, sources=sources or TRAINING_SOURCES).items():
-                out[record.patient_id][key] = float(rev.value["value"])
-    return dict(out)
+        scores = db.patient_scores(sources=sources or TRAINING_SOURCES, per_visit=False)
+    return {
+        pid: {key: float(v) for key, v in grades.items()}
+        for pid, grades in scores.items()
+        if grades
+    }
 
 
 def fit_symmetry(

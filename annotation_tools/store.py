@@ -908,17 +908,30 @@ class AnnotationStore:
 
     # ------------------------------------------------------------------ RA2-DREAM CSV
 
+    def patient_scores(
+        self, *, sources: Iterable[str] | None = TRAINING_SOURCES, per_visit: bool = True
+    ) -> dict[str, dict[tuple[str, str], float]]:
+        """Newest grade per ``(joint_id, score_type)`` of every patient with a radiograph.
+
+        Keys are ``<patient>_<visit>`` for images with a visit unless ``per_visit`` is False;
+        patients without any score map to an empty dict.
+        """
+        sources = list(sources) if sources is not None else None
+        scores: dict[str, dict[tuple[str, str], float]] = {}
+        for image in self.images(modality="radiograph"):
+            pid = image.patient_id
+            if per_visit and image.visit:
+                pid = f"{pid}_{image.visit}"
+            patient = scores.setdefault(pid, {})
+            for key, rev in self.scores(image.id, sources=sources).items():
+                patient[key] = rev.value["value"]
+        return scores
+
     def dream_rows(
         self, *, sources: Iterable[str] | None = TRAINING_SOURCES
     ) -> list[dict[str, Any]]:
         """One RA2-DREAM row per patient (and visit): joint scores and, when complete, totals."""
-        sources = list(sources) if sources is not None else None
-        scores: dict[str, dict[tuple[str, str], float]] = {}
-        for image in self.images(modality="radiograph"):
-            pid = image.patient_id if not image.visit else f"{image.patient_id}_{image.visit}"
-            patient = scores.setdefault(pid, {})
-            for key, rev in self.scores(image.id, sources=sources).items():
-                patient[key] = rev.value["value"]
+        scores = self.patient_scores(sources=sources)
         return [dream_row(pid, scores[pid]) for pid in sorted(scores)]
 
     def export_dream_csv(

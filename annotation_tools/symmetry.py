@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from .vocabulary import LIMBS, ScoreType, get_joint, joints_for_limb
+from .vocabulary import LIMBS, get_joint, joints_for_limb
 
 __all__ = [
+    "SCORE_INDEX",
     "SCORE_KEYS",
     "SymmetryModel",
     "SymmetryModelError",
@@ -40,7 +41,7 @@ SCORE_KEYS: tuple[ScoreKey, ...] = tuple(
     for joint in joints_for_limb(limb)
     for score_type in joint.score_types
 )
-_INDEX = {key: i for i, key in enumerate(SCORE_KEYS)}
+SCORE_INDEX = {key: i for i, key in enumerate(SCORE_KEYS)}
 
 FORMAT = "ra_joints.symmetry/1"
 _ARRAYS = ("left", "right", "feature", "threshold", "value", "weight", "nodes")
@@ -57,8 +58,8 @@ def patient_vector(scores: Mapping[ScoreKey, float | None]) -> np.ndarray:
     """``{(joint_id, score_type): value}`` -> the 86-long feature vector (NaN = no score)."""
     x = np.full(len(SCORE_KEYS), np.nan)
     for key, value in scores.items():
-        if key in _INDEX and value is not None and np.isfinite(value):
-            x[_INDEX[key]] = float(value)
+        if key in SCORE_INDEX and value is not None and np.isfinite(value):
+            x[SCORE_INDEX[key]] = float(value)
     return x
 
 
@@ -150,15 +151,7 @@ class _Forests:
         return {"trees": trees, "base_offset": 0.0, "tree_output": "raw_value"}
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {
-            "left": self.left,
-            "right": self.right,
-            "feature": self.feature,
-            "threshold": self.threshold,
-            "value": self.value,
-            "weight": self.weight,
-            "nodes": self.nodes,
-        }
+        return {name: getattr(self, name) for name in _ARRAYS}
 
 
 class SymmetryModel:
@@ -249,14 +242,14 @@ class SymmetryModel:
         per_tree = self.forests.per_tree(self._filled(x))
         pred = np.full(x.shape, np.nan)
         spread = np.full(x.shape, np.nan)
-        columns = [_INDEX[k] for k in self.forests.keys]
+        columns = [SCORE_INDEX[k] for k in self.forests.keys]
         pred[:, columns] = per_tree.mean(-1)
         spread[:, columns] = per_tree.std(-1)
         if self.target == "residual":
             pred += x
         for key in self.forests.keys:  # keep every score on its joint's scale
             top = get_joint(key[0]).max_score(key[1])
-            pred[:, _INDEX[key]] = np.clip(pred[:, _INDEX[key]], 0, top)
+            pred[:, SCORE_INDEX[key]] = np.clip(pred[:, SCORE_INDEX[key]], 0, top)
         no_patch = np.isnan(x)
         pred[no_patch] = np.nan
         spread[no_patch] = np.nan
@@ -279,8 +272,8 @@ class SymmetryModel:
         for m, key in enumerate(self.forests.keys):
             explainer = shap.TreeExplainer(self.forests.shap_model(m))
             values = explainer.shap_values(x, check_additivity=False)
-            out[_INDEX[key]] = np.asarray(values).reshape(-1)
-            base[_INDEX[key]] = float(np.asarray(explainer.expected_value).reshape(-1)[0])
+            out[SCORE_INDEX[key]] = np.asarray(values).reshape(-1)
+            base[SCORE_INDEX[key]] = float(np.asarray(explainer.expected_value).reshape(-1)[0])
         return out, base
 
     # ----------------------------------------------------------------- files
@@ -424,7 +417,3 @@ def plot_shap(values: np.ndarray, path: str | Path, *, title: str, note: str = "
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
-
-
-def score_type_of(key: ScoreKey) -> ScoreType:
-    return ScoreType(key[1])
