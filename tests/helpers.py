@@ -17,6 +17,17 @@ def inside_or_near(polygon, points, tol):
     return inside | (dist <= tol)
 
 
+# MONAI bundle arguments that point at a bundle's inference network (run from its folder)
+INFERENCE_CONFIG = (
+    "--meta_file",
+    "configs/metadata.json",
+    "--config_file",
+    "configs/inference.json",
+    "--bundle_root",
+    ".",
+)
+
+
 def bundle_cmd(*args):
     """``python -m monai.bundle ...`` with this interpreter."""
     import sys
@@ -46,11 +57,6 @@ def export_torchscript(bundle, target):
             str(target),
             "--ckpt_file",
             "models/model.pt",
-            "--meta_file",
-            "configs/metadata.json",
-            "--config_file",
-            "configs/inference.json",
-            "--bundle_root",
-            ".",
+            *INFERENCE_CONFIG,
         ),
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import bundle_cmd, export_torchscript, run_in
+from helpers import INFERENCE_CONFIG, bundle_cmd, export_torchscript, run_in
 
 from annotation_tools.evaluation import evaluate_locator_store
 from annotation_tools.export import export_dataset
@@ -98,12 +98,7 @@ def test_verify_net_in_out():
         bundle_cmd(
             "verify_net_in_out",
             "network_def",
-            "--meta_file",
-            "configs/metadata.json",
-            "--config_file",
-            "configs/inference.json",
-            "--bundle_root",
-            ".",
+            *INFERENCE_CONFIG,
         )
     )
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import bundle_cmd, export_torchscript, inside_or_near, run_in
+from helpers import INFERENCE_CONFIG, bundle_cmd, export_torchscript, inside_or_near, run_in
 
 from annotation_tools.cli import main
 from annotation_tools.export import export_dataset
@@ -108,12 +108,7 @@ def test_verify_net_in_out_for_every_variant():
             bundle_cmd(
                 "verify_net_in_out",
                 "network_def",
-                "--meta_file",
-                "configs/metadata.json",
-                "--config_file",
-                "configs/inference.json",
-                "--bundle_root",
-                ".",
+                *INFERENCE_CONFIG,
                 "--variant",
                 variant,
             )
@@ -273,23 +268,26 @@ def patch_data(small_cohort, tmp_path_factory):
     return out
 
 
+def _tiny_training_run(configs: str, patch_data: Path, *extra: str) -> list[str]:
+    """``monai.bundle run`` arguments of a one-epoch training of a very small network."""
+    return [
+        "run",
+        "--config_file",
+        configs,
+        "--meta_file",
+        "configs/metadata.json",
+        "--bundle_root",
+        ".",
+        "--dataset_dir",
+        str(patch_data),
+        *extra,
+        *TINY_TRAINING,
+    ]
+
+
 def test_training_config_runs_and_saves_weights(patch_data, tmp_path):
-    _run(
-        bundle_cmd(
-            "run",
-            "--config_file",
-            "['configs/train.json','configs/quick.json']",
-            "--meta_file",
-            "configs/metadata.json",
-            "--bundle_root",
-            ".",
-            "--dataset_dir",
-            str(patch_data),
-            "--ckpt_dir",
-            str(tmp_path),
-            *TINY_TRAINING,
-        )
-    )
+    train = "['configs/train.json','configs/quick.json']"
+    _run(bundle_cmd(*_tiny_training_run(train, patch_data, "--ckpt_dir", str(tmp_path))))
     state = torch.load(tmp_path / "model.pt", weights_only=True)
     assert any(k.startswith("unet.") for k in state)
 
@@ -333,20 +331,14 @@ def test_multi_gpu_config_trains_with_two_processes(patch_data, tmp_path):
             "2",
             "-m",
             "monai.bundle",
-            "run",
-            "--config_file",
-            "['configs/train.json','configs/quick.json','configs/multi_gpu_train.json']",
-            "--meta_file",
-            "configs/metadata.json",
-            "--bundle_root",
-            ".",
-            "--dataset_dir",
-            str(patch_data),
-            "--ckpt_dir",
-            str(tmp_path / "ckpt"),
-            "--rank_weights_dir",
-            str(ranks),
-            *TINY_TRAINING,
+            *_tiny_training_run(
+                "['configs/train.json','configs/quick.json','configs/multi_gpu_train.json']",
+                patch_data,
+                "--ckpt_dir",
+                str(tmp_path / "ckpt"),
+                "--rank_weights_dir",
+                str(ranks),
+            ),
         ]
     )
     a = torch.load(ranks / "rank0.pt", weights_only=True)
