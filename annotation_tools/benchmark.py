@@ -30,7 +30,9 @@ LITERATURE_LOCATOR = {
 }
 
 
-def heldout_cohort(folder: Path | None, patients: int, seed: int, height: int = 1200) -> Path:
+def heldout_cohort(
+    folder: Path | None, patients: int, seed: int, height: int = 1200, us_pairs: int = 2
+) -> Path:
     """An existing project folder, or a fresh phantom cohort of a seed the weights never saw."""
     from .phantoms import generate_cohort
 
@@ -38,7 +40,7 @@ def heldout_cohort(folder: Path | None, patients: int, seed: int, height: int = 
         return Path(folder)
     folder = Path(folder or Path("runs") / f"heldout_s{seed}_n{patients}")
     if not (folder / "cohort.json").exists():
-        generate_cohort(folder, patients, seed, height=height, us_pairs=2)
+        generate_cohort(folder, patients, seed, height=height, us_pairs=us_pairs)
     return folder
 
 
@@ -396,16 +398,297 @@ def scorer_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-TASKS = {
-    "locator": (benchmark_locator, locator_markdown),
-    "scorer": (benchmark_scorer, scorer_markdown),
+LITERATURE_ULTRASOUND = {
+    "RATING (Zhou et al. 2022), prospective test": "combined EOSS accuracy 86.1 %, kappa 0.853",
+    "RATING, external test": "combined EOSS accuracy 85.0 %",
+    "baseline CNNs in the same paper": "combined accuracy 67-69 %",
+}
+ULTRASOUND_TARGETS = {
+    "combined_accuracy": 0.90,
+    "combined_linear_weighted_kappa": 0.90,
+    "seconds_per_pair": 1.0,
+    "seconds_per_heatmap": 15.0,
 }
 
 
+def _mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, float]:
+    """Exact McNemar test (binomial on the discordant pairs): do two models differ?"""
+    from scipy.stats import binomtest
+
+    only_a = int(np.sum(correct_a & ~correct_b))
+    only_b = int(np.sum(~correct_a & correct_b))
+    p = binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
+    return {"only_first_right": only_a, "only_second_right": only_b, "p_value": float(p)}
+
+
+def _decide_all(ensemble: Any, cases: Any, batch: int = 16) -> list[dict[str, Any]]:
+    logits = []
+    with torch.no_grad():
+        for i in range(0, len(cases.cases), batch):
+            chunk = cases.cases[i : i + batch]
+            x = torch.as_tensor(np.stack([c.image for c in chunk]), dtype=torch.float32) / 255.0
+            logits.append(ensemble(x.to(next(ensemble.parameters()).device)).cpu().numpy())
+    decisions = ensemble.decide(np.concatenate(logits))
+    return [{**d, "truth": c.truth} for c, d in zip(cases.cases, decisions, strict=True)]
+
+
+def benchmark_ultrasound(
+    bundle: Path | None = None,
+    heldout: Path | None = None,
+    *,
+    patients: int = 60,
+    seed: int = 2100,
+    device: str | None = None,
+    compare: Sequence[Path] = (),
+    n_resamples: int = 1000,
+    heatmap_pairs: int = 3,
+) -> dict[str, Any]:
+    """The shipped RATING ensemble on held-out phantom pairs, its ablations, its speed."""
+    from .us_rating import explain_case, load_ensemble, load_us_cases, rating_figures
+
+    bundle = Path(bundle or BUNDLES_DIR / "ra_us_rating")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    project = heldout_cohort(heldout, patients, seed, height=256, us_pairs=4)
+
+    def ensemble_of(models: Path) -> Any:
+        info = json.loads((Path(models) / "ensemble.json").read_text())
+        return load_ensemble(models, **info["network"]).to(dev), info
+
+    shipped, shipped_info = ensemble_of(bundle / "models")
+    started = time.perf_counter()
+    cases = load_us_cases(store=project, size=shipped.input_size)
+    prepare_seconds = (time.perf_counter() - started) / max(len(cases.cases), 1)
+    rows = _decide_all(shipped, cases)
+    figures = rating_figures(rows, n_resamples=n_resamples)
+    right = np.array([r["combined"] == r["truth"]["combined"] for r in rows])
+    models = [{"name": "MULTITUDE (shipped)", **_us_row(figures)}]
+    for name, label in (
+        ("majority_vote", "plain majority vote"),
+        ("single_model", "single model (fold 0)"),
+        ("greyscale_only_sh", "grey-scale only SH (F alone), MULTITUDE"),
+    ):
+        models.append({"name": label, **_us_row(figures["ablations"][name])})
+    tests = {}
+    for name in ("majority_vote", "single_model", "greyscale_only_sh"):
+        other = np.array([r["ablations"][name]["combined"] == r["truth"]["combined"] for r in rows])
+        tests[f"shipped_vs_{name}"] = _mcnemar(right, other)
+    for folder in compare:
+        other_ensemble, other_info = ensemble_of(Path(folder))
+        other_rows = _decide_all(other_ensemble, cases)
+        other_fig = rating_figures(other_rows, n_resamples=n_resamples)
+        label = f"{Path(folder).name} (jigsaw {other_info.get('jigsaw_pretraining')})"
+        models.append({"name": label, **_us_row(other_fig)})
+        other_right = np.array([r["combined"] == r["truth"]["combined"] for r in other_rows])
+        tests[f"shipped_vs_{Path(folder).name}"] = _mcnemar(right, other_right)
+    # speed: one pair at a time, all networks; then integrated gradients
+    times = []
+    with torch.no_grad():
+        for case in cases.cases[:50]:
+            x = torch.as_tensor(case.image[None], dtype=torch.float32).to(dev) / 255.0
+            t0 = time.perf_counter()
+            shipped.decide(shipped(x).cpu().numpy())
+            times.append(time.perf_counter() - t0)
+    ig_pair, ig_network = [], []
+    for case in cases.cases[:heatmap_pairs]:
+        x = torch.as_tensor(case.image[None], dtype=torch.float32).to(dev) / 255.0
+        t0 = time.perf_counter()
+        explain_case(shipped, x)
+        ig_pair.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        explain_case(shipped, x, max_members=1)
+        ig_network.append((time.perf_counter() - t0) / 2)  # SH and vascularity maps
+    combined = figures["combined"]
+    return {
+        "task": "ultrasound",
+        "bundle": str(bundle),
+        "model": {k: v for k, v in shipped_info.items() if k != "members"},
+        "members": len(shipped.members),
+        "heldout": {
+            "project": str(project),
+            "seed": seed,
+            "pairs": len(rows),
+            "failed": cases.failed,
+        },
+        "figures": figures,
+        "models": models,
+        "tests": tests,
+        "speed": {
+            "seconds_per_pair_networks_median": float(np.median(times)),
+            "seconds_per_pair_reading_and_cropping": prepare_seconds,
+            "seconds_per_heatmap_one_network": float(np.median(ig_network)) if ig_network else None,
+            "seconds_per_pair_heatmaps_all_members": float(np.median(ig_pair)) if ig_pair else None,
+            "heatmap_settings": "integrated gradients, 50 steps, 8 noisy copies (SmoothGrad)",
+            "peak_rss_mb": _peak_rss_mb(),
+            "device": str(dev),
+            "torch_threads": torch.get_num_threads(),
+        },
+        "targets": {
+            "combined_accuracy": combined["accuracy"]["value"],
+            "combined_linear_weighted_kappa": combined["linear_weighted_kappa"]["value"],
+            "seconds_per_pair": float(np.median(times)) + prepare_seconds,
+            "seconds_per_heatmap": float(np.median(ig_network)) if ig_network else None,
+            "required": ULTRASOUND_TARGETS,
+        },
+        "literature": LITERATURE_ULTRASOUND,
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "package_version": __version__,
+        "note": PHANTOM_NOTE,
+    }
+
+
+def _us_row(block: dict[str, Any]) -> dict[str, Any]:
+    row = {
+        key: {
+            "accuracy": block[key]["accuracy"],
+            "linear_weighted_kappa": block[key]["linear_weighted_kappa"],
+        }
+        for key in ("synovial_hypertrophy", "vascularity", "combined")
+    }
+    row["invalid_pairs"] = block.get("invalid_pairs", 0)
+    return row
+
+
+def _ci(fig: dict[str, Any]) -> str:
+    if "ci_low" not in fig:
+        return f"{fig['value']:.3f}"
+    return f"{fig['value']:.3f} ({fig['ci_low']:.3f}-{fig['ci_high']:.3f})"
+
+
+def ultrasound_markdown(result: dict[str, Any]) -> str:
+    held = result["heldout"]
+    lines = [
+        f"### Ultrasound RATING ensemble ({held['pairs']} held-out phantom pairs, seed "
+        f"{held['seed']}; {result['members']} members)",
+        "",
+        "| model | SH accuracy | vascularity accuracy | combined accuracy (95% CI) | "
+        "combined kappa (95% CI) | invalid pairs |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for m in result["models"]:
+        lines.append(
+            f"| {m['name']} | {m['synovial_hypertrophy']['accuracy']['value']:.1%} | "
+            f"{m['vascularity']['accuracy']['value']:.1%} | "
+            f"{_ci(m['combined']['accuracy'])} | {_ci(m['combined']['linear_weighted_kappa'])} | "
+            f"{m['invalid_pairs']} |"
+        )
+    lines.append("")
+    for name, test in result["tests"].items():
+        lines.append(
+            f"- {name.replace('_', ' ')} (combined grade right/wrong, exact McNemar): "
+            f"{test['only_first_right']} vs {test['only_second_right']} discordant pairs, "
+            f"p = {test['p_value']:.3g}"
+        )
+    sp = result["speed"]
+    lines += [
+        f"- one pair, all networks: median {sp['seconds_per_pair_networks_median'] * 1000:.0f} ms "
+        f"(+ {sp['seconds_per_pair_reading_and_cropping'] * 1000:.0f} ms reading, cropping, "
+        "Doppler segmentation)",
+        f"- integrated gradients ({sp['heatmap_settings']}): "
+        f"{(sp['seconds_per_heatmap_one_network'] or 0):.1f} s per heatmap of one network; "
+        f"{(sp['seconds_per_pair_heatmaps_all_members'] or 0):.1f} s for a pair's SH and "
+        "vascularity maps averaged over all members",
+        f"- peak memory {sp['peak_rss_mb']:.0f} MB; {sp['device']}, {sp['torch_threads']} threads",
+        "",
+        f"_{PHANTOM_NOTE}_",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+TASKS = {
+    "locator": (benchmark_locator, locator_markdown),
+    "scorer": (benchmark_scorer, scorer_markdown),
+    "ultrasound": (benchmark_ultrasound, ultrasound_markdown),
+}
+
+
+BUNDLE_OF_TASK = {
+    "locator": "ra_joint_locator",
+    "scorer": "ra_joint_scorer",
+    "ultrasound": "ra_us_rating",
+}
+
+
+def retrained_bundles(work: Path, tasks: Sequence[str]) -> dict[str, Path]:
+    """Copies of the bundles retrained from scratch with their quick configurations.
+
+    Each bundle is copied to ``work`` and its own ``scripts/train_quick.sh`` runs there, so the
+    new weights land in the copy and the repository's shipped weights are never touched.
+    """
+    import shutil
+    import subprocess
+
+    out: dict[str, Path] = {}
+    needed = set(tasks) | ({"locator"} if "scorer" in tasks else set())
+    for task in ("locator", "scorer", "ultrasound"):
+        if task not in needed:
+            continue
+        name = BUNDLE_OF_TASK[task]
+        copy = Path(work) / "bundles" / name
+        if not copy.exists():
+            shutil.copytree(BUNDLES_DIR / name, copy)
+        started = time.perf_counter()
+        subprocess.run(
+            ["bash", str(copy / "scripts" / "train_quick.sh"), str(Path(work) / "data" / task)],
+            check=True,
+        )
+        print(f"retrained {name} in {(time.perf_counter() - started) / 60:.1f} min")
+        out[task] = copy
+    return out
+
+
+def benchmark_all(
+    *,
+    retrain: bool = False,
+    work: Path | None = None,
+    device: str | None = None,
+    n_resamples: int = 1000,
+) -> dict[str, Any]:
+    """Every bundle on its held-out phantom cohort, in one run: the project's one benchmark.
+
+    Default: the shipped weights, nothing is trained. ``retrain``: the quick configurations
+    first retrain every bundle from scratch (about an hour on 2 CPU cores), in copies.
+    """
+    work = Path(work or Path("runs") / "benchmark")
+    tasks = ("locator", "scorer", "ultrasound")
+    bundles = retrained_bundles(work, tasks) if retrain else {}
+    results: dict[str, Any] = {}
+    for task in tasks:
+        kwargs: dict[str, Any] = {"bundle": bundles.get(task), "device": device}
+        if task == "scorer":
+            kwargs.update(locator_bundle=bundles.get("locator"), n_resamples=n_resamples)
+        if task == "ultrasound":
+            kwargs.update(n_resamples=n_resamples)
+        print(f"benchmark: {task}")
+        results[task] = TASKS[task][0](**kwargs)
+    return {
+        "task": "all",
+        "weights": "retrained with the quick configurations" if retrain else "shipped",
+        **results,
+        "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
+        "package_version": __version__,
+        "note": PHANTOM_NOTE,
+    }
+
+
+def all_markdown(result: dict[str, Any]) -> str:
+    parts = [
+        f"## All bundles ({result['weights']} weights)",
+        "",
+        locator_markdown(result["locator"]),
+        scorer_markdown(result["scorer"]),
+        ultrasound_markdown(result["ultrasound"]),
+    ]
+    return "\n".join(parts)
+
+
 def run_benchmark(task: str, out: Path, **kwargs: Any) -> dict[str, Any]:
-    if task not in TASKS:
-        raise ValueError(f"no benchmark for {task!r}; available: {', '.join(TASKS)}")
-    run, markdown = TASKS[task]
+    if task == "all":
+        run, markdown = benchmark_all, all_markdown
+    elif task in TASKS:
+        run, markdown = TASKS[task]
+    else:
+        raise ValueError(f"no benchmark for {task!r}; available: all, {', '.join(TASKS)}")
     result = run(**kwargs)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -8,7 +8,20 @@ from typing import Any
 
 import torch
 
-__all__ = ["load_bundle_network"]
+__all__ = ["load_bundle_network", "share_of_hits"]
+
+
+def share_of_hits(hits: int, total: int) -> float:
+    """``hits / total`` over all processes of a distributed run (one process: as is).
+
+    Validation metrics of the bundles count hits per rank; without this each rank would
+    report (and checkpoint on) only its own shard of the validation set.
+    """
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        counts = torch.tensor([hits, total], dtype=torch.float64)
+        torch.distributed.all_reduce(counts)
+        hits, total = int(counts[0]), int(counts[1])
+    return hits / total if total else 0.0
 
 
 def load_bundle_network(

@@ -20,7 +20,7 @@ from .imageio import ImageData
 from .locator import _LIMB_TOKEN, resolve_limb
 from .vocabulary import Limb
 
-__all__ = ["Case", "CaseTable", "identify"]
+__all__ = ["Case", "CaseTable", "identify", "patient_of_file", "shard_by_patient"]
 
 
 @dataclass(frozen=True)
@@ -78,3 +78,35 @@ def identify(path: str | Path, image: ImageData, table: CaseTable | None = None)
             patient, patient_source = stem, "stem"
     resolved, limb_source = resolve_limb(path, image, limb)
     return Case(patient, resolved.value if resolved else None, patient_source, limb_source)
+
+
+def patient_of_file(path: str | Path, table: CaseTable | None = None) -> str:
+    """The patient of a file without decoding its pixels (table, DICOM header, file name,
+    stem - the order of :func:`identify`), so a cohort can be split before it is read."""
+    patient = table.lookup(path)[0] if table else None
+    if patient:
+        return patient
+    if Path(path).suffix.lower() in (".dcm", ".dicom"):
+        import pydicom
+
+        try:
+            header = pydicom.dcmread(str(path), stop_before_pixels=True)
+            if str(getattr(header, "PatientID", "")).strip():
+                return str(header.PatientID).strip()
+        except Exception:  # unreadable here: the reader reports it properly later
+            pass
+    stem = Path(path).stem
+    match = _LIMB_TOKEN.search(stem)
+    return stem[: match.start()].rstrip("_- .") if match and match.start() > 0 else stem
+
+
+def shard_by_patient(
+    paths: list[Path], rank: int, world_size: int, table: CaseTable | None = None
+) -> list[Path]:
+    """The files of process ``rank`` of ``world_size``: whole patients (the symmetry stage needs
+    all four limbs of a patient in one process), dealt round-robin in sorted patient order."""
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank {rank} is not in 0..{world_size - 1}")
+    patients = {path: patient_of_file(path, table) for path in paths}
+    mine = set(sorted(set(patients.values()))[rank::world_size])
+    return [path for path in paths if patients[path] in mine]

@@ -201,12 +201,38 @@ def _cmd_markups(args: argparse.Namespace) -> int:
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from .benchmark import run_benchmark
 
-    extra = {}
-    if args.task == "scorer":
-        extra = {"compare": args.compare, "locator_bundle": args.locator_bundle}
-    elif args.compare or args.locator_bundle:
-        raise ValueError("--compare and --locator-bundle belong to --task scorer")
     out = args.out or Path(f"results/benchmark_{args.task}.json")
+    if args.task == "all":
+        if args.compare or args.locator_bundle or args.bundle or args.heldout:
+            raise ValueError("--task all uses every default; give --task for one bundle's options")
+        result = run_benchmark(
+            "all", out, retrain=args.retrain, device=args.device, n_resamples=args.resamples
+        )
+        print(Path(out).with_suffix(".md").read_text())
+        print(f"wrote {out} ({result['note']})")
+        return 0
+    if args.retrain:
+        raise ValueError("--retrain belongs to --task all")
+    extra: dict = {}
+    if args.task == "scorer":
+        extra = {
+            "compare": args.compare,
+            "locator_bundle": args.locator_bundle,
+            "n_resamples": args.resamples,
+        }
+    elif args.task == "ultrasound":
+        extra = {
+            "compare": args.compare,
+            "heatmap_pairs": args.heatmap_pairs,
+            "n_resamples": args.resamples,
+        }
+    if args.locator_bundle and args.task != "scorer":
+        raise ValueError("--locator-bundle belongs to --task scorer")
+    if args.compare and args.task == "locator":
+        raise ValueError("--compare belongs to --task scorer or ultrasound")
+    defaults = {"locator": (40, 2000), "scorer": (40, 2000), "ultrasound": (60, 2100)}
+    args.patients = args.patients or defaults[args.task][0]
+    args.seed = args.seed if args.seed is not None else defaults[args.task][1]
     result = run_benchmark(
         args.task,
         out,
@@ -226,6 +252,14 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 def _cmd_predict(args: argparse.Namespace) -> int:
     from .pipeline import describe, pipeline_from_bundles, predict_folder
 
+    if args.images is None and args.ultrasound is None:
+        raise ValueError("give --images (radiographs) and/or --ultrasound (a pairs table)")
+    status = 0
+    shard = _torchrun_shard()
+    if args.ultrasound is not None and (shard is None or shard[0] == 0):
+        status = _predict_ultrasound(args)  # under torchrun, rank 0 grades the pairs
+    if args.images is None:
+        return status
     locator, scorer = pipeline_from_bundles(args.locator_bundle, args.scorer_bundle, args.device)
     result = predict_folder(
         args.images,
@@ -236,7 +270,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         store=args.store,
         explain=not args.no_explain,
         progress=not args.quiet,
+        shard=shard,
     )
+    if shard is not None:
+        _merge_when_all_ranks_are_done(args.out, shard)
     facts = describe(result)
     print(
         f"scored {facts['patients']} patient(s), {facts['radiographs']} radiograph(s) in "
@@ -244,7 +281,70 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     )
     for path, reason in result.failures:
         print(f"skipped {path}: {reason}", file=sys.stderr)
-    return 0 if not result.failures else 3
+    return 3 if result.failures else status
+
+
+def _torchrun_shard() -> tuple[int, int] | None:
+    """(rank, world size) when started by ``torchrun`` with several processes, else None."""
+    import os
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    return (int(os.environ.get("RANK", "0")), world) if world > 1 else None
+
+
+def _merge_when_all_ranks_are_done(out: Path, shard: tuple[int, int]) -> None:
+    """torch.distributed (gloo, set up by torchrun's environment) waits for every rank; rank 0
+    then joins the per-rank tables."""
+    import torch.distributed as dist
+
+    from .pipeline import merge_shards
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+    try:
+        dist.barrier()
+        if shard[0] == 0:
+            merged = merge_shards(out)
+            print(f"merged {merged['ranks']} ranks: {len(merged['patients'])} patient(s)")
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def _predict_ultrasound(args: argparse.Namespace) -> int:
+    """``--ultrasound TABLE``: the RATING bundle on a pairs table -> OUT/ultrasound/."""
+    from .benchmark import BUNDLES_DIR
+    from .us_rating import run_bundle_inference
+
+    bundle = args.us_bundle or BUNDLES_DIR / "ra_us_rating"
+    out = args.out / "ultrasound"
+    overrides: dict = {"pairs_table": str(args.ultrasound), "explain": not args.no_explain}
+    if not args.no_explain:
+        overrides["explain_members"] = 1  # one network's heatmap per pair keeps a folder fast
+    if args.device:
+        overrides["device"] = f"$torch.device('{args.device}')"
+    summary = run_bundle_inference(bundle, out, **overrides)
+    print(
+        f"graded {summary['n_graded']} of {summary['n_pairs']} ultrasound pair(s) -> {out} "
+        "(ultrasound_grades.csv, <pair>.json, heatmaps, summary.json)"
+    )
+    for failed in summary["failed"]:
+        print(f"skipped {failed['case']} ({failed['file']}): {failed['reason']}", file=sys.stderr)
+    return 3 if summary["failed"] else 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .report import build_report
+
+    page = build_report(
+        args.out,
+        project=args.project,
+        predicted=args.predicted,
+        screenshot=args.screenshot,
+        max_patients=args.max_patients,
+    )
+    print(f"report: {page.resolve()} (phantom figures, not clinical)")
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -340,32 +440,65 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_markups)
 
     p = sub.add_parser("benchmark", help="measure a shipped bundle on held-out phantoms")
-    p.add_argument("--task", required=True, choices=["locator", "scorer"])
+    p.add_argument(
+        "--task",
+        default="all",
+        choices=["all", "locator", "scorer", "ultrasound"],
+        help="one bundle, or all of them in one run (default)",
+    )
     p.add_argument("--out", type=Path, help="JSON file (default: results/benchmark_<task>.json)")
+    p.add_argument(
+        "--retrain",
+        action="store_true",
+        help="all: retrain every bundle from scratch with its quick configuration first "
+        "(in copies; about an hour on 2 CPU cores) instead of using the shipped weights",
+    )
     p.add_argument("--bundle", type=Path, help="bundle folder (default: the repository's)")
     p.add_argument(
         "--heldout",
         type=Path,
         help="project folder to measure on (default: a fresh phantom cohort generated with --seed)",
     )
-    p.add_argument("--patients", type=int, default=40)
-    p.add_argument("--seed", type=int, default=2000)
+    p.add_argument(
+        "--patients", type=int, default=None, help="default: 40 (radiographs), 60 (ultrasound)"
+    )
+    p.add_argument("--seed", type=int, default=None, help="default: 2000, ultrasound 2100")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument(
         "--compare",
         type=Path,
         nargs="*",
         default=[],
-        help="scorer: folders of other trained variants (model.pt + config.json) to compare",
+        help="scorer: folders of other trained variants (model.pt + config.json); ultrasound: "
+        "other trained ensembles (a models folder with ensemble.json), e.g. without jigsaw",
     )
     p.add_argument("--locator-bundle", type=Path, help="scorer: locator bundle for end to end")
+    p.add_argument(
+        "--resamples",
+        type=int,
+        default=1000,
+        help="scorer/ultrasound: bootstrap resamples for the 95%% confidence intervals",
+    )
+    p.add_argument(
+        "--heatmap-pairs",
+        type=int,
+        default=3,
+        help="ultrasound: pairs whose integrated-gradients heatmaps are timed (0: none)",
+    )
     p.set_defaults(func=_cmd_benchmark)
 
     p = sub.add_parser(
         "predict",
         help="locate and score every radiograph of a folder (RA2-DREAM CSV, JSON, SHAP PNGs)",
     )
-    p.add_argument("--images", type=Path, required=True, help="folder of DICOM/PNG/JPEG/TIFF")
+    p.add_argument("--images", type=Path, help="folder of DICOM/PNG/JPEG/TIFF radiographs")
+    p.add_argument(
+        "--ultrasound",
+        type=Path,
+        help="pairs table (ultrasound_scores.csv or ultrasound_pairs.json layout, see the "
+        "ra_us_rating bundle's docs) of grey-scale/Doppler pairs with ROI boxes",
+    )
+    p.add_argument("--us-bundle", type=Path, help="ultrasound bundle (default: the shipped one)")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument(
         "--cases",
@@ -380,6 +513,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser(
+        "report", help="self-contained HTML report of predictions against a phantom project"
+    )
+    p.add_argument("--project", type=Path, required=True, help="the project holding the truth")
+    p.add_argument("--predicted", type=Path, required=True, help="the ra-joints predict --out")
+    p.add_argument("--out", type=Path, required=True, help="folder for report.html and figures")
+    p.add_argument("--screenshot", type=Path, help="a napari screenshot PNG to include")
+    p.add_argument("--max-patients", type=int, default=None, help="patients shown in detail")
+    p.set_defaults(func=_cmd_report)
     return parser
 
 

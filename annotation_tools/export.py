@@ -38,14 +38,7 @@ from .targets import (
     resize_image,
     scale_points,
 )
-from .ultrasound import (
-    RATING_SIZE,
-    UltrasoundInputError,
-    check_pair,
-    crop_roi,
-    doppler_mask,
-    transformed_doppler,
-)
+from .ultrasound import RATING_SIZE, UltrasoundInputError, prepare_pair
 from .vocabulary import Limb, ScoreType, get_joint, joints_for_limb, site_names
 
 __all__ = ["TASKS", "ExportProblem", "ExportReport", "export_dataset"]
@@ -409,31 +402,20 @@ def _export_ultrasound(
         grey, dop = _load(store, grey_rec, report), _load(store, dop_rec, report)
         if grey is None or dop is None:
             continue
-        problems = check_pair(grey.pixels, dop.pixels)
-        if problems:
-            report.problems += [ExportProblem(dop_rec.path, label, p) for p in problems]
-            continue
         box = [roi_rev.value[k] for k in ("x0", "y0", "x1", "y1")]
         dop_box = [dop_roi_rev.value[k] for k in ("x0", "y0", "x1", "y1")]
         try:
-            grey_crop = crop_roi(
-                grey.pixels if grey.pixels.ndim == 2 else grey.grey().astype(np.uint8), box
-            )
-            dop_rgb = dop.pixels[..., :3]
-            mask_full = doppler_mask(dop_rgb, dop_box)
-            dop_crop = crop_roi(dop_rgb, dop_box)
-            mask_crop = crop_roi(mask_full, dop_box)
+            prepared = prepare_pair(grey.pixels, dop.pixels, box, dop_box)
         except UltrasoundInputError as exc:
-            report.problems.append(ExportProblem(grey_rec.path, label, str(exc)))
+            report.problems.append(ExportProblem(dop_rec.path, label, str(exc)))
             continue
-        transformed = transformed_doppler(dop_crop, mask_crop)
         stem = f"{pair['patient_id']}_pair{pair['id']}"
-        np.save(out / "greyscale" / f"{stem}.npy", grey_crop.astype(np.uint8))
-        np.save(out / "doppler" / f"{stem}.npy", np.moveaxis(dop_crop, -1, 0).astype(np.uint8))
-        np.save(out / "doppler_mask" / f"{stem}.npy", mask_crop.astype(np.uint8))
+        np.save(out / "greyscale" / f"{stem}.npy", prepared.greyscale)
+        np.save(out / "doppler" / f"{stem}.npy", np.moveaxis(prepared.doppler, -1, 0))
+        np.save(out / "doppler_mask" / f"{stem}.npy", prepared.doppler_mask.astype(np.uint8))
         np.save(
             out / "doppler_transformed" / f"{stem}.npy",
-            np.moveaxis(transformed, -1, 0).astype(np.uint8),
+            np.moveaxis(prepared.doppler_transformed, -1, 0),
         )
         items.append(
             {

@@ -9,24 +9,31 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cases import CaseTable, identify
+from .cases import CaseTable, identify, shard_by_patient
 from .imageio import ImageData, ImageReadError, read_image
-from .locator import JointLocator, LocatorResult, image_files
+from .locator import JointLocator, LocatorResult, image_files, write_to_store
 from .scoring import (
     JointScorer,
     PatchSet,
     PatientScores,
     cases_from_locator,
+    load_patch_set,
     write_outputs,
     write_scores_to_store,
 )
 
-__all__ = ["PipelineResult", "predict_folder", "predict_images"]
+__all__ = [
+    "PipelineResult",
+    "merge_shards",
+    "predict_folder",
+    "predict_images",
+    "predict_store_patient",
+]
 
 
 @dataclass
@@ -74,11 +81,16 @@ def predict_folder(
     explain: bool = True,
     chunk: int = 16,
     progress: bool = True,
+    shard: tuple[int, int] | None = None,
 ) -> PipelineResult:
     """Run the pipeline on every radiograph under ``images`` and write the outputs to ``out``.
 
     Outputs: ``joints/<stem>.json`` (locator), ``scores/<stem>.json``, ``scores_ra2dream.csv``,
     ``shap/<patient>.png``, ``summary.json`` (with the files that failed and why).
+
+    ``shard=(rank, world_size)``: this process takes its share of the patients (see
+    :func:`shard_by_patient`) and writes ``scores_ra2dream.rank<r>.csv`` and
+    ``summary.rank<r>.json``; :func:`merge_shards` joins them when every rank is done.
     """
     from tqdm.auto import tqdm
 
@@ -86,6 +98,8 @@ def predict_folder(
     (out / "joints").mkdir(parents=True, exist_ok=True)
     table = CaseTable.read(case_table, images) if case_table else None
     paths = image_files(images)
+    if shard is not None:
+        paths = shard_by_patient(paths, shard[0], shard[1], table)
     failures: list[tuple[str, str]] = []
     started = time.perf_counter()
     patch_set = PatchSet(scorer.patch_size)
@@ -112,10 +126,93 @@ def predict_folder(
     patch_set.failures += failures
     patients = scorer.score(patch_set, explain=explain, progress=progress)
     info = {**locator.model_info, **{f"scorer_{k}": v for k, v in scorer.model_info.items()}}
-    write_outputs(patients, patch_set.failures, out, info)
+    suffix = f".rank{shard[0]}" if shard is not None else ""
+    write_outputs(patients, patch_set.failures, out, info, suffix=suffix)
     if store:
         write_scores_to_store(store, patients, scorer.model_info)
     return PipelineResult(patients, located, failures, time.perf_counter() - started)
+
+
+def predict_store_patient(
+    project: str | Path,
+    patient_id: str,
+    locator: JointLocator | None,
+    scorer: JointScorer | None,
+    *,
+    explain: bool = True,
+    report: Callable[[str], None] = lambda message: None,
+) -> PipelineResult:
+    """Predict one patient of a project and keep the results there as ``model`` revisions.
+
+    With a locator, every radiograph of the patient is located first. The scorer then scores
+    the patches around the **newest** centres in the store, whoever placed them - after a
+    person corrected a predicted centre, re-scoring uses the corrected one. ``report`` hears
+    each step (the napari plugin's progress bar).
+    """
+    from .store import AnnotationStore
+
+    started = time.perf_counter()
+    located: list[LocatorResult] = []
+    failures: list[tuple[str, str]] = []
+    if locator is not None:
+        with AnnotationStore.open(project, create=False) as store:
+            records = [r for r in store.images(modality="radiograph") if r.patient_id == patient_id]
+            items = []
+            for record in records:
+                path = store.resolve(record)
+                try:
+                    items.append((str(path), read_image(path), record.limb))
+                except ImageReadError as exc:
+                    failures.append((str(path), exc.reason))
+        report(f"locating joints on {len(items)} radiograph(s)")
+        located = locator.predict_images(items)
+        for result in located:
+            write_to_store(project, result, locator.model_info)
+    patients: list[PatientScores] = []
+    if scorer is not None:
+        report("scoring joints")
+        patch_set = load_patch_set(
+            store=project, patch_size=scorer.patch_size, patient_id=patient_id
+        )
+        failures += patch_set.failures
+        patients = scorer.score(patch_set, explain=explain)
+        write_scores_to_store(project, patients, scorer.model_info)
+    return PipelineResult(patients, located, failures, time.perf_counter() - started)
+
+
+def merge_shards(out: str | Path) -> dict[str, Any]:
+    """Join the per-rank tables and summaries of a sharded run into the usual outputs."""
+    import csv
+
+    out = Path(out)
+    tables = sorted(out.glob("scores_ra2dream.rank*.csv"))
+    summaries = sorted(out.glob("summary.rank*.json"))
+    if not tables or len(tables) != len(summaries):
+        raise FileNotFoundError(f"no complete set of rank outputs in {out}")
+    rows: list[dict[str, str]] = []
+    fields: list[str] = []
+    for path in tables:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            fields = fields or list(reader.fieldnames or [])
+            rows += list(reader)
+    rows.sort(key=lambda r: r["Patient_ID"])
+    with open(out / "scores_ra2dream.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    merged: dict[str, Any] = {"patients": [], "failed_files": [], "ranks": len(summaries)}
+    for path in summaries:
+        part = json.loads(path.read_text())
+        merged["model"] = part["model"]
+        merged["note"] = part["note"]
+        merged["patients"] += part["patients"]
+        merged["failed_files"] += part["failed_files"]
+    merged["patients"].sort(key=lambda p: p["patient_id"])
+    (out / "summary.json").write_text(json.dumps(merged, indent=1))
+    for path in (*tables, *summaries):
+        path.unlink()
+    return merged
 
 
 def pipeline_from_bundles(

@@ -20,10 +20,13 @@ from torch import nn
 
 __all__ = [
     "GRADES",
+    "OUTPUTS",
     "SPLITS",
-    "FusionNet",
+    "STAGES",
     "JigsawNet",
     "Multitude",
+    "RatingMember",
+    "backbone_features",
     "build_backbone",
     "codewords",
     "combined_grade",
@@ -35,6 +38,9 @@ __all__ = [
     "jigsaw_puzzle",
     "majority_vote",
     "multitude",
+    "split_member_output",
+    "stage_branch",
+    "stage_grade_key",
     "valid_pairs",
 ]
 
@@ -174,8 +180,17 @@ def jigsaw_puzzle(
 # ------------------------------------------------------------------------------ networks
 
 
-def build_backbone(in_channels: int = 3) -> nn.Module:
-    """MONAI ResNet-18 (2D, stride-2 7x7 stem as in the paper) returning 512 features."""
+def backbone_features(widen_factor: float = 1.0) -> int:
+    """Feature length of :func:`build_backbone`: 512 for the paper's ResNet-18."""
+    return int(512 * widen_factor)
+
+
+def build_backbone(in_channels: int = 3, widen_factor: float = 1.0) -> nn.Module:
+    """MONAI ResNet-18 (2D, stride-2 7x7 stem as in the paper) returning its pooled features.
+
+    ``widen_factor`` scales every block's channels (1.0 = the paper's 11 M parameters and 512
+    features; the quick CPU configuration uses 0.25: 0.7 M parameters, 128 features).
+    """
     from monai.networks.nets import resnet18
 
     return resnet18(
@@ -183,6 +198,7 @@ def build_backbone(in_channels: int = 3) -> nn.Module:
         n_input_channels=in_channels,
         conv1_t_size=7,
         conv1_t_stride=2,
+        widen_factor=widen_factor,
         feed_forward=False,
     )
 
@@ -204,29 +220,116 @@ class JigsawNet(nn.Module):
         return self.classifier(feats)
 
 
-class FusionNet(nn.Module):
-    """SH network: F (grey-scale) and G (Doppler) features, 512 + 512, into a 2-layer MLP H.
+STAGES = ("grey", "doppler", "fusion")
+OUTPUTS = ("sh", "vascularity", "sh_grey")  # the three logit groups of a member, in order
 
-    Input: (B, 1 + 3, S, S) = the grey-scale ROI crop and the transformed Doppler crop.
-    ``freeze_backbones()`` is the third training stage (only H learns).
+
+class RatingMember(nn.Module):
+    """One ensemble member of RATING: F, G and H of one fold and seed.
+
+    - F (``grey``): ResNet-18 on the grey-scale crop, fine-tuned with ``grey_head`` on SH;
+      its SH output is the "grey-scale only" ablation.
+    - G (``doppler``): ResNet-18 on the transformed Doppler crop, fine-tuned with
+      ``vascularity_head`` on vascularity: this is the vascularity network.
+    - H (``fusion_head``): 2-layer MLP on the concatenated features of the frozen F and G
+      (512 + 512 at full width); predicts SH.
+
+    Each head has one logit per ECOC split it carries (``splits``, e.g. ``(1, 2, 3)`` for a
+    shared-backbone code word, ``(2,)`` for the paper's one-network-per-split). Input: (B, 4, S,
+    S) = grey-scale + transformed Doppler (RGB), scaled to [0, 1]. Output: (B, 3 x len(splits))
+    logits, grouped as :data:`OUTPUTS`. One module, so one file per member, TorchScript export
+    and ``verify_net_in_out`` work on the whole thing.
     """
 
-    def __init__(self, grey: nn.Module, doppler: nn.Module, hidden: int = 256, outputs: int = 1):
+    def __init__(
+        self,
+        splits: Sequence[int] = SPLITS,
+        widen_factor: float = 1.0,
+        hidden: int = 256,
+        dropout: float = 0.2,
+    ):
         super().__init__()
-        self.grey = grey
-        self.doppler = doppler
-        self.head = nn.Sequential(
-            nn.Linear(1024, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, outputs)
+        if not splits or any(k not in SPLITS for k in splits):
+            raise ValueError(f"splits must be drawn from {SPLITS}, got {splits}")
+        self.splits = tuple(int(k) for k in splits)
+        n, features = len(self.splits), backbone_features(widen_factor)
+        self.grey = build_backbone(1, widen_factor)
+        self.doppler = build_backbone(3, widen_factor)
+        self.grey_head = nn.Linear(features, n)
+        self.vascularity_head = nn.Linear(features, n)
+        self.fusion_head = nn.Sequential(
+            nn.Linear(2 * features, hidden),
+            nn.ReLU(inplace=True),
+            nn.Dropout(dropout),
+            nn.Linear(hidden, n),
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(torch.cat([self.grey(x[:, :1]), self.doppler(x[:, 1:4])], dim=1))
+        f = self.grey(x[:, :1])
+        g = self.doppler(x[:, 1:4])
+        return torch.cat(
+            [self.fusion_head(torch.cat([f, g], 1)), self.vascularity_head(g), self.grey_head(f)],
+            dim=1,
+        )
 
-    def freeze_backbones(self) -> None:
-        for module in (self.grey, self.doppler):
-            module.eval()
-            for p in module.parameters():
-                p.requires_grad_(False)
+
+class _GreyBranch(nn.Module):
+    def __init__(self, member: RatingMember):
+        super().__init__()
+        self.member = member
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.member.grey_head(self.member.grey(x[:, :1]))
+
+
+class _DopplerBranch(_GreyBranch):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.member.vascularity_head(self.member.doppler(x[:, 1:4]))
+
+
+class _FusionBranch(_GreyBranch):
+    """Stage 3: F and G frozen (eval mode, no gradients) while H trains."""
+
+    def train(self, mode: bool = True) -> _FusionBranch:
+        super().train(mode)
+        self.member.grey.eval()
+        self.member.doppler.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            features = torch.cat([self.member.grey(x[:, :1]), self.member.doppler(x[:, 1:4])], 1)
+        return self.member.fusion_head(features)
+
+
+def stage_branch(member: RatingMember, stage: str) -> nn.Module:
+    """The part of a member one training stage fits: its logits are that stage's target.
+
+    ``grey``: F + SH head on grey-scale; ``doppler``: G + vascularity head; ``fusion``: H on the
+    frozen F and G features. The branch shares parameters with the member, so training it
+    trains the member, and the checkpoint is always the whole member.
+    """
+    branches = {"grey": _GreyBranch, "doppler": _DopplerBranch, "fusion": _FusionBranch}
+    if stage not in branches:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    branch = branches[stage](member)
+    if stage == "fusion":
+        for name, p in member.named_parameters():
+            p.requires_grad_(name.startswith("fusion_head."))
+    return branch
+
+
+def stage_grade_key(stage: str) -> str:
+    """Which grade a stage learns: vascularity for G, synovial hypertrophy otherwise."""
+    return "vascularity" if stage == "doppler" else "synovial_hypertrophy"
+
+
+def split_member_output(logits: torch.Tensor, n_splits: int) -> dict[str, torch.Tensor]:
+    """(B, 3 x n) member logits -> probabilities per output group (:data:`OUTPUTS`)."""
+    if logits.shape[1] != 3 * n_splits:
+        raise ValueError(f"expected {3 * n_splits} logits per case, got {logits.shape[1]}")
+    probs = torch.sigmoid(logits)
+    return {name: probs[:, i * n_splits : (i + 1) * n_splits] for i, name in enumerate(OUTPUTS)}
 
 
 # ------------------------------------------------------------------------------ explanations

@@ -402,9 +402,6 @@ class ScoreAgreement(Metric):
             self._total += int(keep.sum())
 
     def compute(self) -> float:
-        hits, total = self._hits, self._total
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            t = torch.tensor([hits, total], dtype=torch.float64)
-            torch.distributed.all_reduce(t)
-            hits, total = int(t[0]), int(t[1])
-        return hits / total if total else 0.0
+        from .bundles import share_of_hits
+
+        return share_of_hits(self._hits, self._total)

@@ -177,18 +177,19 @@ def load_patch_set(
     case_table: str | Path | None = None,
     patch_size: int = 64,
     sources: Sequence[str] | None = None,
+    patient_id: str | None = None,
 ) -> PatchSet:
     """Patches of a folder of radiographs (centres from locator JSONs) or of a project.
 
-    * ``store`` (a project folder): every radiograph of the project with the newest centres of
-      ``sources`` (default: any source - a human correction is newer than the model output it
-      corrects).
+    * ``store`` (a project folder): every radiograph of the project (or of ``patient_id``) with
+      the newest centres of ``sources`` (default: any source - a human correction is newer than
+      the model output it corrects).
     * ``images`` + ``centres_dir``: each image needs ``<centres_dir>/<stem>.json`` written by
       the locator; patient ids come from ``case_table``, DICOM tags or the file name.
     """
     patch_set = PatchSet(int(patch_size))
     if store:
-        _add_store_cases(patch_set, store, sources)
+        _add_store_cases(patch_set, store, sources, patient_id)
         return patch_set
     if images is None or centres_dir is None:
         raise ValueError("give a project (store) or a folder of images with centres_dir")
@@ -212,11 +213,15 @@ def load_patch_set(
     return patch_set
 
 
-def _add_store_cases(patch_set: PatchSet, project: str | Path, sources: Any) -> None:
+def _add_store_cases(
+    patch_set: PatchSet, project: str | Path, sources: Any, patient_id: str | None = None
+) -> None:
     from .store import AnnotationStore
 
     with AnnotationStore.open(project, create=False) as db:
         for record in db.images(modality="radiograph"):
+            if patient_id is not None and record.patient_id != patient_id:
+                continue
             path = db.resolve(record)
             image = _read(path, patch_set.failures)
             if image is None:
@@ -523,9 +528,12 @@ def write_outputs(
     failures: Sequence[tuple[str, str]],
     out: Path,
     model_info: Mapping[str, str],
+    *,
+    suffix: str = "",
 ) -> dict[str, Any]:
     """``scores/<stem>.json`` per image, ``scores_ra2dream.csv``, ``shap/<patient>.png``,
-    ``summary.json`` (patients, notes, totals, failed files with reasons)."""
+    ``summary.json`` (patients, notes, totals, failed files with reasons). ``suffix`` names the
+    table and summary of one rank of a sharded run (``.rank0``)."""
     (out / "scores").mkdir(parents=True, exist_ok=True)
     rows, summary_patients = [], []
     for patient in patients:
@@ -560,14 +568,14 @@ def write_outputs(
                 "shap_png": str(shap_png.relative_to(out)) if shap_png else None,
             }
         )
-    write_dream_csv(rows, out / "scores_ra2dream.csv")
+    write_dream_csv(rows, out / f"scores_ra2dream{suffix}.csv")
     summary = {
         "model": dict(model_info),
         "patients": summary_patients,
         "failed_files": [{"file": f, "reason": r} for f, r in failures],
         "note": CLINICAL_NOTE,
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    (out / f"summary{suffix}.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 

@@ -12,16 +12,19 @@ Giving the colour box (or the ROI) as ``region`` restricts it further.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy import ndimage
 
 __all__ = [
     "RATING_SIZE",
+    "PreparedPair",
     "UltrasoundInputError",
     "check_pair",
     "crop_roi",
     "doppler_mask",
+    "prepare_pair",
     "scan_area",
     "transformed_doppler",
 ]
@@ -155,3 +158,56 @@ def check_pair(greyscale: np.ndarray, doppler: np.ndarray, *, min_chroma: int = 
             f"{doppler.shape[1]}x{doppler.shape[0]} images differ in size"
         )
     return problems
+
+
+@dataclass
+class PreparedPair:
+    """The RATING inputs of one pair: ROI crops resampled to ``size`` x ``size``."""
+
+    greyscale: np.ndarray  # uint8 (S, S)
+    doppler: np.ndarray  # uint8 (S, S, 3) as on screen
+    doppler_mask: np.ndarray  # bool (S, S)
+    doppler_transformed: np.ndarray  # uint8 (S, S, 3)
+
+    def network_input(self) -> np.ndarray:
+        """(4, S, S) uint8: grey-scale, then the transformed Doppler's RGB channels."""
+        return np.concatenate(
+            [self.greyscale[None], np.moveaxis(self.doppler_transformed, -1, 0)], axis=0
+        )
+
+
+def prepare_pair(
+    greyscale: np.ndarray,
+    doppler: np.ndarray,
+    roi: Sequence[float],
+    doppler_roi: Sequence[float] | None = None,
+    size: int = RATING_SIZE,
+) -> PreparedPair:
+    """Check a pair and cut out its RATING inputs; raises :class:`UltrasoundInputError` with
+    every problem found (grey-scale as Doppler, no colour, sizes differ, bad ROI).
+
+    Export and inference both go through here, so a model sees the same crops it learnt from.
+    """
+    problems = check_pair(greyscale, doppler)
+    if problems:
+        raise UltrasoundInputError("; ".join(problems))
+    if greyscale.ndim == 3:  # an RGB screenshot of a grey-scale scan
+        greyscale = np.rint(greyscale[..., :3].astype(np.float32).mean(-1)).astype(np.uint8)
+    greyscale = _to_uint8(greyscale)
+    dop_rgb = _to_uint8(doppler[..., :3])
+    dop_box = roi if doppler_roi is None else doppler_roi
+    grey_crop = crop_roi(greyscale, roi, size)
+    mask_crop = crop_roi(doppler_mask(dop_rgb, dop_box), dop_box, size)
+    dop_crop = crop_roi(dop_rgb, dop_box, size)
+    return PreparedPair(grey_crop, dop_crop, mask_crop, transformed_doppler(dop_crop, mask_crop))
+
+
+def _to_uint8(pixels: np.ndarray) -> np.ndarray:
+    """Screenshots are 8-bit; a 16-bit DICOM export of one is rescaled, never wrapped."""
+    if pixels.dtype == np.uint8:
+        return pixels
+    values = pixels.astype(np.float64)
+    top = float(values.max()) if values.size else 0.0
+    if top > 255:
+        values = values * (255.0 / top)
+    return np.clip(np.rint(values), 0, 255).astype(np.uint8)

@@ -35,15 +35,16 @@ def centres_layer_data(
     centres: Mapping[str, Sequence[float]],
     *,
     name: str = "joint centres",
-    source: str = "phantom",
+    source: str | Mapping[str, str] = "phantom",
 ) -> tuple[Any, dict, str]:
-    """A Points layer tuple of named joint centres; features carry id, name and source."""
+    """A Points layer tuple of named joint centres; features carry id, name and source (one for
+    all points, or one per joint id)."""
     ids = list(centres)
     coords = np.array([[centres[j][1], centres[j][0]] for j in ids], float).reshape(-1, 2)
     features = {
         "joint_id": ids,
         "name": [get_joint(j).name for j in ids],
-        "source": [source] * len(ids),
+        "source": [source if isinstance(source, str) else source[j] for j in ids],
     }
     kwargs = {
         "name": name,

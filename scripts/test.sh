@@ -4,17 +4,7 @@
 set -euo pipefail
 . "$(dirname "$0")/_env.sh"
 
-QT_LIBS=(xvfb xauth libgl1-mesa-dri libegl1 libdbus-1-3 libfontconfig1 libxkbcommon-x11-0
-    libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 libxcb-render-util0
-    libxcb-xinerama0 libxcb-xkb1 libxcb-shape0 libxcb-cursor0)
-missing=()
-for pkg in "${QT_LIBS[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    echo "== installing system packages for the virtual display: ${missing[*]}"
-    apt_install "${missing[@]}"
-fi
+ensure_display_packages
 
 cd "$ROOT"
 echo "== ruff check"

@@ -60,3 +60,18 @@ def export_torchscript(bundle, target):
             *INFERENCE_CONFIG,
         ),
     )
+
+
+def check_bundle_layout(bundle, files):
+    """The model-zoo files exist and the metadata carries a changelogged version and says the
+    phantom-trained weights are not for clinical use; returns the metadata."""
+    import json
+
+    for rel in files:
+        assert (bundle / rel).exists(), rel
+    meta = json.loads((bundle / "configs/metadata.json").read_text())
+    assert meta["version"] in meta["changelog"]
+    assert "not for clinical use" in meta["intended_use"].lower()
+    for key in ("monai_version", "pytorch_version", "numpy_version", "task", "description"):
+        assert meta[key], key
+    return meta

@@ -119,3 +119,18 @@ def test_screenshot_of_a_shown_viewer_is_not_blank(make_napari_viewer, tmp_path)
     # the red joint markers and yellow names are drawn over the grey radiograph
     reddish = (rgb[..., 0] > 150) & (rgb[..., 1] < 100) & (rgb[..., 2] < 100)
     assert reddish.sum() > 20
+
+
+def test_project_folder_opens_as_an_overview_of_its_first_patient(make_napari_viewer, small_cohort):
+    from napari_ra_joints._reader import get_reader
+
+    assert get_reader(str(small_cohort)) is not None
+    assert get_reader(str(small_cohort / "radiographs")) is None  # a folder without a store
+    viewer = make_napari_viewer()
+    layers = viewer.open(str(small_cohort), plugin=PLUGIN)
+    assert [layer._type_string for layer in layers] == ["image", "shapes", "points"] * 4
+    centres = [layer for layer in layers if layer._type_string == "points"]
+    assert {len(layer.data) for layer in centres} == {22, 6}
+    assert set(centres[0].features["source"]) == {"phantom"}
+    offsets = [layer.translate[1] for layer in layers if layer._type_string == "image"]
+    assert offsets == sorted(offsets) and len(set(offsets)) == 4  # side by side

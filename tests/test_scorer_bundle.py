@@ -10,7 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import INFERENCE_CONFIG, bundle_cmd, export_torchscript, inside_or_near, run_in
+from helpers import (
+    INFERENCE_CONFIG,
+    bundle_cmd,
+    check_bundle_layout,
+    export_torchscript,
+    inside_or_near,
+    run_in,
+)
 
 from annotation_tools.cli import main
 from annotation_tools.export import export_dataset
@@ -79,24 +86,23 @@ def scored_pair(full_res_pair, tmp_path_factory):
 
 
 def test_bundle_layout_follows_the_model_zoo():
-    for rel in [
-        "configs/metadata.json",
-        "configs/train.json",
-        "configs/evaluate.json",
-        "configs/inference.json",
-        "configs/multi_gpu_train.json",
-        "configs/train_symmetry.json",
-        "configs/quick.json",
-        "configs/logging.conf",
-        "models/model.pt",
-        "models/symmetry.skops",
-        "docs/README.md",
-        "LICENSE",
-    ]:
-        assert (BUNDLE / rel).exists(), rel
-    meta = json.loads((BUNDLE / "configs/metadata.json").read_text())
-    assert meta["version"] in meta["changelog"]
-    assert "not for clinical use" in meta["intended_use"].lower()
+    meta = check_bundle_layout(
+        BUNDLE,
+        [
+            "configs/metadata.json",
+            "configs/train.json",
+            "configs/evaluate.json",
+            "configs/inference.json",
+            "configs/multi_gpu_train.json",
+            "configs/train_symmetry.json",
+            "configs/quick.json",
+            "configs/logging.conf",
+            "models/model.pt",
+            "models/symmetry.skops",
+            "docs/README.md",
+            "LICENSE",
+        ],
+    )
     assert meta["network_data_format"]["outputs"]["pred"]["num_channels"] == 3
     torch.load(BUNDLE / "models/model.pt", weights_only=True)  # tensors only, no code
     assert SymmetryModel.load(BUNDLE / "models/symmetry.skops").fitted_keys
@@ -398,3 +404,46 @@ def test_benchmark_compares_variants_and_times_a_patient(full_res_pair, tmp_path
     assert result["speed"]["seconds_per_patient_median"] > 0
     assert "seg_guided_vs_plain_narrowing" in result["tests"]
     assert "Phantom figures" in capsys.readouterr().out
+
+
+def test_predict_splits_a_cohort_across_two_torchrun_processes(small_cohort, tmp_path):
+    """Each rank takes whole patients; rank 0 merges; the result equals one process's."""
+    single, sharded = tmp_path / "single", tmp_path / "sharded"
+    images = str(small_cohort / "radiographs")
+    assert (
+        main(["predict", "--images", images, "--out", str(single), "--no-explain", "--quiet"]) == 0
+    )
+    _run(
+        [
+            sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "annotation_tools.cli", "predict", "--images", images, "--out", str(sharded),
+            "--no-explain", "--quiet",
+        ]
+    )  # fmt: skip
+    assert not list(sharded.glob("*.rank*"))  # merged and cleaned up
+    with (
+        open(single / "scores_ra2dream.csv", newline="") as a,
+        open(sharded / "scores_ra2dream.csv", newline="") as b,
+    ):
+        rows_a, rows_b = list(csv.DictReader(a)), list(csv.DictReader(b))
+    assert [r["Patient_ID"] for r in rows_a] == [r["Patient_ID"] for r in rows_b]
+    for ra, rb in zip(rows_a, rows_b, strict=True):
+        for key in ra:
+            if key != "Patient_ID" and ra[key]:
+                assert float(ra[key]) == pytest.approx(float(rb[key]), abs=1e-4)
+    summary = json.loads((sharded / "summary.json").read_text())
+    assert summary["ranks"] == 2 and len(summary["patients"]) == 3
+    assert len(list((sharded / "scores").glob("*.json"))) == 12
+
+
+def test_patients_are_dealt_whole_to_ranks(small_cohort):
+    from annotation_tools.cases import patient_of_file, shard_by_patient
+    from annotation_tools.locator import image_files
+
+    paths = image_files(small_cohort / "radiographs")
+    shards = [shard_by_patient(paths, r, 2) for r in range(2)]
+    assert sorted(shards[0] + shards[1]) == sorted(paths)
+    patients = [{patient_of_file(p) for p in shard} for shard in shards]
+    assert not patients[0] & patients[1] and len(patients[0] | patients[1]) == 3
+    with pytest.raises(ValueError, match="rank 2"):
+        shard_by_patient(paths, 2, 2)

@@ -1,0 +1,442 @@
+"""The demo's report: one self-contained HTML page (plus the PNGs and CSVs it shows).
+
+Built from what the pipeline wrote (``ra-joints predict`` on radiographs and ultrasound) and
+the truth of a phantom project. Every figure in it is computed here from those files, with the
+metrics module; the page says that phantom figures are not clinical figures.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from . import metrics
+from .evaluation import PHANTOM_NOTE, read_dream_table, score_figures
+from .imageio import read_image
+from .store import TRAINING_SOURCES, AnnotationStore
+from .vocabulary import get_joint
+
+__all__ = ["build_report"]
+
+PRED_COLOUR, TRUE_COLOUR = "#00d0ff", "#ff3030"
+
+
+def _plt() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig: Any, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
+def _img(path: Path | None, alt: str, width: int | None = None) -> str:
+    """An <img> with the PNG embedded, so report.html works on its own (e-mail, archive)."""
+    if path is None or not Path(path).exists():
+        return f"<p><em>{html.escape(alt)}: not available</em></p>"
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    size = f' width="{width}"' if width else ""
+    return f'<img src="data:image/png;base64,{data}" alt="{html.escape(alt)}"{size}>'
+
+
+# ------------------------------------------------------------------------------ radiographs
+
+
+def _truth_of(project: Path) -> dict[str, dict[str, Any]]:
+    """Image path (absolute) -> patient, limb, true centres and polygons from the store."""
+    out = {}
+    with AnnotationStore.open(project, create=False) as store:
+        for record in store.images(modality="radiograph"):
+            centres = store.centres(record.id, sources=TRAINING_SOURCES)
+            polygons = store.polygons(record.id, sources=TRAINING_SOURCES)
+            out[str(store.resolve(record))] = {
+                "patient_id": record.patient_id,
+                "limb": record.limb,
+                "centres": {
+                    k: (r.value["x"], r.value["y"])
+                    for k, r in centres.items()
+                    if r.status == "present"
+                },
+                "polygons": {k: r.value["vertices"] for k, r in polygons.items()},
+            }
+    return out
+
+
+def _overlay_png(
+    image_path: str, truth: Mapping[str, Any], scored: Mapping[str, Any], out: Path
+) -> Path:
+    plt = _plt()
+    pixels = read_image(image_path).grey()
+    lo, hi = np.percentile(pixels, (0.5, 99.5))
+    h, w = pixels.shape
+    fig, ax = plt.subplots(figsize=(4.2, 4.2 * h / w))
+    ax.imshow(pixels, cmap="gray", vmin=lo, vmax=hi)
+    for vertices in truth["polygons"].values():
+        v = np.asarray(vertices + vertices[:1])
+        ax.plot(v[:, 0], v[:, 1], color=TRUE_COLOUR, lw=0.6)
+    for joint in scored["joints"].values():
+        if joint.get("polygon"):
+            v = np.asarray(joint["polygon"] + joint["polygon"][:1])
+            ax.plot(v[:, 0], v[:, 1], color=PRED_COLOUR, lw=0.6)
+    if truth["centres"]:
+        t = np.array(list(truth["centres"].values()))
+        ax.scatter(t[:, 0], t[:, 1], s=14, facecolors="none", edgecolors=TRUE_COLOUR, lw=0.8)
+    located = scored.get("centres") or {}
+    if located:
+        p = np.array(list(located.values()))
+        ax.scatter(p[:, 0], p[:, 1], s=5, c=PRED_COLOUR)
+    ax.set_title(f"{truth['patient_id']} {truth['limb']}", fontsize=8)
+    ax.axis("off")
+    return _save(fig, out)
+
+
+def _score_rows(
+    truth_table: Mapping[str, float], scored: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    from .vocabulary import dream_column
+
+    rows = []
+    for joint_id, joint in scored["joints"].items():
+        for score_type in ("narrowing", "erosion"):
+            if not get_joint(joint_id).carries(score_type):
+                continue
+            column = dream_column(joint_id, score_type)
+            rows.append(
+                {
+                    "joint": get_joint(joint_id).name,
+                    "score": score_type,
+                    "predicted": joint.get(score_type),
+                    "true": truth_table.get(column),
+                    "uncertainty": joint.get(f"{score_type}_sd"),
+                }
+            )
+    return rows
+
+
+def _fmt(value: Any, digits: int = 2) -> str:
+    return "-" if value is None else f"{float(value):.{digits}f}"
+
+
+def _locator_errors(
+    joints_dir: Path, truth: Mapping[str, Mapping[str, Any]]
+) -> dict[str, list[float]]:
+    """Joint name -> errors / image diagonal over the cohort (the locator metric)."""
+    errors: dict[str, list[float]] = {}
+    for path in sorted(joints_dir.glob("*.json")):
+        located = json.loads(path.read_text())
+        true = truth.get(str(Path(located["image"]).resolve()))
+        if true is None:
+            continue
+        h, w = located["image_size"]
+        diagonal = float(np.hypot(h, w))
+        for joint_id, joint in located["joints"].items():
+            if joint.get("missing") or joint_id not in true["centres"]:
+                continue
+            tx, ty = true["centres"][joint_id]
+            error = float(np.hypot(joint["x"] - tx, joint["y"] - ty)) / diagonal
+            errors.setdefault(get_joint(joint_id).name, []).append(error)
+    return errors
+
+
+def _boxplot(errors: Mapping[str, Sequence[float]], out: Path) -> Path:
+    plt = _plt()
+    names = sorted(errors, key=lambda n: -np.median(errors[n]))
+    fig, ax = plt.subplots(figsize=(8, 0.18 * len(names) + 1))
+    ax.boxplot([errors[n] for n in names], orientation="horizontal", tick_labels=names)
+    ax.axvline(0.02, color="red", lw=0.8, ls="--", label="0.02 of the diagonal")
+    ax.set_xlabel("locator error / image diagonal")
+    ax.tick_params(axis="y", labelsize=6)
+    ax.legend(fontsize=7)
+    return _save(fig, out)
+
+
+def _scatter(
+    truth: Mapping[str, Mapping[str, float]], pred: Mapping[str, Mapping[str, float]], out: Path
+) -> tuple[Path, float, float]:
+    plt = _plt()
+    patients = sorted(set(truth) & set(pred))
+    # totals over the joints scored in both tables (a joint the locator missed is left out)
+    t = np.array([sum(truth[p][c] for c in pred[p] if c in truth[p]) for p in patients], float)
+    q = np.array([sum(v for c, v in pred[p].items() if c in truth[p]) for p in patients], float)
+    keep = np.isfinite(t) & np.isfinite(q)
+    r = metrics.pearson_r(t[keep], q[keep]) if keep.sum() > 2 else float("nan")
+    rmse = metrics.rmse(t[keep], q[keep]) if keep.any() else float("nan")
+    fig, ax = plt.subplots(figsize=(4, 4))
+    ax.scatter(t[keep], q[keep], s=14)
+    top = float(max(t[keep].max(initial=1), q[keep].max(initial=1))) * 1.05
+    ax.plot([0, top], [0, top], color="grey", lw=0.8)
+    ax.set_xlabel("true total Sharp/vdH score")
+    ax.set_ylabel("predicted total")
+    ax.set_title(f"r = {r:.3f}, RMSE = {rmse:.1f} ({int(keep.sum())} patients)", fontsize=9)
+    return _save(fig, out), r, rmse
+
+
+# ------------------------------------------------------------------------------ ultrasound
+
+
+def _confusions(rows: Sequence[Mapping[str, Any]], out: Path) -> Path:
+    from sklearn.metrics import confusion_matrix
+
+    plt = _plt()
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.2))
+    for ax, key in zip(axes, ("synovial_hypertrophy", "vascularity", "combined"), strict=True):
+        t = [r["truth"][key] for r in rows]
+        p = [r[key] for r in rows]
+        matrix = confusion_matrix(t, p, labels=[0, 1, 2, 3])
+        ax.imshow(matrix, cmap="Blues")
+        for i in range(4):
+            for j in range(4):
+                ax.text(j, i, int(matrix[i, j]), ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(4))
+        ax.set_yticks(range(4))
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true")
+        acc = metrics.accuracy(t, p)
+        ax.set_title(f"{key.replace('_', ' ')} (accuracy {acc:.0%})", fontsize=9)
+    return _save(fig, out)
+
+
+def _pair_png(record: Mapping[str, Any], us_dir: Path, table_dir: Path, out: Path) -> Path:
+    from .ultrasound import crop_roi, doppler_mask
+
+    plt = _plt()
+    grey = read_image(table_dir / record["greyscale"]).pixels
+    dop = read_image(table_dir / record["doppler"]).pixels[..., :3]
+    roi = record["roi"]
+    box = record.get("doppler_roi") or roi
+    mask = crop_roi(doppler_mask(dop, box), box)
+    panels = [("grey-scale + ROI", grey, "gray"), ("Doppler + ROI", dop, None)]
+    fig, axes = plt.subplots(1, 4, figsize=(12, 2.8))
+    for ax, (title, pixels, cmap) in zip(axes[:2], panels, strict=True):
+        ax.imshow(pixels, cmap=cmap)
+        x0, y0, x1, y1 = roi
+        ax.add_patch(plt.Rectangle((x0, y0), x1 - x0, y1 - y0, fill=False, color="yellow", lw=1))
+        ax.set_title(title, fontsize=8)
+    axes[2].imshow(mask, cmap="gray")
+    axes[2].set_title("Doppler signal mask (ROI)", fontsize=8)
+    heat = record.get("heatmaps", {}).get("synovial_hypertrophy")
+    png = us_dir / heat.replace(".npy", ".png") if heat else None
+    if png and png.exists():
+        axes[3].imshow(plt.imread(png))
+        axes[3].set_title("integrated gradients (SH)", fontsize=8)
+    for ax in axes:
+        ax.axis("off")
+    truth = record.get("truth") or {}
+    fig.suptitle(
+        f"{record['case']}: predicted SH {record['synovial_hypertrophy']}, vascularity "
+        f"{record['vascularity']}, combined {record['combined']}"
+        + (
+            f" - true {truth.get('synovial_hypertrophy')}/{truth.get('vascularity')}/"
+            f"{truth.get('combined')}"
+            if truth
+            else ""
+        ),
+        fontsize=9,
+    )
+    return _save(fig, out)
+
+
+# ------------------------------------------------------------------------------ the page
+
+
+def build_report(
+    out_dir: str | Path,
+    *,
+    project: str | Path,
+    predicted: str | Path,
+    screenshot: str | Path | None = None,
+    max_patients: int | None = None,
+) -> Path:
+    """Write ``out_dir/report.html`` (self-contained) and the figures it shows.
+
+    ``project``: the phantom project (truth); ``predicted``: the ``ra-joints predict --out``
+    folder (``joints/``, ``scores/``, ``shap/``, ``scores_ra2dream.csv``, ``ultrasound/``).
+    """
+    out, project, predicted = Path(out_dir), Path(project), Path(predicted)
+    figures = out / "figures"
+    truth = _truth_of(project)
+    truth_table = read_dream_table(project / "scores_ra2dream.csv")
+    sections: list[str] = []
+    cohort: list[str] = []
+    pred_table_path = predicted / "scores_ra2dream.csv"
+    if pred_table_path.exists():
+        pred_table = read_dream_table(pred_table_path)
+        figs = score_figures(truth_table, pred_table, n_resamples=200)
+        scatter, r, rmse = _scatter(truth_table, pred_table, figures / "total_scores.png")
+        per = figs["per_score"]
+        cohort.append(
+            "<h3>Radiographs: scores</h3>"
+            f"<p>Per joint: narrowing RMSE {per['narrowing']['rmse']:.3f}, exact agreement "
+            f"{per['narrowing']['exact_agreement']:.1%}; erosion RMSE {per['erosion']['rmse']:.3f},"
+            f" exact {per['erosion']['exact_agreement']:.1%}. Patient totals: r = {r:.3f}, "
+            f"RMSE = {rmse:.1f}.</p>" + _img(scatter, "predicted vs true totals", 420)
+        )
+    errors = _locator_errors(predicted / "joints", truth) if (predicted / "joints").exists() else {}
+    if errors:
+        allerr = np.concatenate([np.asarray(v) for v in errors.values()])
+        cohort.append(
+            "<h3>Radiographs: joint locator</h3>"
+            f"<p>{metrics.share_within(allerr, 0.02):.1%} of {allerr.size} joints within 0.02 of "
+            f"the image diagonal, median error {np.median(allerr):.4f}.</p>"
+            + _img(_boxplot(errors, figures / "locator_errors.png"), "locator error per joint", 760)
+        )
+    us_dir = predicted / "ultrasound"
+    us_rows = []
+    if (us_dir / "summary.json").exists():
+        us_rows = [
+            json.loads(p.read_text())
+            for p in sorted(us_dir.glob("*.json"))
+            if p.name != "summary.json"
+        ]
+        graded = [r for r in us_rows if r.get("truth")]
+        if graded:
+            combined = metrics.accuracy(
+                [r["truth"]["combined"] for r in graded], [r["combined"] for r in graded]
+            )
+            kappa = metrics.linear_weighted_kappa(
+                [r["truth"]["combined"] for r in graded], [r["combined"] for r in graded]
+            )
+            cohort.append(
+                "<h3>Ultrasound (EULAR-OMERACT)</h3>"
+                f"<p>{len(graded)} pairs: combined-grade accuracy {combined:.1%}, linearly "
+                f"weighted kappa {kappa:.3f}.</p>"
+                + _img(_confusions(graded, figures / "us_confusion.png"), "confusion matrices", 900)
+            )
+    # per patient
+    scores_dir = predicted / "scores"
+    by_patient: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for path in sorted(scores_dir.glob("*.json")) if scores_dir.exists() else []:
+        scored = json.loads(path.read_text())
+        by_patient.setdefault(scored["patient_id"], []).append((path.stem, scored))
+    joints_dir = predicted / "joints"
+    all_rows: list[dict[str, Any]] = []
+    for patient in sorted(by_patient)[: max_patients or None]:
+        parts = [f"<h2 id='{html.escape(patient)}'>Patient {html.escape(patient)}</h2>"]
+        images = []
+        rows: list[dict[str, Any]] = []
+        order = ("LH", "RH", "LF", "RF")
+        for stem, scored in sorted(by_patient[patient], key=lambda x: order.index(x[1]["limb"])):
+            located = joints_dir / f"{stem}.json"
+            if located.exists():
+                joints = json.loads(located.read_text())["joints"]
+                scored = {
+                    **scored,
+                    "centres": {
+                        k: (j["x"], j["y"]) for k, j in joints.items() if not j.get("missing")
+                    },
+                }
+            key = str(Path(scored["image"]).resolve())
+            if key in truth:
+                images.append(
+                    _img(
+                        _overlay_png(scored["image"], truth[key], scored, figures / f"{stem}.png"),
+                        stem,
+                        260,
+                    )
+                )
+            rows += [
+                {**row, "limb": scored["limb"]}
+                for row in _score_rows(truth_table.get(patient, {}), scored)
+            ]
+        parts.append(
+            "<p class='legend'>red: truth (centres, joint-space outlines); cyan: predicted</p>"
+            + "".join(images)
+        )
+        parts.append(_score_table(rows))
+        all_rows += [{"patient_id": patient, **row} for row in rows]
+        shap_png = predicted / "shap" / f"{patient}.png"
+        if shap_png.exists():
+            parts.append("<h3>Symmetry stage: SHAP</h3>" + _img(shap_png, "SHAP", 900))
+        pairs = [r for r in us_rows if r.get("patient_id") == patient]
+        for record in pairs:
+            png = _pair_png(record, us_dir, project, figures / f"us_{record['case']}.png")
+            parts.append(_img(png, f"ultrasound {record['case']}", 1000))
+        sections.append("\n".join(parts))
+    if screenshot and Path(screenshot).exists():
+        cohort.append("<h3>In napari</h3>" + _img(Path(screenshot), "napari screenshot", 900))
+    page = _page(cohort, sections)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.html").write_text(page)
+    _write_csv(out / "joint_scores.csv", all_rows)
+    _write_csv(
+        out / "ultrasound_grades.csv",
+        [
+            {
+                "case": r["case"],
+                "patient_id": r.get("patient_id"),
+                **{k: r[k] for k in ("synovial_hypertrophy", "vascularity", "combined")},
+                **{
+                    f"true_{k}": (r.get("truth") or {}).get(k)
+                    for k in ("synovial_hypertrophy", "vascularity", "combined")
+                },
+            }
+            for r in us_rows
+        ],
+    )
+    return out / "report.html"
+
+
+def _score_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return ""
+    head = "".join(
+        f"<th>{h}</th>" for h in ("limb", "joint", "score", "predicted", "true", "uncertainty")
+    )
+    head = f"<tr>{head}</tr>"
+    body = []
+    for row in rows:
+        off = (
+            row["predicted"] is not None
+            and row["true"] is not None
+            and abs(float(row["predicted"]) - float(row["true"])) >= 1
+        )
+        cls = " class='off'" if off else ""
+        body.append(
+            f"<tr{cls}><td>{row['limb']}</td><td>{html.escape(row['joint'])}</td>"
+            f"<td>{row['score']}</td><td>{_fmt(row['predicted'])}</td>"
+            f"<td>{_fmt(row['true'], 0)}</td><td>{_fmt(row['uncertainty'])}</td></tr>"
+        )
+    return (
+        "<details><summary>Per-joint scores (rows off by one grade or more are marked)</summary>"
+        f"<table>{head}{''.join(body)}</table></details>"
+    )
+
+
+def _page(cohort: Sequence[str], sections: Sequence[str]) -> str:
+    style = (
+        "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}"
+        ".note{background:#fff3cd;border:1px solid #e0c36c;padding:.6em}"
+        "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}"
+        "tr.off{background:#fde2e2}.legend{font-size:12px;color:#555}img{margin:2px}"
+    )
+    return (
+        "<!doctype html><html><head><meta charset='utf-8'><title>RA joints report</title>"
+        f"<style>{style}</style></head><body>"
+        "<h1>RA joints: phantom cohort report</h1>"
+        f"<p class='note'><strong>{html.escape(PHANTOM_NOTE)}</strong> The images are synthetic "
+        "phantoms and the models were trained on phantoms; nothing here is a clinical result.</p>"
+        "<h2>Cohort</h2>" + "\n".join(cohort) + "\n".join(sections) + "</body></html>"
+    )
+
+
+def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    if not rows:
+        return
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)

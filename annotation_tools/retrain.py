@@ -1,0 +1,175 @@
+"""Retrain a bundle from a project's reviewed annotations, as a new model version.
+
+The human-in-the-loop step after correcting predictions: export the project's human (and
+phantom ground-truth) annotations with :mod:`annotation_tools.export`, train with the bundle's
+own configs through ``python -m monai.bundle run`` (quick or full), and keep the weights under
+``PROJECT/models/<bundle>/<version>/`` next to earlier versions - the shipped weights are never
+replaced. Prediction can then use any version (``weights_for``).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from .export import export_dataset
+from .store import AnnotationStore
+
+__all__ = [
+    "RETRAINABLE",
+    "iter_retrain",
+    "model_versions",
+    "retrain",
+    "retrain_steps",
+    "weights_for",
+]
+
+
+@dataclass(frozen=True)
+class _Recipe:
+    task: str  # export task
+    export: dict[str, Any]  # export options that match the quick configuration
+    weights: str  # file the training writes into its ckpt_dir
+
+
+RETRAINABLE = {
+    "ra_joint_locator": _Recipe("locator", {"size": 256}, "model.pt"),
+    "ra_joint_scorer": _Recipe("scorer", {"patch_size": 64}, "model.pt"),
+}
+
+
+def model_versions(project: str | Path, bundle: str) -> list[Path]:
+    """Trained versions of a bundle in a project, oldest first."""
+    root = Path(project) / "models" / bundle
+    return sorted(p for p in root.glob("*") if (p / "train_info.json").is_file())
+
+
+def weights_for(project: str | Path, bundle: str, version: str | None = None) -> Path | None:
+    """The weights file of a version (default: the newest); None when there is none."""
+    versions = model_versions(project, bundle)
+    if version is not None:
+        versions = [v for v in versions if v.name == version]
+    if not versions:
+        return None
+    return versions[-1] / RETRAINABLE[bundle].weights
+
+
+def retrain_steps(
+    bundle_root: str | Path,
+    data: Path,
+    ckpt: Path,
+    *,
+    quick: bool = True,
+    overrides: Sequence[str] = (),
+) -> list[list[str]]:
+    """The ``monai.bundle run`` command lines of one training (what the user would type)."""
+    root = Path(bundle_root)
+    configs = ["configs/train.json"] + (["configs/quick.json"] if quick else [])
+    config_list = "[" + ",".join(f"'{root / c}'" for c in configs) + "]"
+    return [
+        [
+            sys.executable,
+            "-m",
+            "monai.bundle",
+            "run",
+            "--config_file",
+            config_list,
+            "--meta_file",
+            str(root / "configs" / "metadata.json"),
+            "--bundle_root",
+            str(root),
+            "--dataset_dir",
+            str(data),
+            "--ckpt_dir",
+            str(ckpt),
+            *overrides,
+        ]
+    ]
+
+
+def retrain(
+    project: str | Path,
+    bundle_root: str | Path,
+    *,
+    quick: bool = True,
+    folds: int = 5,
+    overrides: Sequence[str] = (),
+    log: Callable[[str], None] = print,
+) -> Path:
+    """Export, train, keep the new version; returns its folder. Raises with the training's
+    last output when it fails (the earlier versions are untouched)."""
+    for line in iter_retrain(project, bundle_root, quick=quick, folds=folds, overrides=overrides):
+        log(line)
+    return model_versions(project, Path(bundle_root).name)[-1]
+
+
+def iter_retrain(
+    project: str | Path,
+    bundle_root: str | Path,
+    *,
+    quick: bool = True,
+    folds: int = 5,
+    overrides: Sequence[str] = (),
+) -> Iterator[str]:
+    """:func:`retrain` as a generator of log lines (the napari worker shows them)."""
+    project, root = Path(project), Path(bundle_root)
+    name = root.name
+    if name not in RETRAINABLE:
+        raise ValueError(
+            f"retraining from the plugin covers {', '.join(RETRAINABLE)}; train {name} with its "
+            "scripts (see its docs/README.md)"
+        )
+    recipe = RETRAINABLE[name]
+    version = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    work = project / "training" / name / version
+    target = project / "models" / name / version
+    yield f"exporting {recipe.task} training data to {work / 'data'}"
+    with AnnotationStore.open(project, create=False) as store:
+        report = export_dataset(store, recipe.task, work / "data", folds=folds, **recipe.export)
+    yield (
+        f"exported {report.n_items} items of {report.n_patients} patients "
+        f"({report.skipped} skipped)"
+    )
+    if report.n_items == 0:
+        raise ValueError(f"no reviewed {recipe.task} annotations to train on in {project}")
+    started = time.perf_counter()
+    for command in retrain_steps(
+        root, work / "data", work / "ckpt", quick=quick, overrides=overrides
+    ):
+        yield "running: " + " ".join(command)
+        tail: list[str] = []
+        with subprocess.Popen(
+            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=root
+        ) as proc:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                tail = [*tail, line.rstrip()][-40:]
+                yield line.rstrip()
+        if proc.returncode != 0:
+            raise RuntimeError(f"training {name} failed:\n" + "\n".join(tail))
+    weights = work / "ckpt" / recipe.weights
+    if not weights.exists():
+        raise RuntimeError(f"training {name} finished without writing {weights}")
+    target.mkdir(parents=True)
+    (target / recipe.weights).write_bytes(weights.read_bytes())
+    info = {
+        "bundle": name,
+        "version": version,
+        "configuration": "quick" if quick else "full",
+        "overrides": list(overrides),
+        "trained_on": {
+            "project": str(project),
+            "items": report.n_items,
+            "patients": report.n_patients,
+        },
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    (target / "train_info.json").write_text(json.dumps(info, indent=1))
+    yield f"new {name} version {version} in {target}"

@@ -1,0 +1,731 @@
+"""Ultrasound synovitis grading with the ``ra_us_rating`` ensemble: cases in, grades out.
+
+Cases come from a pairs table (the ``ultrasound_scores.csv`` layout of a phantom cohort:
+``patient_id, site, greyscale, doppler, roi_x0, roi_y0, roi_x1, roi_y1`` and optionally
+``doppler_roi_*`` and the true grades) or from a project's annotation store. A pair that cannot
+be used is reported with the reason and the rest is graded. The ensemble's members vote per
+fold through ECOC decoding; MULTITUDE combines the folds; integrated gradients explain them.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import time
+from collections import defaultdict
+from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import MapTransform
+from torch import nn
+
+from .imageio import ImageReadError, read_image
+from .rating import (
+    GRADES,
+    OUTPUTS,
+    SPLITS,
+    RatingMember,
+    ecoc_decode,
+    heatmap_overlay,
+    integrated_gradients_heatmap,
+    is_valid_pair,
+    majority_vote,
+    multitude,
+)
+from .store import TRAINING_SOURCES, AnnotationStore, Provenance
+from .ultrasound import RATING_SIZE, UltrasoundInputError, prepare_pair
+from .us_training import load_state
+
+__all__ = [
+    "CollectRatingsd",
+    "RatingCollector",
+    "RatingEnsemble",
+    "RatingWriter",
+    "UsCase",
+    "UsCaseSet",
+    "evaluate_rating",
+    "load_ensemble",
+    "load_us_cases",
+    "rating_figures",
+    "run_bundle_inference",
+]
+
+GRADE_KEYS = ("synovial_hypertrophy", "vascularity", "combined")
+ROI_COLUMNS = ("roi_x0", "roi_y0", "roi_x1", "roi_y1")
+
+
+# ------------------------------------------------------------------------------ cases
+
+
+@dataclass
+class UsCase:
+    """One grey-scale/Doppler pair ready for the networks (``image``: (4, S, S) uint8)."""
+
+    case_id: str
+    patient_id: str
+    site: str
+    greyscale: str
+    doppler: str
+    roi: list[float]
+    image: np.ndarray
+    doppler_roi: list[float] | None = None
+    pair_id: int | None = None  # the store's pair id, when the case came from a store
+    truth: dict[str, int] | None = None
+
+
+@dataclass
+class UsCaseSet:
+    cases: list[UsCase] = field(default_factory=list)
+    failed: list[dict[str, str]] = field(default_factory=list)  # {"case", "file", "reason"}
+    store: Path | None = None
+
+    @property
+    def items(self) -> list[dict[str, Any]]:
+        """MONAI dataset items: the network input and the case's index."""
+        return [{"image": c.image, "index": i} for i, c in enumerate(self.cases)]
+
+
+def _box(row: Mapping[str, str], prefix: str) -> list[float] | None:
+    columns = [f"{prefix}{c[4:]}" for c in ROI_COLUMNS] if prefix != "roi_" else ROI_COLUMNS
+    texts = [(row.get(c) or "").strip() for c in columns]
+    if not any(texts):
+        return None
+    if not all(texts):
+        raise UltrasoundInputError(f"ROI box incomplete: {dict(zip(columns, texts, strict=True))}")
+    try:
+        return [float(t) for t in texts]
+    except ValueError as exc:
+        raise UltrasoundInputError(f"ROI box is not numeric: {texts}") from exc
+
+
+def _truth(row: Mapping[str, Any]) -> dict[str, int] | None:
+    try:
+        sh, vasc = int(row["synovial_hypertrophy"]), int(row["vascularity"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    return {"synovial_hypertrophy": sh, "vascularity": vasc, "combined": max(sh, vasc)}
+
+
+def _prepare(
+    case_id: str,
+    grey_path: Path,
+    doppler_path: Path,
+    roi: Sequence[float] | None,
+    doppler_roi: Sequence[float] | None,
+    size: int,
+) -> np.ndarray:
+    if roi is None:
+        raise UltrasoundInputError("no ROI box: draw one on the grey-scale or Doppler image")
+    grey = read_image(grey_path).pixels
+    dop = read_image(doppler_path).pixels
+    return prepare_pair(grey, dop, roi, doppler_roi, size).network_input()
+
+
+def load_us_cases(
+    dataset_dir: str | Path | None = None,
+    *,
+    pairs_table: str | Path | None = None,
+    store: str | Path | None = None,
+    sources: Iterable[str] | None = TRAINING_SOURCES,
+    size: int = RATING_SIZE,
+    patient_id: str | None = None,
+) -> UsCaseSet:
+    """Read and crop every pair; pairs that cannot be used go to ``failed`` with the reason.
+
+    With ``store`` (a project folder or its ``.sqlite``) the pairs, ROI boxes (from ``sources``)
+    and any annotated grades come from the store; otherwise from ``pairs_table`` (default:
+    ``dataset_dir/ultrasound_pairs.json``, else ``dataset_dir/ultrasound_scores.csv``), paths
+    relative to the table's folder. ``patient_id`` keeps one patient's pairs.
+    """
+    out = UsCaseSet()
+    if store is not None:
+        return _cases_from_store(Path(store), sources, size, out, patient_id)
+    table = Path(pairs_table) if pairs_table else _default_table(Path(dataset_dir or "."))
+    rows = _read_pairs_table(table)
+    for line, row in enumerate(rows, start=2):
+        if patient_id is not None and row.get("patient_id") != patient_id:
+            continue
+        case_id = f"{row.get('patient_id') or 'unknown'}_{row.get('site') or f'row{line}'}"
+        grey_path = table.parent / row["greyscale"]
+        try:
+            image = _prepare(
+                case_id,
+                grey_path,
+                table.parent / row["doppler"],
+                _box(row, "roi_"),
+                _box(row, "doppler_roi_"),
+                size,
+            )
+        except (ImageReadError, UltrasoundInputError) as exc:
+            where = f"{table} pairs[{line - 2}]" if table.suffix == ".json" else f"{table}:{line}"
+            out.failed.append({"case": case_id, "file": where, "reason": str(exc)})
+            continue
+        out.cases.append(
+            UsCase(
+                case_id,
+                row.get("patient_id") or "",
+                row.get("site") or "",
+                row["greyscale"],
+                row["doppler"],
+                _box(row, "roi_") or [],
+                image,
+                doppler_roi=_box(row, "doppler_roi_"),
+                truth=_truth(row),
+            )
+        )
+    return out
+
+
+def _default_table(folder: Path) -> Path:
+    for name in ("ultrasound_pairs.json", "ultrasound_scores.csv"):
+        if (folder / name).exists():
+            return folder / name
+    raise FileNotFoundError(
+        f"no pairs table in {folder}: give ultrasound_scores.csv (columns patient_id, site, "
+        "greyscale, doppler, roi_x0, roi_y0, roi_x1, roi_y1) or ultrasound_pairs.json (see the "
+        "bundle's docs/README.md)"
+    )
+
+
+def _read_pairs_table(table: Path) -> list[dict[str, str]]:
+    """Rows of a pairs CSV, or of a JSON ``{"pairs": [{..., "roi": [x0, y0, x1, y1]}]}``
+    flattened to the CSV's columns, so both are read by one loop."""
+    if not table.exists():
+        raise FileNotFoundError(f"no pairs table at {table}")
+    if table.suffix.lower() == ".json":
+        try:
+            entries = json.loads(table.read_text())["pairs"]
+        except (json.JSONDecodeError, KeyError, TypeError) as exc:
+            raise ValueError(f"{table} is not a pairs JSON ({{'pairs': [...]}}): {exc}") from exc
+        rows = []
+        for entry in entries:
+            row = {
+                k: "" if v is None else str(v) for k, v in entry.items() if not k.endswith("roi")
+            }
+            for prefix in ("roi", "doppler_roi"):
+                box = entry.get(prefix) or [""] * 4
+                for name, value in zip(("x0", "y0", "x1", "y1"), box, strict=False):
+                    row[f"{prefix}_{name}"] = str(value)
+            rows.append(row)
+    else:
+        with open(table, newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    missing = {"greyscale", "doppler"} - set(rows[0] if rows else {})
+    if missing:
+        raise ValueError(f"{table} lacks the column(s) {', '.join(sorted(missing))}")
+    return rows
+
+
+def _cases_from_store(
+    path: Path,
+    sources: Iterable[str] | None,
+    size: int,
+    out: UsCaseSet,
+    patient_id: str | None = None,
+) -> UsCaseSet:
+    sources = tuple(sources) if sources is not None else None
+    with AnnotationStore.open(path, create=False) as st:
+        out.store = st.path
+        for pair in st.us_pairs(patient_id):
+            grey_rec, dop_rec = (
+                st.image(pair["greyscale_image_id"]),
+                st.image(pair["doppler_image_id"]),
+            )
+            case_id = f"{pair['patient_id']}_{pair['site']}_pair{pair['id']}"
+            roi_rev = st.roi(grey_rec.id, sources=sources) or st.roi(dop_rec.id, sources=sources)
+            dop_rev = st.roi(dop_rec.id, sources=sources)
+            roi = [roi_rev.value[k] for k in ("x0", "y0", "x1", "y1")] if roi_rev else None
+            dop_roi = [dop_rev.value[k] for k in ("x0", "y0", "x1", "y1")] if dop_rev else None
+            try:
+                image = _prepare(
+                    case_id, st.resolve(grey_rec), st.resolve(dop_rec), roi, dop_roi, size
+                )
+            except (ImageReadError, UltrasoundInputError) as exc:
+                out.failed.append({"case": case_id, "file": grey_rec.path, "reason": str(exc)})
+                continue
+            truth_rev = st.us_score(pair["id"], sources=TRAINING_SOURCES)
+            out.cases.append(
+                UsCase(
+                    case_id,
+                    pair["patient_id"],
+                    pair["site"],
+                    grey_rec.path,
+                    dop_rec.path,
+                    roi or [],
+                    image,
+                    doppler_roi=dop_roi,
+                    pair_id=int(pair["id"]),
+                    truth=_truth(truth_rev.value) if truth_rev else None,
+                )
+            )
+    return out
+
+
+# ------------------------------------------------------------------------------ ensemble
+
+
+class RatingEnsemble(nn.Module):
+    """All members of the bundle in one module: (B, 4, S, S) -> (B, M, 3 x splits) logits.
+
+    ``members`` come with their ``info`` (fold, seed, splits) from ``models/ensemble.json``.
+    Every member of one ensemble carries the same number of splits.
+    """
+
+    def __init__(
+        self,
+        members: Sequence[RatingMember],
+        info: Sequence[Mapping[str, Any]],
+        input_size: int = RATING_SIZE,
+    ):
+        super().__init__()
+        self.input_size = int(input_size)
+        if not members:
+            raise ValueError("an ensemble needs at least one member")
+        widths = {len(m.splits) for m in members}
+        if len(widths) != 1:
+            raise ValueError("all members must carry the same number of ECOC splits")
+        self.members = nn.ModuleList(members)
+        self.info = [dict(i) for i in info]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.stack([m(x) for m in self.members], dim=1)
+
+    # -------------------------------------------------------------- decoding
+
+    def fold_probabilities(self, logits: np.ndarray) -> dict[int, dict[str, np.ndarray]]:
+        """(B, M, 3 x n) logits -> per fold and output group, (B, 3 x repeats) probabilities
+        ordered split-major, ready for :func:`ecoc_decode`."""
+        probs = 1.0 / (1.0 + np.exp(-np.asarray(logits, dtype=np.float64)))
+        n = len(self.members[0].splits)
+        by_fold: dict[int, dict[str, dict[int, list[np.ndarray]]]] = defaultdict(
+            lambda: {g: defaultdict(list) for g in OUTPUTS}
+        )
+        for m, (member, info) in enumerate(zip(self.members, self.info, strict=True)):
+            for g, group in enumerate(OUTPUTS):
+                for j, split in enumerate(member.splits):
+                    by_fold[int(info["fold"])][group][split].append(probs[:, m, g * n + j])
+        out: dict[int, dict[str, np.ndarray]] = {}
+        for fold, groups in sorted(by_fold.items()):
+            out[fold] = {}
+            for group, per_split in groups.items():
+                counts = {len(per_split.get(k, [])) for k in SPLITS}
+                if len(counts) != 1 or 0 in counts:
+                    raise ValueError(
+                        f"fold {fold} does not cover the splits {SPLITS} equally "
+                        f"({ {k: len(v) for k, v in per_split.items()} }): check ensemble.json"
+                    )
+                out[fold][group] = np.stack([p for k in SPLITS for p in per_split[k]], axis=1)
+        return out
+
+    def decide(self, logits: np.ndarray) -> list[dict[str, Any]]:
+        """Per case: MULTITUDE grades, every fold's votes, the vote weights and the ablations
+        (plain majority vote, the first fold alone, grey-scale-only SH)."""
+        folds = self.fold_probabilities(logits)
+        votes: dict[str, np.ndarray] = {}
+        mean_probs: dict[str, np.ndarray] = {}
+        for group in OUTPUTS:
+            per_fold = [folds[f][group] for f in sorted(folds)]
+            repeats = per_fold[0].shape[1] // len(SPLITS)
+            votes[group] = np.stack([ecoc_decode(p, repeats=repeats)[0] for p in per_fold], 1)
+            mean_probs[group] = np.mean(
+                [p.reshape(len(p), len(SPLITS), repeats).mean(-1) for p in per_fold], axis=0
+            )
+        results = []
+        for i in range(len(votes["sh"])):
+            sh_votes, v_votes = votes["sh"][i].tolist(), votes["vascularity"][i].tolist()
+            vote = multitude(sh_votes, v_votes)
+            grey_vote = multitude(votes["sh_grey"][i].tolist(), v_votes)
+            total = sum(vote.weights.values())
+            maj = (majority_vote(sh_votes), majority_vote(v_votes))
+            results.append(
+                {
+                    "synovial_hypertrophy": vote.sh,
+                    "vascularity": vote.vascularity,
+                    "combined": vote.combined,
+                    "uncertainty": 1.0 - vote.weights[(vote.sh, vote.vascularity)] / total,
+                    "votes": {"synovial_hypertrophy": sh_votes, "vascularity": v_votes},
+                    "multitude_weights": {f"{s},{v}": w for (s, v), w in vote.weights.items()},
+                    "split_probabilities": {
+                        "synovial_hypertrophy": mean_probs["sh"][i].round(4).tolist(),
+                        "vascularity": mean_probs["vascularity"][i].round(4).tolist(),
+                    },
+                    "ablations": {
+                        "majority_vote": _pair_dict(*maj),
+                        "single_model": _pair_dict(sh_votes[0], v_votes[0]),
+                        "greyscale_only_sh": _pair_dict(grey_vote.sh, grey_vote.vascularity),
+                    },
+                }
+            )
+        return results
+
+
+def _pair_dict(sh: int, vasc: int) -> dict[str, Any]:
+    """Grades of an ablation; an invalid pair is kept (that is what is being measured)."""
+    return {
+        "synovial_hypertrophy": int(sh),
+        "vascularity": int(vasc),
+        "combined": max(int(sh), int(vasc)),
+        "valid": is_valid_pair(int(sh), int(vasc)),
+    }
+
+
+def load_ensemble(
+    models_dir: str | Path,
+    *,
+    widen_factor: float = 1.0,
+    hidden: int = 256,
+    input_size: int = RATING_SIZE,
+) -> RatingEnsemble:
+    """The members listed in ``models_dir/ensemble.json``, weights loaded ``weights_only``."""
+    models_dir = Path(models_dir)
+    manifest = models_dir / "ensemble.json"
+    if not manifest.exists():
+        raise FileNotFoundError(
+            f"no ensemble.json in {models_dir}: train the bundle (scripts/train_quick.sh) first"
+        )
+    info = json.loads(manifest.read_text())["members"]
+    members = []
+    for entry in info:
+        member = RatingMember(entry["splits"], widen_factor=widen_factor, hidden=hidden)
+        try:
+            member.load_state_dict(load_state(models_dir / entry["file"]))
+        except RuntimeError as exc:
+            raise ValueError(
+                f"{models_dir / entry['file']} does not fit the configured network "
+                f"(widen_factor {widen_factor}, hidden {hidden}): {exc}"
+            ) from exc
+        members.append(member.float().eval())
+    return RatingEnsemble(members, info, input_size)
+
+
+def weights_hash(models_dir: str | Path) -> str:
+    """sha256 over the member files in manifest order: the provenance of a prediction."""
+    models_dir = Path(models_dir)
+    digest = hashlib.sha256()
+    for entry in json.loads((models_dir / "ensemble.json").read_text())["members"]:
+        digest.update((models_dir / entry["file"]).read_bytes())
+    return digest.hexdigest()
+
+
+# ------------------------------------------------------------------------------ engine glue
+
+
+class RatingCollector:
+    """Collects the ensemble's logits per case while MONAI's evaluator runs."""
+
+    def __init__(self, n_cases: int):
+        self.logits: dict[int, np.ndarray] = {}
+        self.n_cases = n_cases
+
+    def add(self, logits: torch.Tensor, index: int) -> None:
+        self.logits[int(index)] = logits.detach().float().cpu().numpy()
+
+    def stacked(self) -> np.ndarray:
+        missing = set(range(self.n_cases)) - set(self.logits)
+        if missing:
+            raise RuntimeError(f"{len(missing)} case(s) were not run through the ensemble")
+        return np.stack([self.logits[i] for i in range(self.n_cases)])
+
+
+class CollectRatingsd(MapTransform):
+    """Post-processing step of ``inference.json``: hand each case's logits to the collector."""
+
+    def __init__(self, collector: RatingCollector, keys: str = "pred"):
+        super().__init__(keys)
+        self.collector = collector
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        d = dict(data)
+        self.collector.add(
+            torch.as_tensor(d["pred"]), int(torch.as_tensor(d["index"]).reshape(-1)[0])
+        )
+        return d
+
+
+# ------------------------------------------------------------------------------ explanations
+
+
+class _ExpectedGrade(nn.Module):
+    """Sum of a member's split probabilities for one grade = its expected grade (B, 1).
+
+    Vascularity runs G alone (the grey-scale channel gets no attribution, and F's cost is
+    saved); SH runs the fusion path through F, G and H.
+    """
+
+    def __init__(self, member: RatingMember, grade: str):
+        super().__init__()
+        self.member, self.grade = member, grade
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        m = self.member
+        if self.grade == "vascularity":
+            logits = m.vascularity_head(m.doppler(x[:, 1:4]))
+        else:
+            logits = m.fusion_head(torch.cat([m.grey(x[:, :1]), m.doppler(x[:, 1:4])], 1))
+        return torch.sigmoid(logits).sum(1, keepdim=True)
+
+
+def explain_case(
+    ensemble: RatingEnsemble,
+    x: torch.Tensor,
+    *,
+    steps: int = 50,
+    noisy_copies: int = 8,
+    floor: float = 0.2,
+    max_members: int | None = None,
+) -> dict[str, np.ndarray]:
+    """Integrated-gradients heatmaps (S, S) of SH (fusion) and vascularity, averaged over the
+    members (each normalised first, so every network counts the same), floored again."""
+    members = list(ensemble.members)[: max_members or None]
+    heat: dict[str, np.ndarray] = {}
+    for grade in ("synovial_hypertrophy", "vascularity"):
+        maps = [
+            integrated_gradients_heatmap(
+                _ExpectedGrade(m, grade),
+                x,
+                target=0,
+                steps=steps,
+                noisy_copies=noisy_copies,
+                floor=0.0,
+            )
+            for m in members
+        ]
+        mean = np.mean(maps, axis=0)
+        top = float(mean.max())
+        mean = mean / top if top > 0 else mean
+        mean[mean < floor] = 0.0
+        heat[grade] = mean.astype(np.float32)
+    return heat
+
+
+# ------------------------------------------------------------------------------ outputs
+
+
+@dataclass
+class RatingWriter:
+    """Writes what inference produced: per-pair JSON, heatmaps (NumPy + PNG overlays), one CSV
+    of grades, ``summary.json`` (with the pairs that failed and why), and optionally the grades
+    into the store as a ``model`` revision (annotations are never touched)."""
+
+    output_dir: str | Path
+    models_dir: str | Path
+    explain: bool = True
+    explain_steps: int = 50
+    explain_copies: int = 8
+    explain_members: int | None = None
+    store: str | Path | None = None
+    model_info: Mapping[str, Any] = field(default_factory=dict)
+    progress: bool = True
+
+    def write(
+        self, case_set: UsCaseSet, ensemble: RatingEnsemble, collector: RatingCollector
+    ) -> dict[str, Any]:
+        out = Path(self.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        started = time.perf_counter()
+        decisions = ensemble.decide(collector.stacked()) if case_set.cases else []
+        rows = []
+        ig_seconds = []
+        from tqdm.auto import tqdm
+
+        pairs = tqdm(
+            list(zip(case_set.cases, decisions, strict=True)),
+            desc="ultrasound: writing" + (" + integrated gradients" if self.explain else ""),
+            disable=not self.progress or not self.explain,
+        )
+        for case, decision in pairs:
+            record = {
+                "case": case.case_id,
+                "patient_id": case.patient_id,
+                "site": case.site,
+                "greyscale": case.greyscale,
+                "doppler": case.doppler,
+                "roi": case.roi,
+                "doppler_roi": case.doppler_roi,
+                **decision,
+            }
+            if case.truth is not None:
+                record["truth"] = case.truth
+            if self.explain:
+                t0 = time.perf_counter()
+                record["heatmaps"] = self._explain(out, case, ensemble)
+                ig_seconds.append(time.perf_counter() - t0)
+            (out / f"{case.case_id}.json").write_text(json.dumps(record, indent=1))
+            rows.append(record)
+        self._write_csv(out / "ultrasound_grades.csv", rows)
+        if self.store is not None:
+            self._write_store(case_set, rows)
+        summary = {
+            "n_pairs": len(case_set.cases) + len(case_set.failed),
+            "n_graded": len(rows),
+            "failed": case_set.failed,
+            "model": dict(self.model_info),
+            "seconds_writing": round(time.perf_counter() - started, 2),
+            "seconds_per_heatmap_pair": round(float(np.mean(ig_seconds)), 2)
+            if ig_seconds
+            else None,
+            "note": "Weights trained on phantoms: these grades say nothing about patients.",
+        }
+        (out / "summary.json").write_text(json.dumps(summary, indent=1))
+        return {"summary": summary, "results": rows}
+
+    def _explain(self, out: Path, case: UsCase, ensemble: RatingEnsemble) -> dict[str, str]:
+        x = torch.as_tensor(case.image, dtype=torch.float32)[None] / 255.0
+        heat = explain_case(
+            ensemble,
+            x,
+            steps=self.explain_steps,
+            noisy_copies=self.explain_copies,
+            max_members=self.explain_members,
+        )
+        files = {}
+        for grade, h in heat.items():
+            np.save(out / f"{case.case_id}_ig_{grade}.npy", h)
+            base = case.image[0] if grade == "synovial_hypertrophy" else case.image[1:4].mean(0)
+            _save_png(out / f"{case.case_id}_ig_{grade}.png", heatmap_overlay(base, h))
+            files[grade] = f"{case.case_id}_ig_{grade}.npy"
+        return files
+
+    @staticmethod
+    def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+        columns = ["patient_id", "site", "greyscale", "doppler", *GRADE_KEYS, "uncertainty"]
+        with open(path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({**row, "uncertainty": round(row["uncertainty"], 4)})
+
+    def _write_store(self, case_set: UsCaseSet, rows: Sequence[Mapping[str, Any]]) -> None:
+        prov = Provenance.model(
+            str(self.model_info.get("bundle", "ra_us_rating")),
+            str(self.model_info.get("version", "")),
+            weights_hash(self.models_dir),
+        )
+        with AnnotationStore.open(self.store, create=False) as st:
+            for case, row in zip(case_set.cases, rows, strict=True):
+                if case.pair_id is None:
+                    continue
+                st.set_us_score(
+                    case.pair_id,
+                    row["synovial_hypertrophy"],
+                    row["vascularity"],
+                    prov,
+                    uncertainty=float(row["uncertainty"]),
+                )
+
+
+def _save_png(path: Path, rgb: np.ndarray) -> None:
+    from PIL import Image
+
+    Image.fromarray(rgb).save(path)
+
+
+# ------------------------------------------------------------------------------ evaluation
+
+
+def rating_figures(
+    rows: Sequence[Mapping[str, Any]], *, n_resamples: int = 1000, seed: int = 0
+) -> dict[str, Any]:
+    """The RATING evaluation of graded cases that carry ``truth``.
+
+    Per grade: accuracy and linearly weighted kappa with bootstrap CIs, per-grade sensitivity
+    and specificity; per binary split: AUC and Youden index of the mean split probability;
+    ablations (MULTITUDE vs majority vote vs one model, fusion vs grey-scale-only SH) on the
+    same cases, with how often each gives an invalid pair.
+    """
+    from . import metrics
+    from .evaluation import PHANTOM_NOTE, _with_ci
+
+    rows = [r for r in rows if r.get("truth")]
+    if not rows:
+        raise ValueError("no graded case has true grades to compare with")
+    truth = {k: np.array([r["truth"][k] for r in rows]) for k in GRADE_KEYS}
+
+    def grade_block(pred: Mapping[str, np.ndarray]) -> dict[str, Any]:
+        block = {}
+        for key in GRADE_KEYS:
+            t, p = truth[key], pred[key]
+            block[key] = {
+                "accuracy": _with_ci(metrics.accuracy, t, p, n_resamples, seed),
+                "linear_weighted_kappa": _with_ci(
+                    metrics.linear_weighted_kappa, t, p, n_resamples, seed
+                ),
+            }
+        return block
+
+    main = {k: np.array([r[k] for r in rows]) for k in GRADE_KEYS}
+    figures: dict[str, Any] = {"n_pairs": len(rows), "note": PHANTOM_NOTE, **grade_block(main)}
+    for key in GRADE_KEYS:
+        per_grade = {}
+        for g in range(GRADES):
+            sens, spec = metrics.any_damage_sensitivity_specificity(
+                (truth[key] == g).astype(int), (main[key] == g).astype(int)
+            )
+            per_grade[str(g)] = {
+                "n": int((truth[key] == g).sum()),
+                "sensitivity": sens,
+                "specificity": spec,
+            }
+        figures[key]["per_grade"] = per_grade
+    for key in ("synovial_hypertrophy", "vascularity"):
+        probs = np.array([r["split_probabilities"][key] for r in rows])
+        splits = {}
+        for j, k in enumerate(SPLITS):
+            positive = (truth[key] >= k).astype(int)
+            index, threshold = metrics.youden(positive, probs[:, j])
+            splits[f">={k}"] = {
+                "auc": metrics.auc(positive, probs[:, j]),
+                "youden_index": index,
+                "youden_threshold": threshold,
+            }
+        figures[key]["splits"] = splits
+    ablations = {}
+    for name in ("majority_vote", "single_model", "greyscale_only_sh"):
+        pred = {k: np.array([r["ablations"][name][k] for r in rows]) for k in GRADE_KEYS}
+        block = grade_block(pred)
+        block["invalid_pairs"] = int(sum(not r["ablations"][name]["valid"] for r in rows))
+        ablations[name] = block
+    ablations["multitude_invalid_pairs"] = int(
+        sum(not is_valid_pair(r["synovial_hypertrophy"], r["vascularity"]) for r in rows)
+    )
+    figures["ablations"] = ablations
+    return figures
+
+
+def evaluate_rating(
+    written: Mapping[str, Any], output_dir: str | Path, *, n_resamples: int = 1000
+) -> dict[str, Any]:
+    """``evaluate.json``'s last step: figures of what the writer produced -> ``metrics.json``."""
+    figures = rating_figures(written["results"], n_resamples=n_resamples)
+    figures["failed"] = written["summary"]["failed"]
+    path = Path(output_dir) / "metrics.json"
+    path.write_text(json.dumps(figures, indent=1))
+    return figures
+
+
+def run_bundle_inference(
+    bundle_root: str | Path, output_dir: str | Path, **overrides: Any
+) -> dict[str, Any]:
+    """The bundle's own ``inference.json`` through MONAI's bundle API (``monai.bundle.run``),
+    as ``python -m monai.bundle run`` would; returns the written ``summary.json``.
+
+    ``overrides``: any config key (``store``, ``patient_id``, ``write_store``,
+    ``pairs_table``, ``dataset_dir``, ``explain``, ``explain_members``, ...). The napari
+    plugin and ``ra-joints predict --ultrasound`` both come through here.
+    """
+    from monai.bundle import run
+
+    root = Path(bundle_root)
+    run(
+        config_file=str(root / "configs" / "inference.json"),
+        meta_file=str(root / "configs" / "metadata.json"),
+        bundle_root=str(root),
+        output_dir=str(output_dir),
+        **overrides,
+    )
+    return json.loads((Path(output_dir) / "summary.json").read_text())

@@ -1,0 +1,435 @@
+"""The RA joints dock in a real viewer: guided annotation, autosave, predictions as editable
+layers, human-in-the-loop provenance, export of corrections, bad input."""
+
+import json
+import shutil
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("napari")
+pytestmark = pytest.mark.gui
+
+
+def _unannotated_project(cohort: Path, dest: Path, patients: int = 1) -> Path:
+    """The cohort's files for ``patients`` patients in a new project with no annotations."""
+    from annotation_tools.store import AnnotationStore
+
+    with AnnotationStore.open(cohort, create=False) as source:
+        keep = source.patients()[:patients]
+        with AnnotationStore.open(dest) as store:
+            for record in source.images():
+                if record.patient_id not in keep:
+                    continue
+                target = dest / record.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(cohort / record.path, target)
+                new_id = store.add_image(
+                    target,
+                    patient_id=record.patient_id,
+                    modality=record.modality,
+                    limb=record.limb,
+                    width=record.width,
+                    height=record.height,
+                )
+                record_ids = getattr(store, "_test_ids", {})
+                record_ids[record.id] = new_id
+                store._test_ids = record_ids
+            for pair in source.us_pairs():
+                if pair["patient_id"] in keep:
+                    store.add_us_pair(
+                        store._test_ids[pair["greyscale_image_id"]],
+                        store._test_ids[pair["doppler_image_id"]],
+                        site=pair["site"],
+                    )
+    return dest
+
+
+def _truth(cohort: Path, patient: str, limb: str) -> dict[str, tuple[float, float]]:
+    from annotation_tools.store import AnnotationStore
+
+    with AnnotationStore.open(cohort, create=False) as store:
+        record = next(
+            r
+            for r in store.images(modality="radiograph")
+            if (r.patient_id, r.limb) == (patient, limb)
+        )
+        return {
+            k: (r.value["x"], r.value["y"])
+            for k, r in store.centres(record.id).items()
+            if r.status == "present"
+        }
+
+
+def _truth_roi(cohort: Path, pair: dict) -> tuple[float, float, float, float]:
+    from annotation_tools.store import AnnotationStore
+
+    with AnnotationStore.open(cohort, create=False) as store:
+        source = next(p for p in store.us_pairs(pair["patient_id"]) if p["site"] == pair["site"])
+        roi = store.roi(source["greyscale_image_id"]).value
+    return roi["x0"], roi["y0"], roi["x1"], roi["y1"]
+
+
+def _widget(viewer, **kwargs):
+    from napari_ra_joints._widget import RAJointsWidget
+
+    widget = RAJointsWidget(viewer, **kwargs)
+    viewer.window.add_dock_widget(widget, name="RA joints")
+    return widget
+
+
+def _open(widget, limb: str):
+    for i in range(widget.image_list.count()):
+        kind, ident = widget.image_list.item(i).data(0x0100)  # Qt.UserRole
+        if kind == "radiograph" and widget.store.image(ident).limb == limb:
+            widget.open_entry(kind, ident)
+            return widget.session
+    raise AssertionError(f"no {limb} radiograph in the list")
+
+
+def test_widget_is_in_the_manifest():
+    import npe2
+
+    manifest = npe2.PluginManifest.from_distribution("napari-ra-joints")
+    assert [w.display_name for w in manifest.contributions.widgets] == ["RA joints"]
+
+
+def test_guided_session_saves_everything_and_reopens_it(make_napari_viewer, small_cohort, tmp_path):
+    from annotation_tools.store import AnnotationStore
+    from annotation_tools.vocabulary import joints_for_limb
+
+    project = _unannotated_project(small_cohort, tmp_path / "project")
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    assert widget.open_project(project)
+    assert widget.image_list.item(0).text().startswith("[unannotated]")
+    widget.annotator_edit.setText("ann1")
+    session = _open(widget, "LH")
+    patient = session.record.patient_id
+    truth = _truth(small_cohort, patient, "LH")
+    order = [j.id for j in joints_for_limb("LH")]
+    assert widget.guide.text().startswith(f"Click: {session.current().name}")
+    # click every joint in the guided order, except one marked "not visible"
+    for joint_id in order:
+        assert session.current().id == joint_id
+        if joint_id == order[5]:
+            widget.skip_joint()
+            continue
+        x, y = truth[joint_id]
+        session.points.add([[y, x]])
+    assert session.current() is None and "All 22" in widget.guide.text()
+    # one joint-space polygon, drawn after "Draw joint spaces"
+    widget.draw_outlines()
+    first_outline = session.outline_next()
+    x, y = truth[first_outline]
+    session.shapes.add_polygons(
+        [np.array([[y - 4, x - 6], [y - 4, x + 6], [y + 4, x + 6], [y + 4, x - 6]])]
+    )
+    # an ROI pair
+    widget.open_entry("pair", widget.store.us_pairs()[0]["id"])
+    us = widget.session
+    us.roi_doppler.add_rectangles(np.array([[100, 200], [300, 420]]))  # drawn on the Doppler side
+    assert len(us.roi_grey.data) == 1  # ... and shown on the grey-scale image too
+    widget.sh_spin.setValue(2)
+    widget.vasc_spin.setValue(1)
+    widget.save_grades()
+    viewer.close()  # every edit was saved when it was made
+    with AnnotationStore.open(project, create=False) as store:
+        record = next(r for r in store.images(modality="radiograph") if r.limb == "LH")
+        centres = store.centres(record.id)
+        assert len(centres) == 22 and centres[order[5]].status == "not_visible"
+        for joint_id, rev in centres.items():
+            assert rev.source == "human" and rev.author == "ann1"
+            if rev.status == "present":
+                np.testing.assert_allclose(
+                    (rev.value["x"], rev.value["y"]), truth[joint_id], atol=1e-6
+                )
+        (polygon,) = store.polygons(record.id).values()
+        assert polygon.key == first_outline
+        pair = store.us_pairs()[0]
+        for image_id in (pair["greyscale_image_id"], pair["doppler_image_id"]):
+            roi = store.roi(image_id).value
+            assert (roi["x0"], roi["y0"], roi["x1"], roi["y1"]) == (200, 100, 420, 300)
+        assert store.us_score(pair["id"]).value["combined"] == 2
+    # reopen: everything comes back from the store
+    viewer2 = make_napari_viewer()
+    widget2 = _widget(viewer2)
+    widget2.open_project(project)
+    texts = [widget2.image_list.item(i).text() for i in range(widget2.image_list.count())]
+    assert any(t.startswith("[done]") and " LH " in t for t in texts)
+    session2 = _open(widget2, "LH")
+    assert len(session2.points.data) == 21 and session2.not_visible == {order[5]}
+    assert list(session2.shapes.features["joint_id"]) == [first_outline]
+
+
+def test_predictions_are_editable_model_revisions_and_export_takes_the_corrections(
+    make_napari_viewer, small_cohort, tmp_path
+):
+    from annotation_tools.export import export_dataset
+    from annotation_tools.store import AnnotationStore
+    from annotation_tools.vocabulary import get_joint
+    from napari_ra_joints._widget import _predict_radiographs, _predict_ultrasound, bundle_status
+
+    project = _unannotated_project(small_cohort, tmp_path / "project", patients=2)
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    widget.open_project(project)
+    session = _open(widget, "LH")
+    result = _run_job(_predict_radiographs(project, session.record.patient_id, widget.bundles_dir))
+    widget._prediction_done(result)
+    assert len(session.points.data) >= 20
+    assert set(session.points.features["source"]) == {"model"}
+    assert any(layer.name.startswith("SHAP") for layer in viewer.layers)
+    assert widget.table.rowCount() == 22 and "Totals" in widget.totals.text()
+    moved, accepted = session.points.features["joint_id"][:2]
+    # drag one point 6 px, accept another
+    data = session.points.data.copy()
+    data[0] += 6
+    session.points.data = data
+    session.points.selected_data = {1}
+    widget.accept()
+    with AnnotationStore.open(project, create=False) as store:
+        history = store.centre_history(session.record.id, moved)
+        assert [r.source for r in history] == ["model", "human"]
+        assert history[1].value["x"] == pytest.approx(history[0].value["x"] + 6)
+        confirmed = store.centre_history(session.record.id, accepted)
+        assert [r.source for r in confirmed] == ["model", "human"]
+        assert confirmed[1].confirms == confirmed[0].id
+        export = export_dataset(store, "locator", tmp_path / "export", folds=2)
+    items = json.loads(Path(export.datalists[0]).read_text())["training"]
+    (item,) = [i for i in items if i["limb"] == "LH"]
+    # the corrected and the accepted joint only: no prediction nobody reviewed
+    assert set(item["centres"]) == {get_joint(moved).site, get_joint(accepted).site}
+    # ultrasound: every bundle that exists is covered
+    if bundle_status("ra_us_rating")[0]:
+        pair = widget.store.us_pairs()[0]
+        widget.open_entry("pair", pair["id"])
+        x0, y0, x1, y1 = _truth_roi(small_cohort, pair)
+        widget.session.roi_grey.add_rectangles(np.array([[y0, x0], [y1, x1]]))  # the annotator
+        us_result = _run_job(_predict_ultrasound(project, pair, widget.bundles_dir, 4, 1))
+        widget._prediction_done(us_result)
+        assert any(layer.name.startswith("IG") for layer in viewer.layers)
+        with AnnotationStore.open(project, create=False) as store:
+            assert store.us_score(pair["id"], sources=["model"]) is not None
+            assert store.us_score(pair["id"], sources=["human"]) is None
+
+
+def _run_job(generator):
+    """Run a worker job to its end in this thread (the GUI runs it in a napari worker)."""
+    messages = []
+    try:
+        while True:
+            messages.append(next(generator))
+    except StopIteration as stop:
+        assert all(isinstance(m, str) for m in messages)
+        return stop.value
+
+
+def test_prediction_runs_in_a_worker_with_progress(
+    make_napari_viewer, small_cohort, tmp_path, qtbot
+):
+    project = _unannotated_project(small_cohort, tmp_path / "project")
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    widget.open_project(project)
+    session = _open(widget, "RF")
+    widget.predict()
+    assert widget.worker is not None and not widget.predict_button.isEnabled()
+    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
+    assert widget.predict_button.isEnabled()
+    assert len(session.points.data) >= 5 and "Predicted" in widget.message.text()
+
+
+def test_screenshot_shows_the_overlays(make_napari_viewer, small_cohort, tmp_path):
+    viewer = make_napari_viewer(show=True)
+    widget = _widget(viewer)
+    widget.open_project(small_cohort)
+    _open(widget, "LH")
+    viewer.reset_view()
+    shot = viewer.screenshot(canvas_only=True, flash=False)[..., :3].astype(float)
+    assert shot.std() > 10
+    red = (shot[..., 0] > 150) & (shot[..., 1] < 100) & (shot[..., 2] < 100)
+    green = (shot[..., 1] > 120) & (shot[..., 0] < 100)
+    assert red.sum() > 20 and green.sum() > 20  # joint markers and joint-space outlines
+
+
+def test_bad_input_is_reported_and_changes_nothing(
+    make_napari_viewer, small_cohort, tmp_path, monkeypatch
+):
+    from annotation_tools.store import AnnotationStore
+    from napari_ra_joints import _widget as widget_module
+
+    errors = []
+    monkeypatch.setattr(widget_module, "show_error", errors.append)
+    viewer = make_napari_viewer()
+    widget = _widget(viewer, bundles_dir=tmp_path / "no_bundles")
+    # a project from a newer schema
+    newer = tmp_path / "newer"
+    shutil.copytree(small_cohort, newer)
+    with sqlite3.connect(newer / "ra_joints.sqlite") as conn:
+        conn.execute("INSERT INTO schema_version VALUES (99, 'future')")
+    assert not widget.open_project(newer) and "upgrade napari-ra-joints" in errors[-1]
+    # a locked store
+    locked = tmp_path / "locked"
+    shutil.copytree(small_cohort, locked)
+    holder = sqlite3.connect(locked / "ra_joints.sqlite", isolation_level=None)
+    holder.execute("PRAGMA locking_mode = EXCLUSIVE")
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        monkeypatch.setattr(AnnotationStore, "__init__", _short_timeout(AnnotationStore.__init__))
+        assert not widget.open_project(locked)
+        assert "lock" in errors[-1].lower() or "busy" in errors[-1].lower()
+    finally:
+        holder.rollback()
+        holder.close()
+    # a corrupt image in a good project
+    project = _unannotated_project(small_cohort, tmp_path / "project")
+    assert widget.open_project(project)
+    record = next(r for r in widget.store.images(modality="radiograph") if r.limb == "LH")
+    (project / record.path).write_bytes(b"\x00" * 64)
+    widget.open_entry("radiograph", record.id)
+    assert widget.session is None and "cannot open" in errors[-1].lower()
+    # predicting with no bundle weights: "not available", the store is untouched
+    session = _open(widget, "RH")
+    before = (project / "ra_joints.sqlite").stat().st_size, _count_revisions(project)
+    result = _run_job(
+        widget_module._predict_radiographs(project, session.record.patient_id, widget.bundles_dir)
+    )
+    assert any("not available" in s for s in result["skipped"])
+    widget._prediction_done(result)
+    assert _count_revisions(project) == before[1]
+    # a grade the scale forbids is refused with a message
+    widget.open_entry("pair", widget.store.us_pairs()[0]["id"])
+    widget.sh_spin.setValue(0)
+    widget.vasc_spin.setValue(2)
+    widget.save_grades()
+    assert "not a valid" in errors[-1]
+    assert _count_revisions(project) == before[1]
+    assert len(viewer.layers) > 0  # the viewer keeps working
+
+
+def _short_timeout(init):
+    def wrapped(self, path, *, create=True, timeout=10.0):
+        init(self, path, create=create, timeout=0.2)
+
+    return wrapped
+
+
+def _count_revisions(project: Path) -> int:
+    with sqlite3.connect(project / "ra_joints.sqlite") as conn:
+        tables = ("joint_centres", "joint_space_polygons", "joint_scores", "us_rois", "us_scores")
+        return sum(conn.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables)
+
+
+def test_writer_saves_joint_centres_as_slicer_markups(make_napari_viewer, tmp_path):
+    import napari
+
+    from annotation_tools.slicer import read_markups
+    from napari_ra_joints._writer import write_joint_markups
+
+    viewer = make_napari_viewer()
+    viewer.open_sample("napari-ra-joints", "phantom_hand")
+    points = viewer.layers[-1]
+    (path,) = napari.save_layers(
+        str(tmp_path / "hand.mrk.json"), [points], plugin="napari-ra-joints"
+    )
+    centres, problems = read_markups(path)
+    assert not problems and len(centres) == len(points.data)
+    first = points.features["joint_id"][0]
+    np.testing.assert_allclose(centres[first], (points.data[0][1], points.data[0][0]))
+    with pytest.raises(ValueError, match="joint_id"):
+        write_joint_markups(str(tmp_path / "x.mrk.json"), np.zeros((2, 2)), {"features": None})
+
+
+def test_guide_screenshots(make_napari_viewer, small_cohort, tmp_path, qtbot):
+    """The screenshots of docs/annotator_guide.md and docs/clinician_guide.md, taken from a
+    shown window. ``RA_JOINTS_SCREENSHOTS=docs/images`` writes them there."""
+    import os
+
+    from napari_ra_joints._widget import _predict_radiographs, _predict_ultrasound, bundle_status
+
+    out = Path(os.environ.get("RA_JOINTS_SCREENSHOTS") or tmp_path)
+    out.mkdir(parents=True, exist_ok=True)
+    project = _unannotated_project(small_cohort, tmp_path / "project")
+    viewer = make_napari_viewer(show=True)
+    widget = _widget(viewer)
+    viewer.window._qt_window.resize(1500, 950)
+    widget.open_project(project)
+    session = _open(widget, "LH")
+    truth = _truth(small_cohort, session.record.patient_id, "LH")
+    for joint in list(session.joints)[:7]:
+        x, y = truth[joint.id]
+        session.points.add([[y, x]])
+    viewer.reset_view()
+    qtbot.wait(200)  # let Qt lay out the dock before grabbing the window
+    assert widget.isVisible()
+    shots = {
+        "annotate_guided.png": viewer.screenshot(
+            str(out / "annotate_guided.png"), canvas_only=False, flash=False
+        )
+    }
+    result = _run_job(_predict_radiographs(project, session.record.patient_id, widget.bundles_dir))
+    widget._prediction_done(result)
+    widget.tabs.setCurrentIndex(3)
+    viewer.reset_view()
+    qtbot.wait(200)
+    shots["review_predictions.png"] = viewer.screenshot(
+        str(out / "review_predictions.png"), canvas_only=False, flash=False
+    )
+    if bundle_status("ra_us_rating")[0]:
+        pair = widget.store.us_pairs()[0]
+        widget.open_entry("pair", pair["id"])
+        x0, y0, x1, y1 = _truth_roi(small_cohort, pair)
+        widget.session.roi_grey.add_rectangles(np.array([[y0, x0], [y1, x1]]))
+        for layer in list(viewer.layers):
+            if layer.name.startswith("SHAP"):
+                viewer.layers.remove(layer)
+        steps = (50, 8) if os.environ.get("RA_JOINTS_SCREENSHOTS") else (4, 1)  # docs: RATING's
+        widget._prediction_done(
+            _run_job(_predict_ultrasound(project, pair, widget.bundles_dir, *steps))
+        )
+        viewer.reset_view()
+        qtbot.wait(200)
+        shots["ultrasound_review.png"] = viewer.screenshot(
+            str(out / "ultrasound_review.png"), canvas_only=False, flash=False
+        )
+    for name, shot in shots.items():
+        assert (out / name).exists()
+        assert shot[..., :3].astype(float).std() > 10, name
+
+
+def test_predict_uses_the_chosen_model_version(make_napari_viewer, small_cohort, tmp_path):
+    from annotation_tools.imageio import file_sha256
+    from annotation_tools.store import AnnotationStore
+    from napari_ra_joints._widget import BUNDLES_DIR, _predict_radiographs
+
+    project = _unannotated_project(small_cohort, tmp_path / "project")
+    version = project / "models" / "ra_joint_locator" / "20260101T000000Z"
+    version.mkdir(parents=True)
+    shipped = BUNDLES_DIR / "ra_joint_locator" / "models" / "model.pt"
+    state = torch.load(shipped, weights_only=True)
+    first = next(k for k, v in state.items() if v.is_floating_point())
+    state[first] = state[first] * 1.001  # a "retrained" version: other bytes, same network
+    torch.save(state, version / "model.pt")
+    (version / "train_info.json").write_text("{}")
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    widget.open_project(project)
+    combo = widget.version_boxes["ra_joint_locator"]
+    assert [combo.itemText(i) for i in range(combo.count())] == ["shipped", version.name]
+    assert combo.currentText() == version.name  # the newest version is used by default
+    assert widget.chosen_weights()["ra_joint_locator"] == version / "model.pt"
+    combo.setCurrentText("shipped")
+    assert widget.chosen_weights()["ra_joint_locator"] is None
+    combo.setCurrentText(version.name)
+    session = _open(widget, "LF")
+    weights = {**widget.chosen_weights(), "ra_joint_scorer": None}
+    _run_job(_predict_radiographs(project, session.record.patient_id, widget.bundles_dir, weights))
+    with AnnotationStore.open(project, create=False) as store:
+        hashes = {
+            r.weights_hash for r in store.centres(session.record.id, sources=["model"]).values()
+        }
+    assert hashes == {file_sha256(version / "model.pt")} != {file_sha256(shipped)}

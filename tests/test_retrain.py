@@ -1,0 +1,62 @@
+"""Retraining a bundle from a project's reviewed annotations, as a new version."""
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from annotation_tools.imageio import file_sha256
+from annotation_tools.retrain import model_versions, retrain, weights_for
+
+LOCATOR = Path(__file__).resolve().parents[1] / "monai_bundles" / "ra_joint_locator"
+
+
+def test_retrained_locator_is_a_new_version_that_predicts(small_cohort, tmp_path):
+    from annotation_tools.locator import JointLocator
+    from annotation_tools.pipeline import predict_store_patient
+    from annotation_tools.store import AnnotationStore
+
+    project = tmp_path / "project"
+    shutil.copytree(small_cohort, project)
+    shipped = file_sha256(LOCATOR / "models" / "model.pt")
+    lines: list[str] = []
+    version = retrain(
+        project,
+        LOCATOR,
+        folds=3,
+        overrides=["--epochs", "1", "--val_interval", "1"],
+        log=lines.append,
+    )
+    assert any(line.startswith("exported 12 items") for line in lines)
+    assert (version / "model.pt").exists() and (version / "train_info.json").exists()
+    assert model_versions(project, "ra_joint_locator") == [version]
+    assert weights_for(project, "ra_joint_locator") == version / "model.pt"
+    assert file_sha256(LOCATOR / "models" / "model.pt") == shipped  # shipped weights untouched
+    locator = JointLocator.from_bundle(LOCATOR, weights=str(version / "model.pt"))
+    with AnnotationStore.open(project, create=False) as store:
+        patient = store.patients()[0]
+    predict_store_patient(project, patient, locator, None)
+    with AnnotationStore.open(project, create=False) as store:
+        record = store.images(modality="radiograph")[0]
+        revisions = store.centres(record.id, sources=["model"]).values()
+        assert {r.weights_hash for r in revisions} == {file_sha256(version / "model.pt")}
+
+
+def test_retraining_without_reviewed_annotations_says_so(small_cohort, tmp_path):
+    from annotation_tools.store import AnnotationStore
+
+    project = tmp_path / "empty"
+    with (
+        AnnotationStore.open(small_cohort, create=False) as source,
+        AnnotationStore.open(project) as store,
+    ):
+        for record in source.images(modality="radiograph"):
+            target = project / record.path
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy(small_cohort / record.path, target)
+            store.add_image(target, patient_id=record.patient_id, limb=record.limb)
+    with pytest.raises(ValueError, match="no reviewed locator annotations"):
+        retrain(project, LOCATOR, folds=3, log=lambda line: None)
+    with pytest.raises(ValueError, match="retraining from the plugin covers"):
+        retrain(project, LOCATOR.parent / "ra_us_rating", log=lambda line: None)
+    assert model_versions(project, "ra_joint_locator") == []
