@@ -649,6 +649,7 @@ def benchmark_all(
     Default: the shipped weights, nothing is trained. ``retrain``: the quick configurations
     first retrain every bundle from scratch (about an hour on 2 CPU cores), in copies.
     """
+    started = time.perf_counter()
     work = Path(work or Path("runs") / "benchmark")
     tasks = ("locator", "scorer", "ultrasound")
     bundles = retrained_bundles(work, tasks) if retrain else {}
@@ -664,6 +665,7 @@ def benchmark_all(
     return {
         "task": "all",
         "weights": "retrained with the quick configurations" if retrain else "shipped",
+        "seconds": round(time.perf_counter() - started, 1),
         **results,
         "machine": {"cpu_count": os.cpu_count(), "platform": platform.platform()},
         "package_version": __version__,
@@ -673,7 +675,8 @@ def benchmark_all(
 
 def all_markdown(result: dict[str, Any]) -> str:
     parts = [
-        f"## All bundles ({result['weights']} weights)",
+        f"## All bundles ({result['weights']} weights; the whole run took "
+        f"{result['seconds'] / 60:.1f} min)",
         "",
         locator_markdown(result["locator"]),
         scorer_markdown(result["scorer"]),

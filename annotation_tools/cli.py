@@ -271,6 +271,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         explain=not args.no_explain,
         progress=not args.quiet,
         shard=shard,
+        overlays=not args.no_overlays,
     )
     if shard is not None:
         _merge_when_all_ranks_are_done(args.out, shard)
@@ -509,7 +510,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--store", type=Path, help="also write model revisions into this project")
     p.add_argument("--locator-bundle", type=Path)
     p.add_argument("--scorer-bundle", type=Path)
-    p.add_argument("--no-explain", action="store_true", help="skip the SHAP heatmaps")
+    p.add_argument(
+        "--no-explain",
+        action="store_true",
+        help="skip the SHAP and integrated-gradients heatmaps",
+    )
+    p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_predict)

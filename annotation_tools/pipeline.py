@@ -82,11 +82,13 @@ def predict_folder(
     chunk: int = 16,
     progress: bool = True,
     shard: tuple[int, int] | None = None,
+    overlays: bool = True,
 ) -> PipelineResult:
     """Run the pipeline on every radiograph under ``images`` and write the outputs to ``out``.
 
     Outputs: ``joints/<stem>.json`` (locator), ``scores/<stem>.json``, ``scores_ra2dream.csv``,
-    ``shap/<patient>.png``, ``summary.json`` (with the files that failed and why).
+    ``shap/<patient>.png``, ``overlays/<stem>.png`` (centres, names, scores and joint-space
+    outlines on the image), ``summary.json`` (with the files that failed and why).
 
     ``shard=(rank, world_size)``: this process takes its share of the patients (see
     :func:`shard_by_patient`) and writes ``scores_ra2dream.rank<r>.csv`` and
@@ -128,6 +130,8 @@ def predict_folder(
     info = {**locator.model_info, **{f"scorer_{k}": v for k, v in scorer.model_info.items()}}
     suffix = f".rank{shard[0]}" if shard is not None else ""
     write_outputs(patients, patch_set.failures, out, info, suffix=suffix)
+    if overlays:
+        _write_overlays(patients, located, out, progress)
     if store:
         write_scores_to_store(store, patients, scorer.model_info)
     return PipelineResult(patients, located, failures, time.perf_counter() - started)
@@ -178,6 +182,28 @@ def predict_store_patient(
         patients = scorer.score(patch_set, explain=explain)
         write_scores_to_store(project, patients, scorer.model_info)
     return PipelineResult(patients, located, failures, time.perf_counter() - started)
+
+
+def _write_overlays(
+    patients: Sequence[PatientScores], located: Sequence[LocatorResult], out: Path, progress: bool
+) -> None:
+    from dataclasses import asdict
+
+    from tqdm.auto import tqdm
+
+    from .overlays import radiograph_overlay
+
+    centres = {r.path: r.present() for r in located}
+    images = [image for patient in patients for image in patient.images]
+    for image in tqdm(images, desc="overlay PNGs", disable=not progress):
+        radiograph_overlay(
+            image.case.path,
+            out / "overlays" / f"{Path(image.case.path).stem}.png",
+            centres=centres.get(image.case.path, {}),
+            joints={k: asdict(v) for k, v in image.joints.items()},
+            title=f"{image.case.patient_id} {image.case.limb} (phantom-trained model)",
+            labels=True,
+        )
 
 
 def merge_shards(out: str | Path) -> dict[str, Any]:

@@ -20,12 +20,11 @@ import numpy as np
 from . import metrics
 from .evaluation import PHANTOM_NOTE, read_dream_table, score_figures
 from .imageio import read_image
+from .overlays import radiograph_overlay
 from .store import TRAINING_SOURCES, AnnotationStore
 from .vocabulary import get_joint
 
 __all__ = ["build_report"]
-
-PRED_COLOUR, TRUE_COLOUR = "#00d0ff", "#ff3030"
 
 
 def _plt() -> Any:
@@ -74,34 +73,6 @@ def _truth_of(project: Path) -> dict[str, dict[str, Any]]:
                 "polygons": {k: r.value["vertices"] for k, r in polygons.items()},
             }
     return out
-
-
-def _overlay_png(
-    image_path: str, truth: Mapping[str, Any], scored: Mapping[str, Any], out: Path
-) -> Path:
-    plt = _plt()
-    pixels = read_image(image_path).grey()
-    lo, hi = np.percentile(pixels, (0.5, 99.5))
-    h, w = pixels.shape
-    fig, ax = plt.subplots(figsize=(4.2, 4.2 * h / w))
-    ax.imshow(pixels, cmap="gray", vmin=lo, vmax=hi)
-    for vertices in truth["polygons"].values():
-        v = np.asarray(vertices + vertices[:1])
-        ax.plot(v[:, 0], v[:, 1], color=TRUE_COLOUR, lw=0.6)
-    for joint in scored["joints"].values():
-        if joint.get("polygon"):
-            v = np.asarray(joint["polygon"] + joint["polygon"][:1])
-            ax.plot(v[:, 0], v[:, 1], color=PRED_COLOUR, lw=0.6)
-    if truth["centres"]:
-        t = np.array(list(truth["centres"].values()))
-        ax.scatter(t[:, 0], t[:, 1], s=14, facecolors="none", edgecolors=TRUE_COLOUR, lw=0.8)
-    located = scored.get("centres") or {}
-    if located:
-        p = np.array(list(located.values()))
-        ax.scatter(p[:, 0], p[:, 1], s=5, c=PRED_COLOUR)
-    ax.set_title(f"{truth['patient_id']} {truth['limb']}", fontsize=8)
-    ax.axis("off")
-    return _save(fig, out)
 
 
 def _score_rows(
@@ -261,7 +232,7 @@ def build_report(
     screenshot: str | Path | None = None,
     max_patients: int | None = None,
 ) -> Path:
-    """Write ``out_dir/report.html`` (self-contained) and the figures it shows.
+    """Write ``out_dir/report.html`` (self-contained) and the figures and CSVs it shows.
 
     ``project``: the phantom project (truth); ``predicted``: the ``ra-joints predict --out``
     folder (``joints/``, ``scores/``, ``shap/``, ``scores_ra2dream.csv``, ``ultrasound/``).
@@ -270,124 +241,158 @@ def build_report(
     figures = out / "figures"
     truth = _truth_of(project)
     truth_table = read_dream_table(project / "scores_ra2dream.csv")
-    sections: list[str] = []
-    cohort: list[str] = []
-    pred_table_path = predicted / "scores_ra2dream.csv"
-    if pred_table_path.exists():
-        pred_table = read_dream_table(pred_table_path)
-        figs = score_figures(truth_table, pred_table, n_resamples=200)
-        scatter, r, rmse = _scatter(truth_table, pred_table, figures / "total_scores.png")
-        per = figs["per_score"]
-        cohort.append(
-            "<h3>Radiographs: scores</h3>"
-            f"<p>Per joint: narrowing RMSE {per['narrowing']['rmse']:.3f}, exact agreement "
-            f"{per['narrowing']['exact_agreement']:.1%}; erosion RMSE {per['erosion']['rmse']:.3f},"
-            f" exact {per['erosion']['exact_agreement']:.1%}. Patient totals: r = {r:.3f}, "
-            f"RMSE = {rmse:.1f}.</p>" + _img(scatter, "predicted vs true totals", 420)
-        )
-    errors = _locator_errors(predicted / "joints", truth) if (predicted / "joints").exists() else {}
-    if errors:
-        allerr = np.concatenate([np.asarray(v) for v in errors.values()])
-        cohort.append(
-            "<h3>Radiographs: joint locator</h3>"
-            f"<p>{metrics.share_within(allerr, 0.02):.1%} of {allerr.size} joints within 0.02 of "
-            f"the image diagonal, median error {np.median(allerr):.4f}.</p>"
-            + _img(_boxplot(errors, figures / "locator_errors.png"), "locator error per joint", 760)
-        )
-    us_dir = predicted / "ultrasound"
-    us_rows = []
-    if (us_dir / "summary.json").exists():
-        us_rows = [
-            json.loads(p.read_text())
-            for p in sorted(us_dir.glob("*.json"))
-            if p.name != "summary.json"
-        ]
-        graded = [r for r in us_rows if r.get("truth")]
-        if graded:
-            combined = metrics.accuracy(
-                [r["truth"]["combined"] for r in graded], [r["combined"] for r in graded]
-            )
-            kappa = metrics.linear_weighted_kappa(
-                [r["truth"]["combined"] for r in graded], [r["combined"] for r in graded]
-            )
-            cohort.append(
-                "<h3>Ultrasound (EULAR-OMERACT)</h3>"
-                f"<p>{len(graded)} pairs: combined-grade accuracy {combined:.1%}, linearly "
-                f"weighted kappa {kappa:.3f}.</p>"
-                + _img(_confusions(graded, figures / "us_confusion.png"), "confusion matrices", 900)
-            )
-    # per patient
-    scores_dir = predicted / "scores"
-    by_patient: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    for path in sorted(scores_dir.glob("*.json")) if scores_dir.exists() else []:
-        scored = json.loads(path.read_text())
-        by_patient.setdefault(scored["patient_id"], []).append((path.stem, scored))
-    joints_dir = predicted / "joints"
-    all_rows: list[dict[str, Any]] = []
-    for patient in sorted(by_patient)[: max_patients or None]:
-        parts = [f"<h2 id='{html.escape(patient)}'>Patient {html.escape(patient)}</h2>"]
-        images = []
-        rows: list[dict[str, Any]] = []
-        order = ("LH", "RH", "LF", "RF")
-        for stem, scored in sorted(by_patient[patient], key=lambda x: order.index(x[1]["limb"])):
-            located = joints_dir / f"{stem}.json"
-            if located.exists():
-                joints = json.loads(located.read_text())["joints"]
-                scored = {
-                    **scored,
-                    "centres": {
-                        k: (j["x"], j["y"]) for k, j in joints.items() if not j.get("missing")
-                    },
-                }
-            key = str(Path(scored["image"]).resolve())
-            if key in truth:
-                images.append(
-                    _img(
-                        _overlay_png(scored["image"], truth[key], scored, figures / f"{stem}.png"),
-                        stem,
-                        260,
-                    )
-                )
-            rows += [
-                {**row, "limb": scored["limb"]}
-                for row in _score_rows(truth_table.get(patient, {}), scored)
-            ]
-        parts.append(
-            "<p class='legend'>red: truth (centres, joint-space outlines); cyan: predicted</p>"
-            + "".join(images)
-        )
-        parts.append(_score_table(rows))
-        all_rows += [{"patient_id": patient, **row} for row in rows]
-        shap_png = predicted / "shap" / f"{patient}.png"
-        if shap_png.exists():
-            parts.append("<h3>Symmetry stage: SHAP</h3>" + _img(shap_png, "SHAP", 900))
-        pairs = [r for r in us_rows if r.get("patient_id") == patient]
-        for record in pairs:
-            png = _pair_png(record, us_dir, project, figures / f"us_{record['case']}.png")
-            parts.append(_img(png, f"ultrasound {record['case']}", 1000))
-        sections.append("\n".join(parts))
+    us_rows = _ultrasound_records(predicted / "ultrasound")
+    cohort = [
+        *_score_summary(truth_table, predicted / "scores_ra2dream.csv", figures),
+        *_locator_summary(predicted / "joints", truth, figures),
+        *_ultrasound_summary(us_rows, figures),
+    ]
     if screenshot and Path(screenshot).exists():
         cohort.append("<h3>In napari</h3>" + _img(Path(screenshot), "napari screenshot", 900))
-    page = _page(cohort, sections)
+    sections, joint_rows = [], []
+    scored_images = _scored_images(predicted)
+    for patient in sorted(scored_images)[: max_patients or None]:
+        html_part, rows = _patient_section(
+            patient,
+            scored_images[patient],
+            truth,
+            truth_table,
+            us_rows,
+            predicted,
+            project,
+            figures,
+        )
+        sections.append(html_part)
+        joint_rows += [{"patient_id": patient, **row} for row in rows]
     out.mkdir(parents=True, exist_ok=True)
-    (out / "report.html").write_text(page)
-    _write_csv(out / "joint_scores.csv", all_rows)
-    _write_csv(
-        out / "ultrasound_grades.csv",
-        [
-            {
-                "case": r["case"],
-                "patient_id": r.get("patient_id"),
-                **{k: r[k] for k in ("synovial_hypertrophy", "vascularity", "combined")},
-                **{
-                    f"true_{k}": (r.get("truth") or {}).get(k)
-                    for k in ("synovial_hypertrophy", "vascularity", "combined")
-                },
-            }
-            for r in us_rows
-        ],
-    )
+    (out / "report.html").write_text(_page(cohort, sections))
+    _write_csv(out / "joint_scores.csv", joint_rows)
+    _write_csv(out / "ultrasound_grades.csv", [_grade_row(r) for r in us_rows])
     return out / "report.html"
+
+
+def _score_summary(truth_table: Mapping[str, Any], pred_csv: Path, figures: Path) -> list[str]:
+    if not pred_csv.exists():
+        return []
+    pred_table = read_dream_table(pred_csv)
+    per = score_figures(truth_table, pred_table, n_resamples=200)["per_score"]
+    scatter, r, rmse = _scatter(truth_table, pred_table, figures / "total_scores.png")
+    return [
+        "<h3>Radiographs: scores</h3>"
+        f"<p>Per joint: narrowing RMSE {per['narrowing']['rmse']:.3f}, exact agreement "
+        f"{per['narrowing']['exact_agreement']:.1%}; erosion RMSE {per['erosion']['rmse']:.3f}, "
+        f"exact {per['erosion']['exact_agreement']:.1%}. Patient totals: r = {r:.3f}, "
+        f"RMSE = {rmse:.1f}.</p>" + _img(scatter, "predicted vs true totals", 420)
+    ]
+
+
+def _locator_summary(joints_dir: Path, truth: Mapping[str, Any], figures: Path) -> list[str]:
+    errors = _locator_errors(joints_dir, truth) if joints_dir.exists() else {}
+    if not errors:
+        return []
+    allerr = np.concatenate([np.asarray(v) for v in errors.values()])
+    box = _boxplot(errors, figures / "locator_errors.png")
+    return [
+        "<h3>Radiographs: joint locator</h3>"
+        f"<p>{metrics.share_within(allerr, 0.02):.1%} of {allerr.size} joints within 0.02 of "
+        f"the image diagonal, median error {np.median(allerr):.4f}.</p>"
+        + _img(box, "locator error per joint", 760)
+    ]
+
+
+def _ultrasound_records(us_dir: Path) -> list[dict[str, Any]]:
+    if not (us_dir / "summary.json").exists():
+        return []
+    return [
+        json.loads(p.read_text()) for p in sorted(us_dir.glob("*.json")) if p.name != "summary.json"
+    ]
+
+
+def _ultrasound_summary(rows: Sequence[Mapping[str, Any]], figures: Path) -> list[str]:
+    graded = [r for r in rows if r.get("truth")]
+    if not graded:
+        return []
+    truth = [r["truth"]["combined"] for r in graded]
+    pred = [r["combined"] for r in graded]
+    confusion = _confusions(graded, figures / "us_confusion.png")
+    return [
+        "<h3>Ultrasound (EULAR-OMERACT)</h3>"
+        f"<p>{len(graded)} pairs: combined-grade accuracy {metrics.accuracy(truth, pred):.1%}, "
+        f"linearly weighted kappa {metrics.linear_weighted_kappa(truth, pred):.3f}.</p>"
+        + _img(confusion, "confusion matrices", 900)
+    ]
+
+
+def _scored_images(predicted: Path) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """Patient -> (file stem, scores JSON with the locator's centres added), LH RH LF RF."""
+    by_patient: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    scores_dir, joints_dir = predicted / "scores", predicted / "joints"
+    for path in sorted(scores_dir.glob("*.json")) if scores_dir.exists() else []:
+        scored = json.loads(path.read_text())
+        located = joints_dir / path.name
+        if located.exists():
+            joints = json.loads(located.read_text())["joints"]
+            scored["centres"] = {
+                k: (j["x"], j["y"]) for k, j in joints.items() if not j.get("missing")
+            }
+        by_patient.setdefault(scored["patient_id"], []).append((path.stem, scored))
+    order = ("LH", "RH", "LF", "RF")
+    return {p: sorted(v, key=lambda x: order.index(x[1]["limb"])) for p, v in by_patient.items()}
+
+
+def _patient_section(
+    patient: str,
+    images: Sequence[tuple[str, dict[str, Any]]],
+    truth: Mapping[str, Any],
+    truth_table: Mapping[str, Any],
+    us_rows: Sequence[Mapping[str, Any]],
+    predicted: Path,
+    project: Path,
+    figures: Path,
+) -> tuple[str, list[dict[str, Any]]]:
+    parts = [f"<h2 id='{html.escape(patient)}'>Patient {html.escape(patient)}</h2>"]
+    pictures, rows = [], []
+    for stem, scored in images:
+        key = str(Path(scored["image"]).resolve())
+        if key in truth:
+            png = radiograph_overlay(
+                scored["image"],
+                figures / f"{stem}.png",
+                centres=scored.get("centres", {}),
+                joints=scored["joints"],
+                truth=truth[key],
+                title=f"{patient} {scored['limb']}",
+            )
+            pictures.append(_img(png, stem, 260))
+        rows += [
+            {**row, "limb": scored["limb"]}
+            for row in _score_rows(truth_table.get(patient, {}), scored)
+        ]
+    parts.append(
+        "<p class='legend'>red: truth (centres, joint-space outlines); cyan: predicted</p>"
+        + "".join(pictures)
+    )
+    parts.append(_score_table(rows))
+    shap_png = predicted / "shap" / f"{patient}.png"
+    if shap_png.exists():
+        parts.append("<h3>Symmetry stage: SHAP</h3>" + _img(shap_png, "SHAP", 900))
+    for record in (r for r in us_rows if r.get("patient_id") == patient):
+        png = _pair_png(
+            record, predicted / "ultrasound", project, figures / f"us_{record['case']}.png"
+        )
+        parts.append(_img(png, f"ultrasound {record['case']}", 1000))
+    return "\n".join(parts), rows
+
+
+def _grade_row(record: Mapping[str, Any]) -> dict[str, Any]:
+    keys = ("synovial_hypertrophy", "vascularity", "combined")
+    truth = record.get("truth") or {}
+    return {
+        "case": record["case"],
+        "patient_id": record.get("patient_id"),
+        **{k: record[k] for k in keys},
+        **{f"true_{k}": truth.get(k) for k in keys},
+    }
 
 
 def _score_table(rows: Sequence[Mapping[str, Any]]) -> str:

@@ -85,6 +85,7 @@ class RadiographSession(_Saving):
             border_width=0.2,
             features=_empty_features(),
             text={"string": "{label}", "size": 7, "color": "yellow", "translation": [-10, 0]},
+            metadata=self.layer_metadata,
         )
         self.shapes = viewer.add_shapes(
             name=f"joint spaces {self.title}",
@@ -93,6 +94,7 @@ class RadiographSession(_Saving):
             face_color=[0, 1, 0, 0.15],
             edge_width=1,
             features={"joint_id": np.array([], dtype=object)},
+            metadata=self.layer_metadata,
         )
         self.reload()
         self.points.events.data.connect(self._points_changed)
@@ -105,6 +107,22 @@ class RadiographSession(_Saving):
         return f"{self.record.patient_id} {self.record.limb}"
 
     @property
+    def layer_metadata(self) -> dict[str, Any]:
+        """Where the layer's annotations live: the writer saves them from the store."""
+        return {"ra_joints_project": str(self.store.root), "image_id": self.record.id}
+
+    def missing_text(self) -> str:
+        """Joints the model could not find (stored as "not visible"): they have no point to
+        show, so the guide names them."""
+        newest = self.store.centres(self.record.id)
+        missing = [
+            get_joint(j).name
+            for j, r in newest.items()
+            if r.status == "not_visible" and r.is_model and j not in self.placed()
+        ]
+        return f"Not found by the model: {', '.join(missing)}" if missing else ""
+
+    @property
     def layers(self) -> list[Any]:
         return [self.image_layer, self.shapes, self.points]
 
@@ -115,7 +133,10 @@ class RadiographSession(_Saving):
         self._loading = True
         try:
             newest = self.store.centres(self.record.id)
-            self.not_visible = {j for j, r in newest.items() if r.status == "not_visible"}
+            # a person's "not visible" settles a joint; a model's does not: the guide asks for it
+            self.not_visible = {
+                j for j, r in newest.items() if r.status == "not_visible" and not r.is_model
+            }
             scores = self.store.scores(self.record.id)
             present = [r for r in newest.values() if r.status == "present"]
             rows = [self._feature_row(r, scores) for r in present]
@@ -194,9 +215,11 @@ class RadiographSession(_Saving):
     def guide_text(self) -> str:
         joint = self.current()
         done = len(self.placed() | self.not_visible)
+        missing = self.missing_text()
+        tail = f"\n{missing}" if missing else ""
         if joint is None:
-            return f"All {len(self.joints)} joints placed or marked not visible."
-        return f"Click: {joint.name} ({done} of {len(self.joints)} done)"
+            return f"All {len(self.joints)} joints placed or marked not visible.{tail}"
+        return f"Click: {joint.name} ({done} of {len(self.joints)} done){tail}"
 
     def next(self) -> None:
         self.cursor = (self.cursor + 1) % len(self.joints)

@@ -1,8 +1,10 @@
-"""npe2 writer: a joint-centre Points layer as 3D Slicer Markups JSON (``.mrk.json``).
+"""npe2 writers: a joint-centre Points layer as 3D Slicer Markups JSON (``.mrk.json``), and the
+layers of an image open in the RA joints dock as the store's per-image JSON.
 
-The store stays the place annotations live (the dock saves every edit there); this writer is
-for handing points to Slicer or another tool. It uses :mod:`annotation_tools.slicer`, the same
-code as ``ra-joints markups``.
+The store stays the place annotations live (the dock saves every edit there); these writers are
+for handing annotations to Slicer, another project or another tool. They use
+:mod:`annotation_tools.slicer` and :meth:`AnnotationStore.export_image_json`, the same code as
+``ra-joints markups`` and ``ra-joints image-json``.
 """
 
 from __future__ import annotations
@@ -27,3 +29,33 @@ def write_joint_markups(path: str, data: Any, meta: dict[str, Any]) -> list[str]
     if not target.name.endswith(".mrk.json"):
         target = target.with_name(target.name.split(".")[0] + ".mrk.json")
     return [str(write_markups(target, centres, name=str(meta.get("name", "joint centres"))))]
+
+
+def write_image_annotations(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[str]:
+    """Points/Shapes layers of an image opened from a project -> the store's image JSON (every
+    annotation with its provenance and revision), readable by ``ra-joints image-json --import``
+    or :meth:`AnnotationStore.import_image_json`."""
+    import json
+
+    from annotation_tools.store import AnnotationStore
+
+    sources = {
+        (meta.get("metadata") or {}).get("ra_joints_project"): (meta.get("metadata") or {}).get(
+            "image_id"
+        )
+        for _, meta, _ in layer_data
+    }
+    sources.pop(None, None)
+    if len(sources) != 1:
+        raise ValueError(
+            "save the joint-centre and joint-space layers of one image opened in the RA joints "
+            "dock (they know their project); other Points layers can be saved as .mrk.json"
+        )
+    ((project, image_id),) = sources.items()
+    with AnnotationStore.open(project, create=False) as store:
+        document = store.export_image_json(int(image_id))
+    target = Path(path)
+    if target.suffix != ".json":
+        target = target.with_suffix(".json")
+    target.write_text(json.dumps(document, indent=1))
+    return [str(target)]

@@ -199,6 +199,17 @@ def test_predictions_are_editable_model_revisions_and_export_takes_the_correctio
         assert [r.source for r in confirmed] == ["model", "human"]
         assert confirmed[1].confirms == confirmed[0].id
         export = export_dataset(store, "locator", tmp_path / "export", folds=2)
+    # the dock's layers save as the store's image JSON (napari's File > Save Layers)
+    import napari
+
+    (saved,) = napari.save_layers(
+        str(tmp_path / "lh.json"), [session.points, session.shapes], plugin="napari-ra-joints"
+    )
+    document = json.loads(Path(saved).read_text())
+    assert document["format"] == "napari-ra-joints/image-annotations"
+    by_joint = {e["joint_id"]: e for e in document["joint_centres"]}
+    assert by_joint[moved]["provenance"]["source"] == "human"
+    assert {e["provenance"]["source"] for e in by_joint.values()} == {"human", "model"}
     items = json.loads(Path(export.datalists[0]).read_text())["training"]
     (item,) = [i for i in items if i["limb"] == "LH"]
     # the corrected and the accepted joint only: no prediction nobody reviewed
@@ -433,3 +444,21 @@ def test_predict_uses_the_chosen_model_version(make_napari_viewer, small_cohort,
             r.weights_hash for r in store.centres(session.record.id, sources=["model"]).values()
         }
     assert hashes == {file_sha256(version / "model.pt")} != {file_sha256(shipped)}
+
+
+def test_joints_the_model_could_not_find_are_named(make_napari_viewer, small_cohort, tmp_path):
+    from annotation_tools.store import Provenance
+
+    project = _unannotated_project(small_cohort, tmp_path / "project")
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    widget.open_project(project)
+    session = _open(widget, "LF")
+    model = Provenance.model("ra_joint_locator", "0.1.0", "x" * 64)
+    widget.store.set_centre(session.record.id, "LF_mtp_3", None, model, status="not_visible")
+    session.reload()
+    assert "Not found by the model: MTP 3" in session.guide_text()
+    assert "LF_mtp_3" not in session.not_visible  # the guide still asks a person for it...
+    widget.store.set_centre(session.record.id, "LF_mtp_3", (10.0, 20.0), Provenance.human("a"))
+    session.reload()
+    assert "Not found" not in session.guide_text()  # ... until a person places it

@@ -17,6 +17,7 @@ def test_report_shows_every_patient_and_the_cohort_figures(small_cohort, tmp_pat
         ]
     )  # fmt: skip
     assert status == 0
+    assert len(list((predicted / "overlays").glob("*.png"))) == 12  # one per radiograph
     out = tmp_path / "report"
     assert (
         main(
