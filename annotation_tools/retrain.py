@@ -36,12 +36,14 @@ __all__ = [
 class _Recipe:
     task: str  # export task
     export: dict[str, Any]  # export options that match the quick configuration
-    weights: str  # file the training writes into its ckpt_dir
+    weights: str  # what prediction loads: a weights file, or the ensemble's manifest
+    ensemble: bool = False  # RATING: jigsaw + folds x stages, then the members are packed
 
 
 RETRAINABLE = {
     "ra_joint_locator": _Recipe("locator", {"size": 256}, "model.pt"),
     "ra_joint_scorer": _Recipe("scorer", {"patch_size": 64}, "model.pt"),
+    "ra_us_rating": _Recipe("ultrasound", {}, "ensemble.json", ensemble=True),
 }
 
 
@@ -67,31 +69,45 @@ def retrain_steps(
     ckpt: Path,
     *,
     quick: bool = True,
+    folds: int = 5,
     overrides: Sequence[str] = (),
 ) -> list[list[str]]:
-    """The ``monai.bundle run`` command lines of one training (what the user would type)."""
+    """The ``monai.bundle run`` command lines of one training (what the user would type).
+
+    One run for the locator and the scorer; for the ultrasound ensemble the jigsaw pretraining
+    of both modalities, then the three stages of every fold's member.
+    """
     root = Path(bundle_root)
-    configs = ["configs/train.json"] + (["configs/quick.json"] if quick else [])
-    config_list = "[" + ",".join(f"'{root / c}'" for c in configs) + "]"
-    return [
-        [
-            sys.executable,
-            "-m",
-            "monai.bundle",
-            "run",
-            "--config_file",
-            config_list,
-            "--meta_file",
-            str(root / "configs" / "metadata.json"),
-            "--bundle_root",
-            str(root),
-            "--dataset_dir",
-            str(data),
-            "--ckpt_dir",
-            str(ckpt),
-            *overrides,
-        ]
+
+    def run(config: str, *extra: str) -> list[str]:
+        configs = [f"configs/{config}"] + (["configs/quick.json"] if quick else [])
+        config_list = "[" + ",".join(f"'{root / c}'" for c in configs) + "]"
+        return [
+            sys.executable, "-m", "monai.bundle", "run", "--config_file", config_list,
+            "--meta_file", str(root / "configs" / "metadata.json"), "--bundle_root", str(root),
+            "--dataset_dir", str(data), "--ckpt_dir", str(ckpt), *extra, *overrides,
+        ]  # fmt: skip
+
+    if not RETRAINABLE.get(root.name, _Recipe("", {}, "")).ensemble:
+        return [run("train.json")]
+    steps = [
+        run("train_jigsaw.json", "--modality", modality)
+        for modality in ("greyscale", "doppler_transformed")
     ]
+    for fold in range(folds):
+        for stage in ("grey", "doppler", "fusion"):
+            steps.append(
+                run(
+                    "train.json",
+                    "--stage",
+                    stage,
+                    "--val_fold",
+                    str(fold),
+                    "--jigsaw_dir",
+                    str(ckpt),
+                )
+            )
+    return steps
 
 
 def retrain(
@@ -119,7 +135,7 @@ def iter_retrain(
     overrides: Sequence[str] = (),
 ) -> Iterator[str]:
     """:func:`retrain` as a generator of log lines (the napari worker shows them)."""
-    project, root = Path(project), Path(bundle_root)
+    project, root = Path(project).resolve(), Path(bundle_root).resolve()
     name = root.name
     if name not in RETRAINABLE:
         raise ValueError(
@@ -140,9 +156,15 @@ def iter_retrain(
     if report.n_items == 0:
         raise ValueError(f"no reviewed {recipe.task} annotations to train on in {project}")
     started = time.perf_counter()
-    for command in retrain_steps(
-        root, work / "data", work / "ckpt", quick=quick, overrides=overrides
-    ):
+    if recipe.ensemble:  # the permutation set is part of the bundle: keep the jigsaw classes
+        (work / "ckpt").mkdir(parents=True, exist_ok=True)
+        shipped = root / "models" / "jigsaw_permutations.json"
+        if quick and shipped.exists():
+            (work / "ckpt" / shipped.name).write_bytes(shipped.read_bytes())
+    steps = retrain_steps(
+        root, work / "data", work / "ckpt", quick=quick, folds=folds, overrides=overrides
+    )
+    for command in steps:
         yield "running: " + " ".join(command)
         tail: list[str] = []
         with subprocess.Popen(
@@ -154,11 +176,19 @@ def iter_retrain(
                 yield line.rstrip()
         if proc.returncode != 0:
             raise RuntimeError(f"training {name} failed:\n" + "\n".join(tail))
-    weights = work / "ckpt" / recipe.weights
-    if not weights.exists():
-        raise RuntimeError(f"training {name} finished without writing {weights}")
-    target.mkdir(parents=True)
-    (target / recipe.weights).write_bytes(weights.read_bytes())
+    if recipe.ensemble:
+        from .us_training import pack_members
+
+        pack_members(work / "ckpt", target, info={"configuration": "quick" if quick else "full"})
+        perms = work / "ckpt" / "jigsaw_permutations.json"
+        if perms.exists():
+            (target / perms.name).write_bytes(perms.read_bytes())
+    else:
+        weights = work / "ckpt" / recipe.weights
+        if not weights.exists():
+            raise RuntimeError(f"training {name} finished without writing {weights}")
+        target.mkdir(parents=True)
+        (target / recipe.weights).write_bytes(weights.read_bytes())
     info = {
         "bundle": name,
         "version": version,

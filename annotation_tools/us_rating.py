@@ -709,23 +709,51 @@ def evaluate_rating(
 
 
 def run_bundle_inference(
-    bundle_root: str | Path, output_dir: str | Path, **overrides: Any
+    bundle_root: str | Path, output_dir: str | Path, *, verbose: bool = False, **overrides: Any
 ) -> dict[str, Any]:
     """The bundle's own ``inference.json`` through MONAI's bundle API (``monai.bundle.run``),
     as ``python -m monai.bundle run`` would; returns the written ``summary.json``.
 
     ``overrides``: any config key (``store``, ``patient_id``, ``write_store``,
     ``pairs_table``, ``dataset_dir``, ``explain``, ``explain_members``, ...). The napari
-    plugin and ``ra-joints predict --ultrasound`` both come through here.
+    plugin and ``ra-joints predict --ultrasound`` both come through here. MONAI's INFO log
+    (every config value, every engine event) is shown only with ``verbose``.
     """
+    import logging
+
     from monai.bundle import run
 
     root = Path(bundle_root)
-    run(
-        config_file=str(root / "configs" / "inference.json"),
-        meta_file=str(root / "configs" / "metadata.json"),
-        bundle_root=str(root),
-        output_dir=str(output_dir),
-        **overrides,
-    )
+    # MONAI's bundle loggers carry their own INFO handlers; the rest follows the logging file
+    bundle_loggers = [logging.getLogger(f"monai.bundle.{m}") for m in ("scripts", "workflows")]
+    levels = [log.level for log in bundle_loggers]
+    if not verbose:
+        for log in bundle_loggers:
+            log.setLevel(logging.WARNING)
+    try:
+        _run_quietly(run, root, output_dir, verbose, overrides)
+    finally:
+        for log, level in zip(bundle_loggers, levels, strict=True):
+            log.setLevel(level)
     return json.loads((Path(output_dir) / "summary.json").read_text())
+
+
+def _run_quietly(
+    run: Any, root: Path, output_dir: str | Path, verbose: bool, overrides: Mapping[str, Any]
+) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        logging_file = root / "configs" / "logging.conf"
+        if not verbose:  # the bundle's own logging config, at WARNING
+            quiet = Path(tmp) / "logging.conf"
+            quiet.write_text(logging_file.read_text().replace("level=INFO", "level=WARNING"))
+            logging_file = quiet
+        run(
+            config_file=str(root / "configs" / "inference.json"),
+            meta_file=str(root / "configs" / "metadata.json"),
+            logging_file=str(logging_file),
+            bundle_root=str(root),
+            output_dir=str(output_dir),
+            **overrides,
+        )

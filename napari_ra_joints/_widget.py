@@ -611,7 +611,16 @@ class RAJointsWidget(QWidget):
                 (project, self.session.record.patient_id, self.bundles_dir),
             )
         else:
-            job, args = _predict_ultrasound, (project, self.session.pair, self.bundles_dir)
+            chosen = self.chosen_weights().get("ra_us_rating")
+            job = _predict_ultrasound
+            args = (
+                project,
+                self.session.pair,
+                self.bundles_dir,
+                50,
+                8,
+                chosen.parent if chosen else None,
+            )
         self.worker = create_worker(job, *args, _progress={"desc": "RA joints prediction"})
         self.worker.yielded.connect(self._say)
         self.worker.returned.connect(self._prediction_done)
@@ -772,10 +781,12 @@ def _predict_ultrasound(
     bundles_dir: Path,
     explain_steps: int = 50,
     explain_copies: int = 8,
+    models_dir: Path | None = None,
 ) -> Any:
     """Worker: the RATING bundle's own inference config on the pair's patient, through MONAI's
     bundle API (``monai.bundle.run``), grades written to the store as model revisions;
-    heatmaps from one member (RATING's 50 steps x 8 noisy copies by default)."""
+    heatmaps from one member (RATING's 50 steps x 8 noisy copies by default). ``models_dir``:
+    a retrained ensemble instead of the shipped one."""
     import json
 
     from annotation_tools.us_rating import run_bundle_inference
@@ -794,6 +805,7 @@ def _predict_ultrasound(
         explain_members=1,
         explain_steps=explain_steps,
         explain_copies=explain_copies,
+        **({"models_dir": str(models_dir)} if models_dir else {}),
     )
     record = None
     for path in out.glob("*.json"):

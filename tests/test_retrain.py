@@ -1,5 +1,6 @@
 """Retraining a bundle from a project's reviewed annotations, as a new version."""
 
+import json
 import shutil
 from pathlib import Path
 
@@ -9,6 +10,7 @@ from annotation_tools.imageio import file_sha256
 from annotation_tools.retrain import model_versions, retrain, weights_for
 
 LOCATOR = Path(__file__).resolve().parents[1] / "monai_bundles" / "ra_joint_locator"
+RATING = LOCATOR.parent / "ra_us_rating"
 
 
 def test_retrained_locator_is_a_new_version_that_predicts(small_cohort, tmp_path):
@@ -58,5 +60,32 @@ def test_retraining_without_reviewed_annotations_says_so(small_cohort, tmp_path)
     with pytest.raises(ValueError, match="no reviewed locator annotations"):
         retrain(project, LOCATOR, folds=3, log=lambda line: None)
     with pytest.raises(ValueError, match="retraining from the plugin covers"):
-        retrain(project, LOCATOR.parent / "ra_us_rating", log=lambda line: None)
+        retrain(project, LOCATOR.parent / "no_such_bundle", log=lambda line: None)
     assert model_versions(project, "ra_joint_locator") == []
+
+
+def test_retrained_ultrasound_ensemble_is_a_version_that_grades(small_cohort, tmp_path):
+    """Jigsaw x 2 and 3 stages x 2 folds of a very small network, packed, then used."""
+    from annotation_tools.store import AnnotationStore
+    from annotation_tools.us_rating import run_bundle_inference, weights_hash
+
+    project = tmp_path / "project"
+    shutil.copytree(small_cohort, project)
+    tiny = [
+        "--widen_factor", "0.125", "--hidden", "16", "--batch_size", "4", "--input_size", "64",
+        "--finetune_epochs", "1", "--fusion_epochs", "1", "--jigsaw_epochs", "1",
+        "--cell", "22", "--tile", "20", "--val_interval", "1",
+    ]  # fmt: skip
+    version = retrain(project, RATING, folds=2, overrides=tiny, log=lambda line: None)
+    assert weights_for(project, "ra_us_rating") == version / "ensemble.json"
+    members = json.loads((version / "ensemble.json").read_text())["members"]
+    assert sorted(m["fold"] for m in members) == [0, 1]
+    assert json.loads((version / "ensemble.json").read_text())["network"]["widen_factor"] == 0.125
+    summary = run_bundle_inference(
+        RATING, tmp_path / "out", store=str(project), write_store=True, explain=False,
+        models_dir=str(version),
+    )  # fmt: skip
+    assert summary["n_graded"] == 6
+    with AnnotationStore.open(project, create=False) as store:
+        pair = store.us_pairs()[0]
+        assert store.us_score(pair["id"], sources=["model"]).weights_hash == weights_hash(version)
