@@ -19,8 +19,8 @@ import numpy as np
 import torch
 
 from . import __version__
+from .bundles import BUNDLES_DIR
 
-BUNDLES_DIR = Path(__file__).resolve().parents[1] / "monai_bundles"
 PHANTOM_NOTE = "Phantom figures: they say nothing about clinical accuracy."
 
 # Published figures quoted for scale (different data: not comparable with phantom figures).

@@ -8,7 +8,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["load_bundle_network", "share_of_hits"]
+__all__ = ["BUNDLES_DIR", "load_bundle_network", "share_of_hits"]
+
+# the repository's bundles (shipped weights); every default bundle path starts here
+BUNDLES_DIR = Path(__file__).resolve().parents[1] / "monai_bundles"
 
 
 def share_of_hits(hits: int, total: int) -> float:

@@ -314,7 +314,7 @@ def _merge_when_all_ranks_are_done(out: Path, shard: tuple[int, int]) -> None:
 
 def _predict_ultrasound(args: argparse.Namespace) -> int:
     """``--ultrasound TABLE``: the RATING bundle on a pairs table -> OUT/ultrasound/."""
-    from .benchmark import BUNDLES_DIR
+    from .bundles import BUNDLES_DIR
     from .us_rating import run_bundle_inference
 
     bundle = args.us_bundle or BUNDLES_DIR / "ra_us_rating"

@@ -247,7 +247,7 @@ def pipeline_from_bundles(
     device: str | None = None,
 ) -> tuple[JointLocator, JointScorer]:
     """The shipped locator and scorer (or the given bundle folders)."""
-    from .benchmark import BUNDLES_DIR
+    from .bundles import BUNDLES_DIR
 
     locator = JointLocator.from_bundle(
         locator_bundle or BUNDLES_DIR / "ra_joint_locator", device=device

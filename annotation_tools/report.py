@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics
-from .evaluation import PHANTOM_NOTE, read_dream_table, score_figures
+from .evaluation import PHANTOM_NOTE, present_centres, read_dream_table, score_figures
 from .imageio import read_image
 from .overlays import radiograph_overlay
 from .store import TRAINING_SOURCES, AnnotationStore
@@ -65,11 +65,7 @@ def _truth_of(project: Path) -> dict[str, dict[str, Any]]:
             out[str(store.resolve(record))] = {
                 "patient_id": record.patient_id,
                 "limb": record.limb,
-                "centres": {
-                    k: (r.value["x"], r.value["y"])
-                    for k, r in centres.items()
-                    if r.status == "present"
-                },
+                "centres": present_centres(centres),
                 "polygons": {k: r.value["vertices"] for k, r in polygons.items()},
             }
     return out
@@ -112,14 +108,19 @@ def _locator_errors(
         true = truth.get(str(Path(located["image"]).resolve()))
         if true is None:
             continue
-        h, w = located["image_size"]
-        diagonal = float(np.hypot(h, w))
-        for joint_id, joint in located["joints"].items():
-            if joint.get("missing") or joint_id not in true["centres"]:
-                continue
-            tx, ty = true["centres"][joint_id]
-            error = float(np.hypot(joint["x"] - tx, joint["y"] - ty)) / diagonal
-            errors.setdefault(get_joint(joint_id).name, []).append(error)
+        found = [
+            j
+            for j, joint in located["joints"].items()
+            if not joint.get("missing") and j in true["centres"]
+        ]
+        if not found:
+            continue
+        pred = [(located["joints"][j]["x"], located["joints"][j]["y"]) for j in found]
+        truth_xy = [true["centres"][j] for j in found]
+        for j, error in zip(
+            found, metrics.normalised_errors(truth_xy, pred, located["image_size"]), strict=True
+        ):
+            errors.setdefault(get_joint(j).name, []).append(float(error))
     return errors
 
 

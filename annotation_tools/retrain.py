@@ -88,7 +88,8 @@ def retrain_steps(
             "--dataset_dir", str(data), "--ckpt_dir", str(ckpt), *extra, *overrides,
         ]  # fmt: skip
 
-    if not RETRAINABLE.get(root.name, _Recipe("", {}, "")).ensemble:
+    recipe = RETRAINABLE.get(root.name)
+    if recipe is None or not recipe.ensemble:
         return [run("train.json")]
     steps = [
         run("train_jigsaw.json", "--modality", modality)

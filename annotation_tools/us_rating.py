@@ -112,7 +112,6 @@ def _truth(row: Mapping[str, Any]) -> dict[str, int] | None:
 
 
 def _prepare(
-    case_id: str,
     grey_path: Path,
     doppler_path: Path,
     roi: Sequence[float] | None,
@@ -151,14 +150,13 @@ def load_us_cases(
         if patient_id is not None and row.get("patient_id") != patient_id:
             continue
         case_id = f"{row.get('patient_id') or 'unknown'}_{row.get('site') or f'row{line}'}"
-        grey_path = table.parent / row["greyscale"]
         try:
+            roi, doppler_roi = _box(row, "roi_"), _box(row, "doppler_roi_")
             image = _prepare(
-                case_id,
-                grey_path,
+                table.parent / row["greyscale"],
                 table.parent / row["doppler"],
-                _box(row, "roi_"),
-                _box(row, "doppler_roi_"),
+                roi,
+                doppler_roi,
                 size,
             )
         except (ImageReadError, UltrasoundInputError) as exc:
@@ -172,9 +170,9 @@ def load_us_cases(
                 row.get("site") or "",
                 row["greyscale"],
                 row["doppler"],
-                _box(row, "roi_") or [],
+                roi or [],
                 image,
-                doppler_roi=_box(row, "doppler_roi_"),
+                doppler_roi=doppler_roi,
                 truth=_truth(row),
             )
         )
@@ -242,9 +240,7 @@ def _cases_from_store(
             roi = [roi_rev.value[k] for k in ("x0", "y0", "x1", "y1")] if roi_rev else None
             dop_roi = [dop_rev.value[k] for k in ("x0", "y0", "x1", "y1")] if dop_rev else None
             try:
-                image = _prepare(
-                    case_id, st.resolve(grey_rec), st.resolve(dop_rec), roi, dop_roi, size
-                )
+                image = _prepare(st.resolve(grey_rec), st.resolve(dop_rec), roi, dop_roi, size)
             except (ImageReadError, UltrasoundInputError) as exc:
                 out.failed.append({"case": case_id, "file": grey_rec.path, "reason": str(exc)})
                 continue

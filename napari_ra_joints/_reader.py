@@ -6,6 +6,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from annotation_tools.evaluation import present_centres
 from annotation_tools.imageio import IMAGE_EXTENSIONS, read_image
 from annotation_tools.store import STORE_FILENAME, AnnotationStore
 
@@ -42,8 +43,8 @@ def read_project(path: str | list[str]) -> list[LayerData]:
             image = image_layer_data(
                 read_image(store.resolve(record)), name=f"{record.patient_id} {record.limb}"
             )
-            present = {k: r for k, r in store.centres(record.id).items() if r.status == "present"}
-            centres = {k: (r.value["x"], r.value["y"]) for k, r in present.items()}
+            newest = store.centres(record.id)
+            centres = present_centres(newest)
             outlines = {k: r.value["vertices"] for k, r in store.polygons(record.id).items()}
             group = [
                 image,
@@ -53,7 +54,7 @@ def read_project(path: str | list[str]) -> list[LayerData]:
                 centres_layer_data(
                     centres,
                     name=f"joint centres {record.patient_id} {record.limb}",
-                    source={k: r.source for k, r in present.items()},
+                    source={k: newest[k].source for k in centres},
                 ),
             ]
             for _, kwargs, _ in group:

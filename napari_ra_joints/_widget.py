@@ -36,13 +36,13 @@ from qtpy.QtWidgets import (
     QWidget,
 )
 
+from annotation_tools.bundles import BUNDLES_DIR
 from annotation_tools.review import annotation_queue, image_status
 from annotation_tools.store import AnnotationStore, Provenance, StoreError
 from annotation_tools.vocabulary import get_joint
 
 from ._session import RadiographSession, UltrasoundSession
 
-BUNDLES_DIR = Path(__file__).resolve().parents[1] / "monai_bundles"
 BUNDLE_WEIGHTS = {
     "ra_joint_locator": "models/model.pt",
     "ra_joint_scorer": "models/model.pt",
