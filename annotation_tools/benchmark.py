@@ -606,7 +606,20 @@ BUNDLE_OF_TASK = {
     "locator": "ra_joint_locator",
     "scorer": "ra_joint_scorer",
     "ultrasound": "ra_us_rating",
+    "multitask": "ra_multitask_unet",
 }
+ALL_TASKS = ("locator", "scorer", "ultrasound", "multitask")
+
+
+def _task(task: str) -> tuple[Any, Any]:
+    """(benchmark function, markdown function) of a task."""
+    if task == "multitask":  # its own module: it runs every radiograph pipeline
+        from .benchmark_pipelines import benchmark_pipelines, pipelines_markdown
+
+        return benchmark_pipelines, pipelines_markdown
+    if task not in TASKS:
+        raise ValueError(f"no benchmark for {task!r}; available: all, {', '.join(ALL_TASKS)}")
+    return TASKS[task]
 
 
 def retrained_bundles(work: Path, tasks: Sequence[str]) -> dict[str, Path]:
@@ -619,8 +632,12 @@ def retrained_bundles(work: Path, tasks: Sequence[str]) -> dict[str, Path]:
     import subprocess
 
     out: dict[str, Path] = {}
-    needed = set(tasks) | ({"locator"} if "scorer" in tasks else set())
-    for task in ("locator", "scorer", "ultrasound"):
+    needed = set(tasks)
+    if needed & {"scorer", "multitask"}:  # the scorer runs after it; multitask is compared
+        needed.add("locator")
+    if "multitask" in needed:  # with the whole two-stage pipeline
+        needed.add("scorer")
+    for task in ALL_TASKS:
         if task not in needed:
             continue
         name = BUNDLE_OF_TASK[task]
@@ -651,17 +668,18 @@ def benchmark_all(
     """
     started = time.perf_counter()
     work = Path(work or Path("runs") / "benchmark")
-    tasks = ("locator", "scorer", "ultrasound")
-    bundles = retrained_bundles(work, tasks) if retrain else {}
+    bundles = retrained_bundles(work, ALL_TASKS) if retrain else {}
     results: dict[str, Any] = {}
-    for task in tasks:
+    for task in ALL_TASKS:
         kwargs: dict[str, Any] = {"bundle": bundles.get(task), "device": device}
-        if task == "scorer":
+        if task in ("scorer", "multitask"):
             kwargs.update(locator_bundle=bundles.get("locator"), n_resamples=n_resamples)
+        if task == "multitask":
+            kwargs.update(scorer_bundle=bundles.get("scorer"))
         if task == "ultrasound":
             kwargs.update(n_resamples=n_resamples)
         print(f"benchmark: {task}")
-        results[task] = TASKS[task][0](**kwargs)
+        results[task] = _task(task)[0](**kwargs)
     return {
         "task": "all",
         "weights": "retrained with the quick configurations" if retrain else "shipped",
@@ -682,16 +700,13 @@ def all_markdown(result: dict[str, Any]) -> str:
         scorer_markdown(result["scorer"]),
         ultrasound_markdown(result["ultrasound"]),
     ]
+    if "multitask" in result:
+        parts.append(_task("multitask")[1](result["multitask"]))
     return "\n".join(parts)
 
 
 def run_benchmark(task: str, out: Path, **kwargs: Any) -> dict[str, Any]:
-    if task == "all":
-        run, markdown = benchmark_all, all_markdown
-    elif task in TASKS:
-        run, markdown = TASKS[task]
-    else:
-        raise ValueError(f"no benchmark for {task!r}; available: all, {', '.join(TASKS)}")
+    run, markdown = (benchmark_all, all_markdown) if task == "all" else _task(task)
     result = run(**kwargs)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

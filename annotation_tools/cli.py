@@ -115,6 +115,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
             mirror=not args.no_mirror,
             target_mode=args.target_mode,
             patch_size=args.patch_size,
+            shape=tuple(args.shape),
+            radius=args.disc_radius[0],
+            ignore_radius=args.disc_radius[1],
             progress=not args.quiet,
         )
     for problem in report.problems:
@@ -203,7 +206,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
     out = args.out or Path(f"results/benchmark_{args.task}.json")
     if args.task == "all":
-        if args.compare or args.locator_bundle or args.bundle or args.heldout:
+        if args.compare or args.locator_bundle or args.scorer_bundle or args.bundle or args.heldout:
             raise ValueError("--task all uses every default; give --task for one bundle's options")
         result = run_benchmark(
             "all", out, retrain=args.retrain, device=args.device, n_resamples=args.resamples
@@ -226,11 +229,25 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
             "heatmap_pairs": args.heatmap_pairs,
             "n_resamples": args.resamples,
         }
-    if args.locator_bundle and args.task != "scorer":
-        raise ValueError("--locator-bundle belongs to --task scorer")
+    elif args.task == "multitask":
+        extra = {
+            "compare": args.compare,
+            "locator_bundle": args.locator_bundle,
+            "scorer_bundle": args.scorer_bundle,
+            "n_resamples": args.resamples,
+        }
+    if args.locator_bundle and args.task not in ("scorer", "multitask"):
+        raise ValueError("--locator-bundle belongs to --task scorer or multitask")
+    if args.scorer_bundle and args.task != "multitask":
+        raise ValueError("--scorer-bundle belongs to --task multitask")
     if args.compare and args.task == "locator":
-        raise ValueError("--compare belongs to --task scorer or ultrasound")
-    defaults = {"locator": (40, 2000), "scorer": (40, 2000), "ultrasound": (60, 2100)}
+        raise ValueError("--compare belongs to --task scorer, ultrasound or multitask")
+    defaults = {
+        "locator": (40, 2000),
+        "scorer": (40, 2000),
+        "ultrasound": (60, 2100),
+        "multitask": (40, 2000),
+    }
     args.patients = args.patients or defaults[args.task][0]
     args.seed = args.seed if args.seed is not None else defaults[args.task][1]
     result = run_benchmark(
@@ -260,12 +277,25 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         status = _predict_ultrasound(args)  # under torchrun, rank 0 grades the pairs
     if args.images is None:
         return status
-    locator, scorer = pipeline_from_bundles(args.locator_bundle, args.scorer_bundle, args.device)
+    locator = scorer = multitask = None
+    if args.pipeline == "multitask":
+        from .bundles import BUNDLES_DIR
+        from .multitask import MultitaskModel
+
+        bundle = args.multitask_bundle or BUNDLES_DIR / "ra_multitask_unet"
+        multitask = MultitaskModel.from_bundle(bundle, device=args.device, members=args.members)
+    else:
+        if args.members is not None or args.multitask_bundle is not None:
+            raise ValueError("--members and --multitask-bundle belong to --pipeline multitask")
+        locator, scorer = pipeline_from_bundles(
+            args.locator_bundle, args.scorer_bundle, args.device
+        )
     result = predict_folder(
         args.images,
         args.out,
         locator,
         scorer,
+        multitask=multitask,
         case_table=args.cases,
         store=args.store,
         explain=not args.no_explain,
@@ -393,7 +423,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a MONAI dataset + datalist for a bundle")
     p.add_argument("--store", required=True, type=Path, help="project folder or .sqlite file")
-    p.add_argument("--task", required=True, choices=["locator", "scorer", "ultrasound"])
+    p.add_argument(
+        "--task", required=True, choices=["locator", "scorer", "ultrasound", "multitask"]
+    )
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--folds", type=int, default=5, help="patient-level folds")
     p.add_argument("--seed", type=int, default=0)
@@ -413,6 +445,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--target-mode", choices=["square", "disc"], default="square")
     p.add_argument("--patch-size", type=int, default=128, help="scorer: patch side in pixels")
+    p.add_argument(
+        "--shape",
+        type=int,
+        nargs=2,
+        default=(864, 928),
+        metavar=("H", "W"),
+        help="multitask: input grid after the edge crop (Maziarz et al.: 864 928)",
+    )
+    p.add_argument(
+        "--disc-radius",
+        type=float,
+        nargs=2,
+        default=(32.0, 40.0),
+        metavar=("R_LABEL", "R_IGNORE"),
+        help="multitask: labelled disc radius and outer radius of the ignored ring (grid px)",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_export)
 
@@ -444,8 +492,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--task",
         default="all",
-        choices=["all", "locator", "scorer", "ultrasound"],
-        help="one bundle, or all of them in one run (default)",
+        choices=["all", "locator", "scorer", "ultrasound", "multitask"],
+        help="one bundle, or all of them in one run (default); multitask: the radiograph "
+        "pipelines side by side (two-stage, Hirano via --compare, multi-task U-Net)",
     )
     p.add_argument("--out", type=Path, help="JSON file (default: results/benchmark_<task>.json)")
     p.add_argument(
@@ -473,7 +522,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="scorer: folders of other trained variants (model.pt + config.json); ultrasound: "
         "other trained ensembles (a models folder with ensemble.json), e.g. without jigsaw",
     )
-    p.add_argument("--locator-bundle", type=Path, help="scorer: locator bundle for end to end")
+    p.add_argument(
+        "--locator-bundle", type=Path, help="scorer/multitask: locator bundle for end to end"
+    )
+    p.add_argument("--scorer-bundle", type=Path, help="multitask: the two-stage pipeline's scorer")
     p.add_argument(
         "--resamples",
         type=int,
@@ -508,8 +560,19 @@ def build_parser() -> argparse.ArgumentParser:
         "like P001_LH.dcm)",
     )
     p.add_argument("--store", type=Path, help="also write model revisions into this project")
+    p.add_argument(
+        "--pipeline",
+        choices=["two-stage", "multitask"],
+        default="two-stage",
+        help="radiographs: locator + patch scorer + symmetry (default), or the one-network "
+        "multi-task U-Net (ra_multitask_unet)",
+    )
     p.add_argument("--locator-bundle", type=Path)
     p.add_argument("--scorer-bundle", type=Path)
+    p.add_argument("--multitask-bundle", type=Path, help="default: the shipped ra_multitask_unet")
+    p.add_argument(
+        "--members", type=int, default=None, help="multitask: use the first N ensemble members"
+    )
     p.add_argument(
         "--no-explain",
         action="store_true",

@@ -29,11 +29,14 @@ from .imageio import ImageData, ImageReadError, read_image
 from .metrics import patient_folds
 from .store import TRAINING_SOURCES, AnnotationStore, ImageRecord
 from .targets import (
+    JOINT_TYPES,
     MASK_IGNORE,
+    edge_crop_box,
     joint_patch,
     locator_targets,
     mirror_image,
     mirror_points,
+    multitask_targets,
     normalise_intensity,
     resize_image,
     scale_points,
@@ -43,7 +46,7 @@ from .vocabulary import Limb, ScoreType, get_joint, joints_for_limb, site_names
 
 __all__ = ["TASKS", "ExportProblem", "ExportReport", "export_dataset"]
 
-TASKS = ("locator", "scorer", "ultrasound")
+TASKS = ("locator", "scorer", "ultrasound", "multitask")
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,9 @@ class _Options:
     mirror: bool
     target_mode: str
     patch_size: int
+    shape: tuple[int, int] = (864, 928)
+    radius: float = 32.0
+    ignore_radius: float = 40.0
 
 
 def export_dataset(
@@ -98,6 +104,9 @@ def export_dataset(
     mirror: bool = True,
     target_mode: str = "square",
     patch_size: int = 128,
+    shape: tuple[int, int] = (864, 928),
+    radius: float = 32.0,
+    ignore_radius: float = 40.0,
     progress: bool = False,
 ) -> ExportReport:
     """Write one task's dataset and datalist(s) to ``out_dir``; returns what was done."""
@@ -113,6 +122,9 @@ def export_dataset(
         mirror=mirror,
         target_mode=target_mode,
         patch_size=patch_size,
+        shape=(int(shape[0]), int(shape[1])),
+        radius=float(radius),
+        ignore_radius=float(ignore_radius),
     )
     report = ExportReport(task, str(out))
     patients = store.patients()
@@ -125,6 +137,7 @@ def export_dataset(
         "locator": _export_locator,
         "scorer": _export_scorer,
         "ultrasound": _export_ultrasound,
+        "multitask": _export_multitask,
     }[task]
     datalists = exporter(store, out, options, fold_of, report, progress)
     for name, items in datalists.items():
@@ -164,6 +177,18 @@ def _task_header(task: str, name: str, options: _Options) -> dict[str, Any]:
             "mirrored_to_left": options.mirror,
             "mask_ignore_value": MASK_IGNORE,
             "score_max": {"narrowing": 4, "erosion_hand": 5, "erosion_foot": 10},
+        }
+    if task == "multitask":
+        return {
+            "spatial_size": list(options.shape),
+            "label_channels": ["joint_type", "narrowing", "erosion"],
+            "joint_types": list(JOINT_TYPES),
+            "disc_radius": options.radius,
+            "ignore_radius": options.ignore_radius,
+            "foot_erosion": "halved (0-10 -> 0-5)",
+            "crop": "bounding box of Canny edges (edge_crop_box)",
+            "mirrored_to_left": options.mirror,
+            "ignore_value": -1,
         }
     return {"crop_size": RATING_SIZE, "signal_colour": [255, 0, 0]}
 
@@ -367,6 +392,77 @@ def _export_scorer(
                     joint.max_score(score_type) if joint.carries(score_type) else 0
                 )
             items.append(item)
+    return {"datalist.json": items}
+
+
+# ------------------------------------------------------------------------------ multitask
+
+
+def _export_multitask(
+    store: AnnotationStore,
+    out: Path,
+    options: _Options,
+    fold_of: dict[str, int],
+    report: ExportReport,
+    progress: bool,
+) -> dict[str, list[dict[str, Any]]]:
+    """Edge-cropped, resized radiographs with joint-type / narrowing / erosion disc targets."""
+    (out / "images").mkdir(exist_ok=True)
+    (out / "labels").mkdir(exist_ok=True)
+    items: list[dict[str, Any]] = []
+    grid = options.shape
+    for image in _iter(store.images(modality="radiograph"), progress, "multitask export"):
+        data = _load(store, image, report)
+        if data is None:
+            continue
+        limb = Limb.parse(image.limb)
+        centres = _valid_centres(store, image, data.shape, options, report)
+        if not any(xy is not None for xy in centres.values()):
+            report.problems.append(ExportProblem(image.path, "image", "no joint centre annotated"))
+            continue
+        scores: dict[str, dict[str, float]] = defaultdict(dict)
+        for (joint_id, score_type), rev in store.scores(image.id, sources=options.sources).items():
+            scores[joint_id][score_type] = float(rev.value["value"])
+        grey = data.grey()
+        box = edge_crop_box(grey)
+        pixels = resize_image(normalise_intensity(box.crop(grey)), grid)
+        mirrored = options.mirror and limb.side == "right"
+        grid_centres: dict[str, tuple[float, float] | None] = {}
+        for joint_id, xy in centres.items():
+            if xy is None:
+                grid_centres[joint_id] = None
+                continue
+            point = scale_points(box.to_crop([xy]), box.shape, grid)
+            if mirrored:
+                point = mirror_points(point, grid[1])
+            grid_centres[joint_id] = (float(point[0, 0]), float(point[0, 1]))
+        if mirrored:
+            pixels = mirror_image(pixels)
+        label = multitask_targets(
+            grid_centres,
+            scores,
+            limb,
+            grid,
+            radius=options.radius,
+            ignore_radius=options.ignore_radius,
+        )
+        stem = Path(image.path).stem
+        np.save(out / "images" / f"{stem}.npy", pixels.astype(np.float32))
+        np.savez_compressed(out / "labels" / f"{stem}.npz", label=label)
+        items.append(
+            {
+                "image": f"images/{stem}.npy",
+                "label": f"labels/{stem}.npz",
+                "patient_id": image.patient_id,
+                "image_id": image.id,
+                "source_image": image.path,
+                "limb": limb.value,
+                "fold": fold_of[image.patient_id],
+                "original_shape": list(data.shape),
+                "crop_box": [box.y0, box.y1, box.x0, box.x1],
+                "mirrored": mirrored,
+            }
+        )
     return {"datalist.json": items}
 
 

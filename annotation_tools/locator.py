@@ -32,6 +32,8 @@ from scipy import ndimage
 from .imageio import IMAGE_EXTENSIONS, ImageData, ImageReadError, file_sha256, read_image
 from .targets import (
     IGNORE,
+    CropBox,
+    edge_crop_box,
     mirror_image,
     mirror_points,
     normalise_intensity,
@@ -221,11 +223,16 @@ class LoadRadiographd(MapTransform):
     """
 
     def __init__(
-        self, keys: KeysCollection, spatial_size: Sequence[int] = (256, 256), limb_key: str = "limb"
+        self,
+        keys: KeysCollection,
+        spatial_size: Sequence[int] = (256, 256),
+        limb_key: str = "limb",
+        crop_edges: bool = False,
     ):
         super().__init__(keys)
         self.spatial_size = (int(spatial_size[0]), int(spatial_size[1]))
         self.limb_key = limb_key
+        self.crop_edges = crop_edges
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
@@ -235,8 +242,12 @@ class LoadRadiographd(MapTransform):
                 image = read_image(path)
             except ImageReadError as exc:  # report it in the output, keep the batch going
                 prepared = unreadable(path, exc.reason, self.spatial_size)
+                if self.crop_edges:
+                    prepared["crop_box"] = [0, 1, 0, 1]
             else:
-                prepared = prepare_radiograph(image, d.get(self.limb_key), self.spatial_size, path)
+                prepared = prepare_radiograph(
+                    image, d.get(self.limb_key), self.spatial_size, path, crop_edges=self.crop_edges
+                )
             d[key] = torch.from_numpy(prepared.pop("pixels"))[None]
             d.update(prepared)
         return d
@@ -260,9 +271,18 @@ def unreadable(path: str | Path, reason: str, spatial_size: tuple[int, int]) -> 
 
 
 def prepare_radiograph(
-    image: ImageData, limb: str | None, spatial_size: tuple[int, int], path: str | Path
+    image: ImageData,
+    limb: str | None,
+    spatial_size: tuple[int, int],
+    path: str | Path,
+    *,
+    crop_edges: bool = False,
 ) -> dict[str, Any]:
-    """Grey, windowed, mirrored-to-left and resized pixels plus what the decoder needs."""
+    """Grey, windowed, mirrored-to-left and resized pixels plus what the decoder needs.
+
+    ``crop_edges`` (the multi-task network) first crops to the Canny-edge bounding box and
+    returns it as ``crop_box`` ``[y0, y1, x0, x1]``.
+    """
     warnings = []
     resolved, source = resolve_limb(path, image, limb)
     if image.is_colour:
@@ -270,7 +290,9 @@ def prepare_radiograph(
     h, w = image.shape
     if min(h, w) < MIN_SIDE:
         warnings.append(f"image is {w}x{h} px: too small for the locator (needs >= {MIN_SIDE} px)")
-    pixels = normalise_intensity(image.grey())
+    grey = image.grey()
+    box = edge_crop_box(grey) if crop_edges and min(h, w) >= MIN_SIDE else CropBox(0, h, 0, w)
+    pixels = normalise_intensity(box.crop(grey))
     if not pixels.any():
         warnings.append("image has no contrast (blank?)")
     mirrored = resolved is not None and resolved.side == "right"
@@ -290,6 +312,7 @@ def prepare_radiograph(
         "limb_source": source,
         "path": str(path),
         "warnings": json.dumps(warnings),
+        **({"crop_box": [box.y0, box.y1, box.x0, box.x1]} if crop_edges else {}),
     }
 
 
@@ -336,6 +359,16 @@ class LocatorResult:
         }
 
 
+def best_blob(channel: np.ndarray, threshold: float) -> np.ndarray | None:
+    """Mask of the connected region above ``threshold`` with the most probability mass."""
+    mask = channel > threshold
+    if not mask.any():
+        return None
+    labels, n = ndimage.label(mask)
+    mass = ndimage.sum_labels(channel, labels, index=np.arange(1, n + 1))
+    return labels == int(np.argmax(mass)) + 1
+
+
 def decode_heatmaps(
     prob: np.ndarray, kind: str, threshold: float = 0.5
 ) -> dict[str, tuple[float, float, float] | tuple[None, None, float]]:
@@ -347,13 +380,10 @@ def decode_heatmaps(
     out = {}
     for site, channel in zip(site_names(kind), prob[kind_slice(kind)], strict=True):
         peak = float(channel.max()) if channel.size else 0.0
-        mask = channel > threshold
-        if not mask.any():
+        best = best_blob(channel, threshold)
+        if best is None:
             out[site] = (None, None, peak)
             continue
-        labels, n = ndimage.label(mask)
-        mass = ndimage.sum_labels(channel, labels, index=np.arange(1, n + 1))
-        best = labels == int(np.argmax(mass)) + 1
         weights = channel * best
         total = float(weights.sum())
         ys, xs = np.indices(channel.shape)
@@ -431,7 +461,10 @@ def decode_result(
             f"image does not look like a {parsed.kind} radiograph but is labelled "
             f"{parsed.label}: all joints flagged missing"
         )
-    too_small = any("too small" in w or w.startswith(UNREADABLE) for w in warnings)
+    # nothing to find on a tiny, unreadable or blank image: never name noise as joints
+    too_small = any(
+        "too small" in w or "no contrast" in w or w.startswith(UNREADABLE) for w in warnings
+    )
     grid = prob.shape[-2:]
     shape = (int(original_shape[0]), int(original_shape[1]))
     decoded = hand if parsed.kind == "hand" else decode_heatmaps(prob, "foot", threshold)
@@ -481,17 +514,30 @@ class DecodeJointsd(MapTransform):
         d = dict(data)
         for key in self.key_iterator(d):
             prob = torch.as_tensor(d[key]).detach().float().cpu().numpy()
-            d[self.output_key] = decode_result(
-                prob,
-                limb=_value(d.get("limb", "")),
-                limb_source=_value(d.get("limb_source", "")),
-                original_shape=[int(v) for v in torch.as_tensor(d["original_shape"]).flatten()],
-                mirrored=bool(_value(d.get("mirrored", False))),
-                path=_value(d.get("path", "")),
-                warnings=json.loads(_value(d.get("warnings", "[]"))),
-                threshold=self.threshold,
-            )
+            d[self.output_key] = decode_result(prob, **decoder_args(d), threshold=self.threshold)
         return d
+
+
+def decoder_args(d: Mapping[Hashable, Any]) -> dict[str, Any]:
+    """What :class:`LoadRadiographd` put into a (decollated) item, as decoder arguments."""
+    return {
+        "limb": _value(d.get("limb", "")),
+        "limb_source": _value(d.get("limb_source", "")),
+        "original_shape": [int(v) for v in torch.as_tensor(d["original_shape"]).flatten()],
+        "mirrored": bool(_value(d.get("mirrored", False))),
+        "path": _value(d.get("path", "")),
+        "warnings": json.loads(_value(d.get("warnings", "[]"))),
+    }
+
+
+def network_input(pixels: np.ndarray, coordconv: bool) -> torch.Tensor:
+    """Prepared pixels ``(H, W)`` -> the network's input ``(C, H, W)`` (+ CoordConv x/y)."""
+    x = torch.from_numpy(pixels)[None]
+    if coordconv:
+        from monai.transforms import AddCoordinateChannels
+
+        x = AddCoordinateChannels(spatial_dims=(0, 1))(x)
+    return torch.as_tensor(x, dtype=torch.float32)
 
 
 class SaveJointsJSONd(MapTransform):
@@ -531,7 +577,9 @@ def write_to_store(store_path: str | Path, result: LocatorResult, model: Mapping
     """Store predicted centres as ``model`` revisions (missing joints as "not visible")."""
     from .store import AnnotationStore, Provenance
 
-    prov = Provenance.model(BUNDLE_NAME, model.get("version", ""), model.get("weights_sha256", ""))
+    prov = Provenance.model(
+        model.get("bundle", BUNDLE_NAME), model.get("version", ""), model.get("weights_sha256", "")
+    )
     with AnnotationStore.open(store_path, create=False) as store:
         record = store.find_image(result.path)
         if record is None:
@@ -677,14 +725,6 @@ class JointLocator:
             model_info=info,
         )
 
-    def _input(self, pixels: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(pixels)[None]
-        if self.coordconv:
-            from monai.transforms import AddCoordinateChannels
-
-            x = AddCoordinateChannels(spatial_dims=(0, 1))(x)
-        return torch.as_tensor(x, dtype=torch.float32)
-
     @torch.no_grad()
     def predict_images(
         self, items: Iterable[tuple[str | Path, ImageData, str | None]], batch_size: int = 8
@@ -697,7 +737,8 @@ class JointLocator:
             if not batch:
                 return
             started = time.perf_counter()
-            x = torch.stack([self._input(b["pixels"]) for b in batch]).to(self.device)
+            inputs = [network_input(b["pixels"], self.coordconv) for b in batch]
+            x = torch.stack(inputs).to(self.device)
             prob = torch.sigmoid(self.network(x)).float().cpu().numpy()
             per_item = (time.perf_counter() - started) / len(batch)
             for b, p in zip(batch, prob, strict=True):

@@ -17,6 +17,7 @@ from typing import Any
 from .cases import CaseTable, identify, shard_by_patient
 from .imageio import ImageData, ImageReadError, read_image
 from .locator import JointLocator, LocatorResult, image_files, write_to_store
+from .multitask import MultitaskModel
 from .scoring import (
     JointScorer,
     PatchSet,
@@ -46,16 +47,30 @@ class PipelineResult:
 
 def predict_images(
     items: Sequence[tuple[str, ImageData]],
-    locator: JointLocator,
-    scorer: JointScorer,
+    locator: JointLocator | None,
+    scorer: JointScorer | None,
     *,
     table: CaseTable | None = None,
     explain: bool = False,
     batch_size: int = 8,
+    multitask: MultitaskModel | None = None,
 ) -> PipelineResult:
-    """Already-read radiographs ``(path, image)`` -> scored patients (one patient or many)."""
+    """Already-read radiographs ``(path, image)`` -> scored patients (one patient or many).
+
+    With ``multitask`` the one-network pipeline runs instead of ``locator`` + ``scorer``.
+    """
     started = time.perf_counter()
     cases = [identify(path, image, table) for path, image in items]
+    if multitask is not None:
+        from .multitask import patients_of
+
+        preds = multitask.predict_images(
+            [(path, image, case.limb) for (path, image), case in zip(items, cases, strict=True)]
+        )
+        patients = patients_of(preds, [case.patient_id for case in cases])
+        located = [p.located for p in preds]
+        return PipelineResult(patients, located, seconds=time.perf_counter() - started)
+    assert locator is not None and scorer is not None, "two-stage needs a locator and a scorer"
     located = locator.predict_images(
         [(path, image, case.limb) for (path, image), case in zip(items, cases, strict=True)],
         batch_size=batch_size,
@@ -73,9 +88,10 @@ def predict_images(
 def predict_folder(
     images: str | Path,
     out: str | Path,
-    locator: JointLocator,
-    scorer: JointScorer,
+    locator: JointLocator | None,
+    scorer: JointScorer | None,
     *,
+    multitask: MultitaskModel | None = None,
     case_table: str | Path | None = None,
     store: str | Path | None = None,
     explain: bool = True,
@@ -89,6 +105,9 @@ def predict_folder(
     Outputs: ``joints/<stem>.json`` (locator), ``scores/<stem>.json``, ``scores_ra2dream.csv``,
     ``shap/<patient>.png``, ``overlays/<stem>.png`` (centres, names, scores and joint-space
     outlines on the image), ``summary.json`` (with the files that failed and why).
+
+    With ``multitask`` the one-network pipeline replaces ``locator`` + ``scorer``; the outputs
+    are the same files (no SHAP: it has no symmetry stage).
 
     ``shard=(rank, world_size)``: this process takes its share of the patients (see
     :func:`shard_by_patient`) and writes ``scores_ra2dream.rank<r>.csv`` and
@@ -104,9 +123,13 @@ def predict_folder(
         paths = shard_by_patient(paths, shard[0], shard[1], table)
     failures: list[tuple[str, str]] = []
     started = time.perf_counter()
-    patch_set = PatchSet(scorer.patch_size)
+    suffix = f".rank{shard[0]}" if shard is not None else ""
+    patch_set = PatchSet(scorer.patch_size) if multitask is None else None
+    predictions: list[Any] = []
+    patient_ids: list[str] = []
     located: list[LocatorResult] = []
-    bar = tqdm(total=len(paths), desc="locate + cut patches", disable=not progress)
+    desc = "locate + score" if multitask is not None else "locate + cut patches"
+    bar = tqdm(total=len(paths), desc=desc, disable=not progress)
     for start in range(0, len(paths), chunk):
         batch: list[tuple[str, ImageData]] = []
         for path in paths[start : start + chunk]:
@@ -115,25 +138,36 @@ def predict_folder(
             except ImageReadError as exc:
                 failures.append((str(path), exc.reason))
         cases = [identify(p, im, table) for p, im in batch]
-        results = locator.predict_images(
-            [(p, im, c.limb) for (p, im), c in zip(batch, cases, strict=True)]
-        )
-        for (path, image), case, result in zip(batch, cases, results, strict=True):
-            doc = result.to_json(locator.model_info)
-            (out / "joints" / f"{Path(path).stem}.json").write_text(json.dumps(doc, indent=1))
-            patch_set.add(cases_from_locator(doc, image, case.patient_id), image)
-        located += results
+        items = [(p, im, c.limb) for (p, im), c in zip(batch, cases, strict=True)]
+        if multitask is not None:
+            chunk_preds = multitask.predict_images(items)
+            predictions += chunk_preds
+            patient_ids += [c.patient_id for c in cases]
+            located += [p.located for p in chunk_preds]
+        else:
+            results = locator.predict_images(items)
+            for (path, image), case, result in zip(batch, cases, results, strict=True):
+                doc = result.to_json(locator.model_info)
+                (out / "joints" / f"{Path(path).stem}.json").write_text(json.dumps(doc, indent=1))
+                patch_set.add(cases_from_locator(doc, image, case.patient_id), image)
+            located += results
         bar.update(len(paths[start : start + chunk]))
     bar.close()
-    patch_set.failures += failures
-    patients = scorer.score(patch_set, explain=explain, progress=progress)
-    info = {**locator.model_info, **{f"scorer_{k}": v for k, v in scorer.model_info.items()}}
-    suffix = f".rank{shard[0]}" if shard is not None else ""
-    write_outputs(patients, patch_set.failures, out, info, suffix=suffix)
+    if multitask is not None:
+        from .multitask import write_predictions
+
+        patients = write_predictions(
+            predictions, patient_ids, out, multitask.model_info, store, failures, suffix
+        )
+    else:
+        patch_set.failures += failures
+        patients = scorer.score(patch_set, explain=explain, progress=progress)
+        info = {**locator.model_info, **{f"scorer_{k}": v for k, v in scorer.model_info.items()}}
+        write_outputs(patients, patch_set.failures, out, info, suffix=suffix)
+        if store:
+            write_scores_to_store(store, patients, scorer.model_info)
     if overlays:
         _write_overlays(patients, located, out, progress)
-    if store:
-        write_scores_to_store(store, patients, scorer.model_info)
     return PipelineResult(patients, located, failures, time.perf_counter() - started)
 
 
@@ -145,8 +179,12 @@ def predict_store_patient(
     *,
     explain: bool = True,
     report: Callable[[str], None] = lambda message: None,
+    multitask: MultitaskModel | None = None,
 ) -> PipelineResult:
     """Predict one patient of a project and keep the results there as ``model`` revisions.
+
+    With ``multitask`` the one-network pipeline locates and scores every radiograph of the
+    patient (``locator`` and ``scorer`` are not used).
 
     With a locator, every radiograph of the patient is located first. The scorer then scores
     the patches around the **newest** centres in the store, whoever placed them - after a
@@ -158,7 +196,7 @@ def predict_store_patient(
     started = time.perf_counter()
     located: list[LocatorResult] = []
     failures: list[tuple[str, str]] = []
-    if locator is not None:
+    if locator is not None or multitask is not None:
         with AnnotationStore.open(project, create=False) as store:
             records = [r for r in store.images(modality="radiograph") if r.patient_id == patient_id]
             items = []
@@ -168,6 +206,18 @@ def predict_store_patient(
                     items.append((str(path), read_image(path), record.limb))
                 except ImageReadError as exc:
                     failures.append((str(path), exc.reason))
+    if multitask is not None:
+        from .multitask import patients_of
+
+        report(f"locating and scoring joints on {len(items)} radiograph(s)")
+        preds = multitask.predict_images(items)
+        for pred in preds:
+            write_to_store(project, pred.located, multitask.model_info)
+        patients = patients_of(preds, [patient_id] * len(preds))
+        write_scores_to_store(project, patients, multitask.model_info)
+        located = [p.located for p in preds]
+        return PipelineResult(patients, located, failures, time.perf_counter() - started)
+    if locator is not None:
         report(f"locating joints on {len(items)} radiograph(s)")
         located = locator.predict_images(items)
         for result in located:

@@ -38,12 +38,22 @@ class _Recipe:
     export: dict[str, Any]  # export options that match the quick configuration
     weights: str  # what prediction loads: a weights file, or the ensemble's manifest
     ensemble: bool = False  # RATING: jigsaw + folds x stages, then the members are packed
+    export_full: dict[str, Any] | None = None  # export options of the full configuration
+
+    def export_options(self, quick: bool) -> dict[str, Any]:
+        return self.export if quick or self.export_full is None else self.export_full
 
 
 RETRAINABLE = {
     "ra_joint_locator": _Recipe("locator", {"size": 256}, "model.pt"),
     "ra_joint_scorer": _Recipe("scorer", {"patch_size": 64}, "model.pt"),
     "ra_us_rating": _Recipe("ultrasound", {}, "ensemble.json", ensemble=True),
+    "ra_multitask_unet": _Recipe(
+        "multitask",
+        {"shape": (288, 256), "radius": 10.0, "ignore_radius": 13.0},
+        "model.pt",
+        export_full={"shape": (864, 928), "radius": 32.0, "ignore_radius": 40.0},
+    ),
 }
 
 
@@ -149,7 +159,9 @@ def iter_retrain(
     target = project / "models" / name / version
     yield f"exporting {recipe.task} training data to {work / 'data'}"
     with AnnotationStore.open(project, create=False) as store:
-        report = export_dataset(store, recipe.task, work / "data", folds=folds, **recipe.export)
+        report = export_dataset(
+            store, recipe.task, work / "data", folds=folds, **recipe.export_options(quick)
+        )
     yield (
         f"exported {report.n_items} items of {report.n_patients} patients "
         f"({report.skipped} skipped)"

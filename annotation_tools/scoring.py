@@ -586,7 +586,9 @@ def write_scores_to_store(
     from .store import AnnotationStore, Provenance
 
     prov = Provenance.model(
-        BUNDLE_NAME, model_info.get("version", ""), model_info.get("weights_sha256", "")
+        model_info.get("bundle", BUNDLE_NAME),
+        model_info.get("version", ""),
+        model_info.get("weights_sha256", ""),
     )
     written = 0
     with AnnotationStore.open(store_path, create=False) as db:

@@ -16,17 +16,23 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from .vocabulary import Joint, Limb, joints_for_limb
+from .vocabulary import Joint, Limb, joints_for_limb, site_names
 
 __all__ = [
+    "FOOT_TYPE_OF",
     "IGNORE",
+    "JOINT_TYPES",
     "MASK_IGNORE",
+    "CropBox",
     "Patch",
+    "edge_crop_box",
     "extract_patch",
     "joint_patch",
+    "joint_type",
     "locator_targets",
     "mirror_image",
     "mirror_points",
+    "multitask_targets",
     "normalise_intensity",
     "patch_side",
     "patch_to_image",
@@ -139,6 +145,140 @@ def locator_targets(
             out[channel][dist <= ignore_radius] = IGNORE
             out[channel][dist <= radius] = 1
     return out
+
+
+@dataclass(frozen=True)
+class CropBox:
+    """Rows ``y0:y1`` and columns ``x0:x1`` of an image kept by :func:`edge_crop_box`."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.y1 - self.y0, self.x1 - self.x0)
+
+    def crop(self, image: np.ndarray) -> np.ndarray:
+        return image[self.y0 : self.y1, self.x0 : self.x1]
+
+    def to_crop(self, points: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+        return np.asarray(points, dtype=float).reshape(-1, 2) - np.array([self.x0, self.y0])
+
+    def to_image(self, points: np.ndarray | Sequence[Sequence[float]]) -> np.ndarray:
+        return np.asarray(points, dtype=float).reshape(-1, 2) + np.array([self.x0, self.y0])
+
+
+def edge_crop_box(
+    grey: np.ndarray, *, sigma: float = 2.0, margin: float = 0.03, work_side: int = 256
+) -> CropBox:
+    """Bounding box of the Canny edges of a radiograph, widened by ``margin`` of each side.
+
+    Maziarz et al. crop to the edges so that the limb, not the empty film around it, fills the
+    network input. Edges are found on a copy at most ``work_side`` pixels high (fast, and
+    detector noise does not count as an edge); with no edge at all the whole image is kept.
+    """
+    from skimage.feature import canny
+
+    h, w = grey.shape
+    factor = min(1.0, work_side / max(h, w))
+    small = resize_image(
+        normalise_intensity(grey), (max(1, round(h * factor)), max(1, round(w * factor)))
+    )
+    edges = canny(small, sigma=sigma) if min(small.shape) >= 8 else np.zeros_like(small, bool)
+    if not edges.any():
+        return CropBox(0, h, 0, w)
+    rows = np.flatnonzero(edges.any(axis=1))
+    cols = np.flatnonzero(edges.any(axis=0))
+    pad_y, pad_x = margin * h, margin * w
+    y0 = max(0, int(np.floor(rows[0] / factor - pad_y)))
+    y1 = min(h, int(np.ceil((rows[-1] + 1) / factor + pad_y)))
+    x0 = max(0, int(np.floor(cols[0] / factor - pad_x)))
+    x1 = min(w, int(np.ceil((cols[-1] + 1) / factor + pad_x)))
+    return CropBox(y0, y1, x0, x1)
+
+
+def _disc_owner(
+    points: Sequence[tuple[float, float]],
+    shape: tuple[int, int],
+    radius: float,
+    ignore_radius: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel: index of the nearest point and whether it is labelled (<= r) or ignored.
+
+    Returns ``owner`` (-1 outside every ring) and ``state`` (1 disc, IGNORE ring, 0 elsewhere).
+    Overlapping discs (the crowded wrist) are split between their centres by distance.
+    """
+    h, w = shape
+    owner = np.full(shape, -1, dtype=np.int16)
+    state = np.zeros(shape, dtype=np.int8)
+    if not points:
+        return owner, state
+    yy = np.arange(h, dtype=np.float32)[:, None]
+    xx = np.arange(w, dtype=np.float32)[None, :]
+    nearest = np.full(shape, np.inf, dtype=np.float32)
+    for index, (cx, cy) in enumerate(points):
+        dist = np.hypot(yy - cy, xx - cx)
+        closer = dist < nearest
+        owner[closer] = index
+        nearest[closer] = dist[closer]
+    owner[nearest > ignore_radius] = -1
+    state[nearest <= ignore_radius] = IGNORE
+    state[nearest <= radius] = 1
+    return owner, state
+
+
+def multitask_targets(
+    centres: Mapping[str, Sequence[float] | None],
+    scores: Mapping[str, Mapping[str, float]],
+    limb: Limb | str,
+    shape: tuple[int, int],
+    *,
+    radius: float = 32.0,
+    ignore_radius: float = 40.0,
+) -> np.ndarray:
+    """Per-pixel targets of the multi-task U-Net (Maziarz et al.): ``(3, H, W)`` float32.
+
+    Channel 0 is the joint type (0 background, ``1 + index`` of the joint's hand site; foot
+    joints take the finger type they resemble, see :data:`FOOT_TYPE_OF`); channels 1 and 2 are
+    the narrowing and erosion grades on the joint's disc (foot erosion halved: 0-10 -> 0-5, a
+    half grade is split between its neighbours by the loss). :data:`IGNORE` marks pixels the
+    loss skips: the ring ``radius..ignore_radius`` in every channel, and the grade channels
+    outside the discs or where a joint carries no such score.
+
+    ``centres`` and ``radius`` are in target-grid pixels; joints absent from ``centres`` or
+    ``None`` there ("not visible") get no disc.
+    """
+    limb = Limb.parse(limb)
+    joints = [j for j in joints_for_limb(limb) if centres.get(j.id if j.id in centres else j.site)]
+    points = [tuple(map(float, centres[j.id if j.id in centres else j.site])) for j in joints]
+    owner, state = _disc_owner(points, shape, radius, ignore_radius)
+    out = np.full((3, *shape), IGNORE, dtype=np.float32)
+    out[0] = np.where(state == 0, 0, IGNORE)
+    for index, joint in enumerate(joints):
+        disc = (owner == index) & (state == 1)
+        out[0][disc] = joint_type(joint.site, limb.kind)
+        graded = scores.get(joint.id, {})
+        for channel, score_type in ((1, "narrowing"), (2, "erosion")):
+            value = graded.get(score_type)
+            if value is None or value < 0:
+                continue
+            if score_type == "erosion" and limb.kind == "foot":
+                value = value / 2.0
+            out[channel][disc] = float(value)
+    return out
+
+
+# Maziarz et al. map foot joints onto the finger joints they resemble, so that one joint-type
+# head serves both limbs: the hallux IP is the thumb IP, MTP k the MCP k.
+FOOT_TYPE_OF = {"ip": "ip", **{f"mtp_{k}": f"mcp_{k}" for k in range(1, 6)}}
+JOINT_TYPES: tuple[str, ...] = ("background", *site_names("hand"))
+
+
+def joint_type(site: str, kind: str) -> int:
+    """Class index of a site in the joint-type head (0 is background)."""
+    return JOINT_TYPES.index(FOOT_TYPE_OF[site] if kind == "foot" else site)
 
 
 def patch_side(joint: Joint, image_height: int, fraction: float = PATCH_FRACTION) -> float:

@@ -47,6 +47,11 @@ BUNDLE_WEIGHTS = {
     "ra_joint_locator": "models/model.pt",
     "ra_joint_scorer": "models/model.pt",
     "ra_us_rating": "models/ensemble.json",
+    "ra_multitask_unet": "models/ensemble.json",
+}
+PIPELINES = {
+    "two-stage (locator + scorer + symmetry)": "two-stage",
+    "multi-task U-Net (one network)": "multitask",
 }
 SHORTCUTS = (
     "N next joint · B previous joint · V not visible (skip) · A accept selected predictions · "
@@ -225,6 +230,16 @@ class RAJointsWidget(QWidget):
         row.addWidget(self.predict_button)
         row.addWidget(self.cancel_button)
         layout.addLayout(row)
+        self.pipeline_box = QComboBox()
+        self.pipeline_box.addItems(list(PIPELINES))
+        self.pipeline_box.setToolTip(
+            "Radiographs: the two-stage pipeline (joint locator, then the patch scorer and the "
+            "symmetry stage with SHAP) or the multi-task U-Net that locates and scores in one "
+            "pass (docs/benchmarks.md compares them)"
+        )
+        form = QFormLayout()
+        form.addRow("Radiograph pipeline", self.pipeline_box)
+        layout.addLayout(form)
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
         layout.addWidget(self.progress)
@@ -608,7 +623,13 @@ class RAJointsWidget(QWidget):
         if isinstance(self.session, RadiographSession):
             job, args = (
                 _predict_radiographs,
-                (project, self.session.record.patient_id, self.bundles_dir),
+                (
+                    project,
+                    self.session.record.patient_id,
+                    self.bundles_dir,
+                    self.chosen_weights(),
+                    PIPELINES[self.pipeline_box.currentText()],
+                ),
             )
         else:
             chosen = self.chosen_weights().get("ra_us_rating")
@@ -732,14 +753,19 @@ def _predict_radiographs(
     patient_id: str,
     bundles_dir: Path,
     weights: dict[str, Path | None] | None = None,
+    pipeline: str = "two-stage",
 ) -> Any:
     """Worker: locator + scorer (+ symmetry and SHAP) on one patient; results in the store.
-    ``weights``: per bundle, a retrained version's weights instead of the shipped ones."""
+    ``weights``: per bundle, a retrained version's weights instead of the shipped ones;
+    ``pipeline="multitask"``: the multi-task U-Net instead (same store revisions)."""
     from annotation_tools.locator import JointLocator
     from annotation_tools.pipeline import predict_store_patient
     from annotation_tools.scoring import JointScorer
     from annotation_tools.symmetry import plot_shap
 
+    if pipeline == "multitask":
+        chosen = (weights or {}).get("ra_multitask_unet")
+        return (yield from _predict_multitask(project, patient_id, bundles_dir, chosen))
     skipped = []
     loaded: dict[str, Any] = {}
     for name, runner in (("ra_joint_locator", JointLocator), ("ra_joint_scorer", JointScorer)):
@@ -772,6 +798,32 @@ def _predict_radiographs(
         "shap_png": str(shap_png) if shap_png else None,
         "message": f"Predicted {located} joint centres and scores for {patient_id} in "
         f"{result.seconds:.1f} s (model revisions; edit or accept them)",
+    }
+
+
+def _predict_multitask(
+    project: Path, patient_id: str, bundles_dir: Path, weights: Path | None = None
+) -> Any:
+    """Worker part: the multi-task U-Net on one patient; centres and scores in the store.
+    ``weights``: a version retrained in the project instead of the shipped ensemble."""
+    from annotation_tools.multitask import BUNDLE_NAME, MultitaskModel
+    from annotation_tools.pipeline import predict_store_patient
+
+    ok, reason = bundle_status(BUNDLE_NAME, bundles_dir)
+    if not ok:
+        return {"skipped": [reason], "message": reason}
+    yield f"loading the {BUNDLE_NAME} bundle"
+    model = MultitaskModel.from_bundle(
+        bundles_dir / BUNDLE_NAME, weights=[weights] if weights else None
+    )
+    yield f"predicting patient {patient_id} (one network)"
+    result = predict_store_patient(project, patient_id, None, None, multitask=model)
+    located = sum(len(r.present()) for r in result.located)
+    return {
+        "skipped": [f"{path}: {reason}" for path, reason in result.failures],
+        "shap_png": None,
+        "message": f"Multi-task U-Net: {located} joint centres and their scores for "
+        f"{patient_id} in {result.seconds:.1f} s (model revisions; edit or accept them)",
     }
 
 

@@ -269,3 +269,36 @@ def test_bad_annotations_are_reported_and_only_they_skipped(small_copy, tmp_path
     assert "zero area" in capsys.readouterr().err
     us_items = json.loads((out / "us" / "datalist.json").read_text())["training"]
     assert len(us_items) == 5  # 6 pairs, one with a bad ROI
+
+
+def test_multitask_discs_sit_on_the_centres_and_carry_the_grades(cohort20, tmp_path):
+    from annotation_tools.targets import CropBox, joint_type
+
+    shape = (96, 80)
+    with AnnotationStore.open(cohort20, create=False) as store:
+        report = export_dataset(
+            store, "multitask", tmp_path, folds=5, shape=shape, radius=4, ignore_radius=6
+        )
+        assert report.problems == [] and report.n_items == 80
+        items, loaded = _load_all(tmp_path / "datalist.json", ["image", "label"])
+        for item, data in zip(items, loaded, strict=True):
+            image, label = np.asarray(data["image"]), np.asarray(data["label"])
+            assert image.shape == shape and label.shape == (3, *shape)
+            box = CropBox(*item["crop_box"])
+            h, w = item["original_shape"]
+            assert 0 <= box.y0 < box.y1 <= h and 0 <= box.x0 < box.x1 <= w
+            centres = store.centres(item["image_id"])
+            scores = store.scores(item["image_id"])
+            kind = "hand" if item["limb"].endswith("H") else "foot"
+            for joint in joints_for_limb(item["limb"]):
+                xy = [centres[joint.id].value["x"], centres[joint.id].value["y"]]
+                gx, gy = scale_points(box.to_crop([xy]), box.shape, shape)[0]
+                if item["mirrored"]:
+                    gx = shape[1] - 1 - gx
+                col, row = round(gx), round(gy)
+                assert label[0, row, col] == joint_type(joint.site, kind), (item["image"], joint.id)
+                erosion = scores.get((joint.id, "erosion"))
+                if erosion is not None:
+                    expected = erosion.value["value"] / (2 if kind == "foot" else 1)
+                    assert label[2, row, col] == expected
+            assert label[2].max() <= 5 and label[1].max() <= 4

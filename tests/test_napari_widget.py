@@ -355,6 +355,36 @@ def test_writer_saves_joint_centres_as_slicer_markups(make_napari_viewer, tmp_pa
         write_joint_markups(str(tmp_path / "x.mrk.json"), np.zeros((2, 2)), {"features": None})
 
 
+def test_multitask_pipeline_from_the_dock_gives_the_same_editable_layers(
+    make_napari_viewer, small_cohort, tmp_path
+):
+    from annotation_tools.store import AnnotationStore
+    from napari_ra_joints._widget import PIPELINES, _predict_radiographs
+
+    assert set(PIPELINES.values()) == {"two-stage", "multitask"}
+    project = _unannotated_project(small_cohort, tmp_path / "project", patients=1)
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    assert widget.pipeline_box.count() == 2
+    widget.open_project(project)
+    session = _open(widget, "LH")
+    job = _predict_radiographs(
+        project, session.record.patient_id, widget.bundles_dir, pipeline="multitask"
+    )
+    result = _run_job(job)
+    assert "Multi-task U-Net" in result["message"]
+    widget._prediction_done(result)
+    assert len(session.points.data) >= 15
+    assert set(session.points.features["source"]) == {"model"}
+    assert not any(layer.name.startswith("SHAP") for layer in viewer.layers)
+    assert widget.table.rowCount() == 22 and "Totals" in widget.totals.text()
+    with AnnotationStore.open(project, create=False) as store:
+        centres = store.centres(session.record.id, sources=["model"])
+        scores = store.scores(session.record.id, sources=["model"])
+    assert {r.author for r in centres.values()} == {"ra_multitask_unet"}
+    assert scores and {r.author for r in scores.values()} == {"ra_multitask_unet"}
+
+
 def test_guide_screenshots(make_napari_viewer, small_cohort, tmp_path, qtbot):
     """The screenshots of docs/annotator_guide.md and docs/clinician_guide.md, taken from a
     shown window. ``RA_JOINTS_SCREENSHOTS=docs/images`` writes them there."""

@@ -89,3 +89,37 @@ def test_retrained_ultrasound_ensemble_is_a_version_that_grades(small_cohort, tm
     with AnnotationStore.open(project, create=False) as store:
         pair = store.us_pairs()[0]
         assert store.us_score(pair["id"], sources=["model"]).weights_hash == weights_hash(version)
+
+
+def test_retrained_multitask_unet_is_a_version_that_locates_and_scores(small_cohort, tmp_path):
+    from annotation_tools.multitask import MultitaskModel
+    from annotation_tools.pipeline import predict_store_patient
+    from annotation_tools.store import AnnotationStore
+
+    bundle = LOCATOR.parent / "ra_multitask_unet"
+    project = tmp_path / "project"
+    shutil.copytree(small_cohort, project)
+    lines: list[str] = []
+    version = retrain(
+        project,
+        bundle,
+        folds=3,
+        overrides=["--epochs", "1", "--val_interval", "1", "--spatial_size", "[96,96]"],
+        log=lines.append,
+    )
+    assert any(line.startswith("exported 12 items") for line in lines)
+    assert weights_for(project, "ra_multitask_unet") == version / "model.pt"
+    model = MultitaskModel.from_bundle(
+        bundle, weights=[version / "model.pt"], overrides={"spatial_size": [96, 96]}
+    )
+    with AnnotationStore.open(project, create=False) as store:
+        patient = store.patients()[0]
+    result = predict_store_patient(project, patient, None, None, multitask=model)
+    assert len(result.located) == 4 and len(result.patients) == 1
+    with AnnotationStore.open(project, create=False) as store:
+        record = store.images(modality="radiograph")[0]
+        revisions = store.centres(record.id, sources=["model"]).values()
+        # one revision per joint (found, or "not visible" when a 1-epoch model misses it)
+        assert len(revisions) == len(store.centres(record.id, sources=["phantom"]))
+        assert {r.weights_hash for r in revisions} == {file_sha256(version / "model.pt")}
+        assert {r.author for r in revisions} == {"ra_multitask_unet"}

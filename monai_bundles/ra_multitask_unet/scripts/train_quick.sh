@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Reproduces the shipped ensemble (models/member_*.pt, ensemble.json) on a 2-core CPU (about
+# 25 minutes per member): the locator's and scorer's phantom cohort (seed 100, 60 patients) ->
+# export (edge crop, 288 x 256, discs r = 10 / ring to 13 px, 5 patient folds, seed 0) -> one
+# quick training per member (member k: seed k, validation fold k).
+#   WORK (first argument, default runs/multitask): where data and checkpoints go
+#   MEMBERS (default 2): how many members to train
+# Run with the project's environment active.
+set -euo pipefail
+BUNDLE="$(cd "$(dirname "$0")/.." && pwd)"
+WORK="${1:-$BUNDLE/../../runs/multitask}"
+MEMBERS="${MEMBERS:-2}"
+mkdir -p "$WORK"
+[ -f "$WORK/cohort/cohort.json" ] || ra-joints phantoms --out "$WORK/cohort" --patients 60 --seed 100
+[ -f "$WORK/data/datalist.json" ] || ra-joints export --store "$WORK/cohort" --task multitask \
+    --out "$WORK/data" --shape 288 256 --disc-radius 10 13 --folds 5 --seed 0 --quiet
+SECONDS_LIST=()
+for k in $(seq 0 $((MEMBERS - 1))); do
+    start=$(date +%s)
+    python -m monai.bundle run \
+        --config_file "['$BUNDLE/configs/train.json','$BUNDLE/configs/quick.json']" \
+        --meta_file "$BUNDLE/configs/metadata.json" --logging_file "$BUNDLE/configs/logging.conf" \
+        --bundle_root "$BUNDLE" --dataset_dir "$WORK/data" --ckpt_dir "$WORK/ckpt_m$k" \
+        --seed "$k" --val_fold "$k"
+    SECONDS_LIST+=("$(( $(date +%s) - start ))")
+done
+python - "$WORK" "$BUNDLE/models" "${SECONDS_LIST[@]}" <<'PY'
+import os, sys
+from pathlib import Path
+from annotation_tools.multitask import pack_ensemble
+work, models, seconds = Path(sys.argv[1]), Path(sys.argv[2]), [int(s) for s in sys.argv[3:]]
+members = [{"ckpt": work / f"ckpt_m{k}" / "model.pt", "seed": k, "val_fold": k,
+            "training_seconds": s} for k, s in enumerate(seconds)]
+info = {"configuration": "quick (configs/train.json + configs/quick.json)",
+        "trained_on": "ra-joints phantoms --patients 60 --seed 100 (the locator's and scorer's "
+                      "training cohort); export --task multitask --shape 288 256 "
+                      "--disc-radius 10 13 --folds 5 --seed 0",
+        "pretrained_encoder": False, "cpu_count": os.cpu_count(),
+        "note": "phantom-trained weights: not for clinical use"}
+print("packed", pack_ensemble(members, models, info))
+PY
