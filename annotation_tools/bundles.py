@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["BUNDLES_DIR", "load_bundle_network", "share_of_hits"]
+__all__ = ["BUNDLES_DIR", "bundle_parser", "load_bundle_network", "share_of_hits"]
 
 # the repository's bundles (shipped weights); every default bundle path starts here
 BUNDLES_DIR = Path(__file__).resolve().parents[1] / "monai_bundles"
@@ -27,6 +27,24 @@ def share_of_hits(hits: int, total: int) -> float:
     return hits / total if total else 0.0
 
 
+def bundle_parser(
+    bundle_root: str | Path,
+    config_files: Sequence[str] = ("configs/inference.json",),
+    overrides: Mapping[str, Any] | None = None,
+) -> Any:
+    """MONAI ``ConfigParser`` of a bundle's configs and metadata, rooted at the bundle."""
+    from monai.bundle import ConfigParser
+
+    root = Path(bundle_root)
+    parser = ConfigParser()
+    parser.read_config([str(root / c) for c in config_files])
+    parser.read_meta(str(root / "configs" / "metadata.json"))
+    parser["bundle_root"] = str(root)
+    for key, value in (overrides or {}).items():
+        parser[key] = value
+    return parser
+
+
 def load_bundle_network(
     bundle_root: str | Path,
     *,
@@ -40,15 +58,8 @@ def load_bundle_network(
     (plus ``overrides``), never rebuilt by hand. ``torch.load(weights_only=True)`` refuses
     pickled code, so weights received from another site cannot run anything.
     """
-    from monai.bundle import ConfigParser
-
     root = Path(bundle_root)
-    parser = ConfigParser()
-    parser.read_config([str(root / c) for c in config_files])
-    parser.read_meta(str(root / "configs" / "metadata.json"))
-    parser["bundle_root"] = str(root)
-    for key, value in (overrides or {}).items():
-        parser[key] = value
+    parser = bundle_parser(root, config_files, overrides)
     weights_path = Path(weights) if weights else root / "models" / "model.pt"
     if not weights_path.exists():
         raise FileNotFoundError(

@@ -254,6 +254,16 @@ def _valid_centres(
     return out
 
 
+def _scores_by_joint(
+    store: AnnotationStore, image: ImageRecord, options: _Options
+) -> dict[str, dict[str, float]]:
+    """Newest exported scores of an image: joint id -> score type -> grade."""
+    scores: dict[str, dict[str, float]] = defaultdict(dict)
+    for (joint_id, score_type), rev in store.scores(image.id, sources=options.sources).items():
+        scores[joint_id][score_type] = float(rev.value["value"])
+    return scores
+
+
 # ------------------------------------------------------------------------------ locator
 
 
@@ -337,9 +347,7 @@ def _export_scorer(
         if data is None:
             continue
         centres = _valid_centres(store, image, data.shape, options, report)
-        scores: dict[str, dict[str, float]] = defaultdict(dict)
-        for (joint_id, score_type), rev in store.scores(image.id, sources=options.sources).items():
-            scores[joint_id][score_type] = float(rev.value["value"])
+        scores = _scores_by_joint(store, image, options)
         polygons = store.polygons(image.id, sources=options.sources)
         pixels = normalise_intensity(data.grey())
         stem = Path(image.path).stem
@@ -420,9 +428,7 @@ def _export_multitask(
         if not any(xy is not None for xy in centres.values()):
             report.problems.append(ExportProblem(image.path, "image", "no joint centre annotated"))
             continue
-        scores: dict[str, dict[str, float]] = defaultdict(dict)
-        for (joint_id, score_type), rev in store.scores(image.id, sources=options.sources).items():
-            scores[joint_id][score_type] = float(rev.value["value"])
+        scores = _scores_by_joint(store, image, options)
         grey = data.grey()
         box = edge_crop_box(grey)
         pixels = resize_image(normalise_intensity(box.crop(grey)), grid)

@@ -578,18 +578,13 @@ class MultitaskModel:
     ) -> MultitaskModel:
         """The bundle's ensemble (``models/ensemble.json``), its first ``members``, or the
         given weight files."""
-        from monai.bundle import ConfigParser
+        from .bundles import bundle_parser
 
         root = Path(bundle_root)
-        parser = ConfigParser()
-        parser.read_config(str(root / "configs" / "inference.json"))
-        parser.read_meta(str(root / "configs" / "metadata.json"))
-        parser["bundle_root"] = str(root)
-        parser["members"] = members
+        chosen: dict[str, Any] = {"members": members}
         if weights:
-            parser["weights_files"] = [str(w) for w in weights]
-        for key, value in (overrides or {}).items():
-            parser[key] = value
+            chosen["weights_files"] = [str(w) for w in weights]
+        parser = bundle_parser(root, overrides={**chosen, **dict(overrides or {})})
         files = parser.get_parsed_content("weights_files")
         missing = [str(f) for f in files if not Path(f).is_file()]
         if not files or missing:
