@@ -202,7 +202,15 @@ def benchmark_pipelines(
         }
     )
     if n_members > 1:
-        specs.append({**common, "name": multitask, "kind": "multitask", "bundle": str(bundle)})
+        specs.append(
+            {
+                **common,
+                "name": multitask,
+                "kind": "multitask",
+                "bundle": str(bundle),
+                "members": n_members,
+            }
+        )
     else:
         multitask = "multi-task U-Net, one member"
     rows = []
@@ -217,8 +225,8 @@ def benchmark_pipelines(
         if spec["kind"] == "two-stage" and trained is not None:
             locator_minutes = _training_minutes(locator_bundle, "two-stage")
             trained += locator_minutes or 0.0
-        if spec["kind"] == "multitask" and spec.get("members") == 1 and trained is not None:
-            trained /= n_members
+        if spec["kind"] == "multitask" and trained is not None:
+            trained *= spec["members"] / n_members
         sec = run.pop("seconds_per_radiograph")
         rows.append(
             {

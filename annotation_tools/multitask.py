@@ -374,11 +374,17 @@ def load_member(network: torch.nn.Module, path: str | Path) -> torch.nn.Module:
 
 
 def ensemble_files(root: str | Path, members: int | None = None) -> list[Path]:
-    """Member weight files listed in ``models/ensemble.json`` (else ``models/model.pt``)."""
+    """Member weight files listed in ``models/ensemble.json`` (else ``models/model.pt``).
+
+    ``members=None`` takes the listing's ``default_members`` (all when it has none): the
+    shipped listing names the measured best choice, and ``--members N`` asks for others.
+    """
     models = Path(root) / "models"
     listing = models / "ensemble.json"
     if listing.is_file():
-        files = [models / m["file"] for m in json.loads(listing.read_text())["members"]]
+        document = json.loads(listing.read_text())
+        files = [models / m["file"] for m in document["members"]]
+        members = members or document.get("default_members")
     else:
         files = [models / "model.pt"]
     return files[:members] if members else files
