@@ -30,6 +30,7 @@ from monai.transforms import MapTransform
 from scipy import ndimage
 
 from .imageio import IMAGE_EXTENSIONS, ImageData, ImageReadError, file_sha256, read_image
+from .shape_prior import SHAPE_PRIOR_FILE, ShapePrior, load_shape_priors
 from .targets import (
     IGNORE,
     CropBox,
@@ -395,6 +396,150 @@ def decode_heatmaps(
     return out
 
 
+def joint_candidates(channels: np.ndarray, threshold: float, merge: float = 5.0) -> np.ndarray:
+    """Centroids ``(k, 2)`` of every blob above ``threshold`` in any channel, strongest first;
+    centroids closer than ``merge`` grid pixels to a stronger one are the same place."""
+    found = []
+    for channel in channels:
+        labels, n = ndimage.label(channel > threshold)
+        if not n:
+            continue
+        index = np.arange(1, n + 1)
+        mass = ndimage.sum_labels(channel, labels, index)
+        for m, (y, x) in zip(mass, ndimage.center_of_mass(channel, labels, index), strict=True):
+            found.append((float(m), x, y))
+    kept: list[tuple[float, float]] = []
+    for _, x, y in sorted(found, reverse=True):
+        if all(np.hypot(x - kx, y - ky) >= merge for kx, ky in kept):
+            kept.append((x, y))
+    return np.array(kept, dtype=float).reshape(-1, 2)
+
+
+def _evidence(
+    channels: np.ndarray, centres: np.ndarray, radius: float, threshold: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per channel and candidate: probability mass within ``radius`` (0 when the channel's peak
+    there is not above ``threshold``), the channel's weighted centroid there, and that peak."""
+    c, h, w = channels.shape
+    mass = np.zeros((c, len(centres)))
+    points = np.full((c, len(centres), 2), np.nan)
+    peaks = np.zeros((c, len(centres)))
+    r = int(np.ceil(radius))
+    for k, (cx, cy) in enumerate(centres):
+        x0, x1 = max(round(cx) - r, 0), min(round(cx) + r + 1, w)
+        y0, y1 = max(round(cy) - r, 0), min(round(cy) + r + 1, h)
+        ys, xs = np.mgrid[y0:y1, x0:x1]
+        disc = np.hypot(xs - cx, ys - cy) <= radius
+        window = channels[:, y0:y1, x0:x1] * disc
+        total = window.sum(axis=(1, 2))
+        peak = window.max(axis=(1, 2))
+        ok = (peak > threshold) & (total > 0)
+        mass[:, k] = np.where(ok, total, 0.0)
+        peaks[:, k] = peak
+        with np.errstate(invalid="ignore", divide="ignore"):
+            points[:, k, 0] = (window * xs).sum(axis=(1, 2)) / total
+            points[:, k, 1] = (window * ys).sum(axis=(1, 2)) / total
+    return mass, points, peaks
+
+
+def assign_joints(
+    prob: np.ndarray, kind: str, threshold: float = 0.5, radius: float = 6.0
+) -> tuple[dict[str, tuple[float, float, float] | tuple[None, None, float]], list[str]]:
+    """Like :func:`decode_heatmaps`, but every place goes to at most one joint.
+
+    The places are the blobs of all channels; each joint takes the place where its channel has
+    the most probability mass, under the constraint that no two joints share a place (maximum
+    total mass: the Hungarian algorithm). A joint whose channel peaks above ``threshold``
+    nowhere among the places is missing. When the PIP 4 channel has a blob on PIP 5 as well as
+    on PIP 4, PIP 5's own, stronger claim pushes PIP 4 back onto its own joint. Returns
+    ``(decoded, notes)``; a note names every joint that lost its only place to another.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    channels = prob[kind_slice(kind)]
+    sites = site_names(kind)
+    peak_of = [float(ch.max()) if ch.size else 0.0 for ch in channels]
+    centres = joint_candidates(channels, threshold)
+    out: dict[str, Any] = {s: (None, None, p) for s, p in zip(sites, peak_of, strict=True)}
+    notes: list[str] = []
+    if not len(centres):
+        return out, notes
+    mass, points, peaks = _evidence(channels, centres, radius, threshold)
+    rows, cols = linear_sum_assignment(-mass)
+    owner = {}
+    for j, k in zip(rows, cols, strict=True):
+        if mass[j, k] > 0:
+            out[sites[j]] = (float(points[j, k, 0]), float(points[j, k, 1]), float(peaks[j, k]))
+            owner[k] = sites[j]
+    for j, site in enumerate(sites):
+        if out[site][0] is None and mass[j].max() > 0:
+            winner = owner.get(int(np.argmax(mass[j])), "another joint")
+            notes.append(
+                f"{site} and {winner} claimed the same point; {site} (less evidence there) "
+                "flagged missing"
+            )
+    return out, notes
+
+
+def check_shape(
+    decoded: Mapping[str, tuple[Any, Any, float]],
+    prob: np.ndarray,
+    kind: str,
+    prior: ShapePrior,
+    threshold: float = 0.5,
+    max_changes: int = 4,
+) -> tuple[dict[str, Any], list[str]]:
+    """Move or flag joints that the shape prior finds implausible; returns (decoded, notes).
+
+    Repeatedly takes the joint with the largest residual above the prior's ``tau``; among the
+    blobs of its own channel it moves to the strongest one that the other joints find
+    plausible, or is flagged missing when there is none. Limbs with fewer than half of the
+    joints found are left alone (the prior would have too little to go on).
+    """
+    sites = site_names(kind)
+    channels = prob[kind_slice(kind)]
+    out = dict(decoded)
+    points = np.array(
+        [(np.nan, np.nan) if x is None else (x, y) for x, y, _ in decoded.values()], dtype=float
+    )
+    notes: list[str] = []
+    if np.isnan(points).any(axis=1).sum() * 2 > len(points):
+        return out, notes
+    for _ in range(max_changes):
+        residuals = prior.residuals(points)
+        if np.all(np.isnan(residuals)) or np.nanmax(residuals) <= prior.tau:
+            break
+        j = int(np.nanargmax(residuals))
+        labels, n = ndimage.label(channels[j] > threshold)
+        index = np.arange(1, n + 1)
+        mass = ndimage.sum_labels(channels[j], labels, index) if n else []
+        centroids = ndimage.center_of_mass(channels[j], labels, index) if n else []
+        best = None
+        for _, (y, x), i in sorted(zip(mass, centroids, index, strict=True), reverse=True):
+            trial = points.copy()
+            trial[j] = (x, y)
+            if prior.residual(trial, j) <= prior.tau:
+                best = (float(x), float(y), float(channels[j][labels == i].max()))
+                break
+        site = sites[j]
+        if best is None:
+            points[j] = np.nan
+            out[site] = (None, None, decoded[site][2])
+            notes.append(
+                f"{site}: position implausible given the other joints (shape prior, "
+                f"residual {residuals[j]:.1f} > {prior.tau:.1f}); flagged missing"
+            )
+        else:
+            points[j] = best[:2]
+            out[site] = best
+            notes.append(
+                f"{site}: position implausible given the other joints (shape prior, "
+                f"residual {residuals[j]:.1f} > {prior.tau:.1f}); moved to another blob "
+                "of its channel"
+            )
+    return out, notes
+
+
 def _conflicts(
     decoded: Mapping[str, tuple[Any, Any, float]], min_separation: float
 ) -> list[tuple[str, str]]:
@@ -441,9 +586,13 @@ def decode_result(
     warnings: Sequence[str] = (),
     threshold: float = 0.5,
     min_separation: float = 3.0,
+    shape_priors: Mapping[str, ShapePrior] | None = None,
 ) -> LocatorResult:
     """Union heatmaps of one image -> named joints in original image pixels.
 
+    Joints are placed by :func:`assign_joints` (no two joints on one blob), then checked
+    against the limb's shape prior when there is one (:func:`check_shape`: a joint that the
+    other joints place elsewhere moves to another blob of its channel or is flagged missing).
     Two joints decoded within ``min_separation`` grid pixels of each other cannot both be
     right (true joints are >= 6 px apart at 256 px): the less confident one is flagged missing
     rather than given a name that belongs elsewhere.
@@ -467,7 +616,13 @@ def decode_result(
     )
     grid = prob.shape[-2:]
     shape = (int(original_shape[0]), int(original_shape[1]))
-    decoded = hand if parsed.kind == "hand" else decode_heatmaps(prob, "foot", threshold)
+    decoded, notes = assign_joints(prob, parsed.kind, threshold)
+    prior = (shape_priors or {}).get(parsed.kind)
+    if not (wrong_kind or too_small):  # else every joint is flagged missing below anyway
+        warnings.extend(notes)
+        if prior is not None:
+            decoded, notes = check_shape(decoded, prob, parsed.kind, prior, threshold)
+            warnings.extend(notes)
     for loser, winner in _conflicts(decoded, min_separation):
         _, _, conf = decoded[loser]
         decoded[loser] = (None, None, conf)
@@ -504,17 +659,24 @@ class DecodeJointsd(MapTransform):
     """Post-processing: sigmoid heatmaps in ``pred`` -> a :class:`LocatorResult` in ``joints``."""
 
     def __init__(
-        self, keys: KeysCollection = "pred", output_key: str = "joints", threshold: float = 0.5
+        self,
+        keys: KeysCollection = "pred",
+        output_key: str = "joints",
+        threshold: float = 0.5,
+        shape_priors: Mapping[str, ShapePrior] | None = None,
     ):
         super().__init__(keys)
         self.output_key = output_key
         self.threshold = threshold
+        self.shape_priors = dict(shape_priors or {})
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         d = dict(data)
         for key in self.key_iterator(d):
             prob = torch.as_tensor(d[key]).detach().float().cpu().numpy()
-            d[self.output_key] = decode_result(prob, **decoder_args(d), threshold=self.threshold)
+            d[self.output_key] = decode_result(
+                prob, **decoder_args(d), threshold=self.threshold, shape_priors=self.shape_priors
+            )
         return d
 
 
@@ -672,6 +834,13 @@ def image_files(folder: str | Path) -> list[Path]:
     )
 
 
+def shape_prior_path(weights_path: str | Path) -> Path | None:
+    """The shape prior fitted with these weights (kept next to them), or None: a prior of
+    another cohort would judge the joints by the wrong anatomy."""
+    path = Path(weights_path).parent / SHAPE_PRIOR_FILE
+    return path if path.is_file() else None
+
+
 class JointLocator:
     """Run the locator bundle in-process, with the bundle's own inference config.
 
@@ -688,6 +857,7 @@ class JointLocator:
         device: str | torch.device = "cpu",
         threshold: float = 0.5,
         model_info: Mapping[str, str] | None = None,
+        shape_priors: Mapping[str, ShapePrior] | None = None,
     ):
         self.device = torch.device(device)
         self.network = network.to(self.device).eval()
@@ -695,6 +865,7 @@ class JointLocator:
         self.coordconv = coordconv
         self.threshold = threshold
         self.model_info = dict(model_info or {})
+        self.shape_priors = dict(shape_priors or {})
 
     @classmethod
     def from_bundle(
@@ -723,6 +894,7 @@ class JointLocator:
             device=device,
             threshold=float(parser.get_parsed_content("threshold")),
             model_info=info,
+            shape_priors=load_shape_priors(shape_prior_path(weights_path)),
         )
 
     @torch.no_grad()
@@ -751,6 +923,7 @@ class JointLocator:
                     path=b["path"],
                     warnings=json.loads(b["warnings"]),
                     threshold=self.threshold,
+                    shape_priors=self.shape_priors,
                 )
                 res.seconds = b["prep_seconds"] + per_item
                 results.append(res)

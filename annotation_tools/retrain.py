@@ -39,13 +39,16 @@ class _Recipe:
     weights: str  # what prediction loads: a weights file, or the ensemble's manifest
     ensemble: bool = False  # RATING: jigsaw + folds x stages, then the members are packed
     export_full: dict[str, Any] | None = None  # export options of the full configuration
+    companions: tuple[str, ...] = ()  # files training writes next to the weights, kept with them
 
     def export_options(self, quick: bool) -> dict[str, Any]:
         return self.export if quick or self.export_full is None else self.export_full
 
 
 RETRAINABLE = {
-    "ra_joint_locator": _Recipe("locator", {"size": 256}, "model.pt"),
+    "ra_joint_locator": _Recipe(
+        "locator", {"size": 256}, "model.pt", companions=("shape_prior.json",)
+    ),
     "ra_joint_scorer": _Recipe("scorer", {"patch_size": 64}, "model.pt"),
     "ra_us_rating": _Recipe("ultrasound", {}, "ensemble.json", ensemble=True),
     "ra_multitask_unet": _Recipe(
@@ -201,7 +204,9 @@ def iter_retrain(
         if not weights.exists():
             raise RuntimeError(f"training {name} finished without writing {weights}")
         target.mkdir(parents=True)
-        (target / recipe.weights).write_bytes(weights.read_bytes())
+        for kept in (recipe.weights, *recipe.companions):
+            if (work / "ckpt" / kept).exists():
+                (target / kept).write_bytes((work / "ckpt" / kept).read_bytes())
     info = {
         "bundle": name,
         "version": version,

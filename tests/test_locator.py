@@ -28,10 +28,11 @@ def _blob(shape, x, y, sigma=2.0, peak=0.95):
 
 
 def _hand_heatmaps(shape):
-    """A plausible hand output: every hand channel fires once, at its own place."""
+    """A plausible hand output: every hand channel fires once, at its own place (7 px apart:
+    true joints are >= 6 px apart at 256 px)."""
     prob = np.zeros((28, *shape), np.float32)
     for c in range(22):
-        prob[c] = _blob(shape, 5 + 4 * (c % 11), 60 + 20 * (c // 11), sigma=1.0, peak=0.99)
+        prob[c] = _blob(shape, 5 + 7 * (c % 11), 60 + 20 * (c // 11), sigma=1.0, peak=0.99)
     return prob
 
 
@@ -87,7 +88,8 @@ def test_decode_result_maps_back_to_original_pixels_and_unmirrors():
 
 def test_two_joints_on_one_spot_flag_the_less_confident():
     prob = _hand_heatmaps((100, 100))
-    prob[get_joint("LH_pip_2").index] = _blob((100, 100), 9.0, 60.0, sigma=1.0, peak=0.8)
+    # PIP 2 fires only on MCP 1's point (x = 12), and less than MCP 1 does
+    prob[get_joint("LH_pip_2").index] = _blob((100, 100), 12.5, 60.0, sigma=1.0, peak=0.8)
     result = decode_result(
         prob,
         limb="LH",

@@ -12,7 +12,7 @@ python -m monai.bundle run \
     --config_file "['$BUNDLE/configs/train.json','$BUNDLE/configs/quick.json']" \
     --meta_file "$BUNDLE/configs/metadata.json" --logging_file "$BUNDLE/configs/logging.conf" \
     --bundle_root "$BUNDLE" --dataset_dir "$WORK/data" --ckpt_dir "$WORK/ckpt"
-cp "$WORK/ckpt/model.pt" "$BUNDLE/models/model.pt"
+cp "$WORK/ckpt/model.pt" "$WORK/ckpt/shape_prior.json" "$BUNDLE/models/"
 python -m monai.bundle ckpt_export network_def --filepath "$BUNDLE/models/model.ts" \
     --ckpt_file "$BUNDLE/models/model.pt" --meta_file "$BUNDLE/configs/metadata.json" \
     --config_file "$BUNDLE/configs/inference.json" --bundle_root "$BUNDLE"
