@@ -28,6 +28,7 @@ from monai.config import KeysCollection
 from monai.metrics import CumulativeIterationMetric
 from monai.transforms import MapTransform
 from scipy import ndimage
+from scipy.optimize import linear_sum_assignment
 
 from .imageio import IMAGE_EXTENSIONS, ImageData, ImageReadError, file_sha256, read_image
 from .shape_prior import SHAPE_PRIOR_FILE, ShapePrior, load_shape_priors
@@ -55,10 +56,14 @@ __all__ = [
     "ResultCollector",
     "SaveJointsJSONd",
     "UnionLabeld",
+    "assign_joints",
     "build_network",
+    "channel_blobs",
+    "check_shape",
     "decode_heatmaps",
     "image_files",
     "limb_from_filename",
+    "shape_prior_path",
 ]
 
 BUNDLE_NAME = "ra_joint_locator"
@@ -396,18 +401,31 @@ def decode_heatmaps(
     return out
 
 
+def channel_blobs(channel: np.ndarray, threshold: float) -> list[tuple[float, float, float, float]]:
+    """``(mass, x, y, peak)`` of every connected region above ``threshold``, strongest first;
+    ``(x, y)`` is the probability-weighted centroid (sub-pixel). Works on each region's bounding
+    box: blobs are small, and whole-image label statistics dominated the decoder's time."""
+    labels, _ = ndimage.label(channel > threshold)
+    found = []
+    for i, box in enumerate(ndimage.find_objects(labels), start=1):
+        weights = np.where(labels[box] == i, channel[box], 0.0)
+        mass = float(weights.sum())
+        ys, xs = np.ogrid[box]
+        found.append(
+            (
+                mass,
+                float((weights * xs).sum() / mass),
+                float((weights * ys).sum() / mass),
+                float(weights.max()),
+            )
+        )
+    return sorted(found, key=lambda blob: -blob[0])
+
+
 def joint_candidates(channels: np.ndarray, threshold: float, merge: float = 5.0) -> np.ndarray:
     """Centroids ``(k, 2)`` of every blob above ``threshold`` in any channel, strongest first;
     centroids closer than ``merge`` grid pixels to a stronger one are the same place."""
-    found = []
-    for channel in channels:
-        labels, n = ndimage.label(channel > threshold)
-        if not n:
-            continue
-        index = np.arange(1, n + 1)
-        mass = ndimage.sum_labels(channel, labels, index)
-        for m, (y, x) in zip(mass, ndimage.center_of_mass(channel, labels, index), strict=True):
-            found.append((float(m), x, y))
+    found = [blob[:3] for channel in channels for blob in channel_blobs(channel, threshold)]
     kept: list[tuple[float, float]] = []
     for _, x, y in sorted(found, reverse=True):
         if all(np.hypot(x - kx, y - ky) >= merge for kx, ky in kept):
@@ -454,8 +472,6 @@ def assign_joints(
     on PIP 4, PIP 5's own, stronger claim pushes PIP 4 back onto its own joint. Returns
     ``(decoded, notes)``; a note names every joint that lost its only place to another.
     """
-    from scipy.optimize import linear_sum_assignment
-
     channels = prob[kind_slice(kind)]
     sites = site_names(kind)
     peak_of = [float(ch.max()) if ch.size else 0.0 for ch in channels]
@@ -510,16 +526,12 @@ def check_shape(
         if np.all(np.isnan(residuals)) or np.nanmax(residuals) <= prior.tau:
             break
         j = int(np.nanargmax(residuals))
-        labels, n = ndimage.label(channels[j] > threshold)
-        index = np.arange(1, n + 1)
-        mass = ndimage.sum_labels(channels[j], labels, index) if n else []
-        centroids = ndimage.center_of_mass(channels[j], labels, index) if n else []
         best = None
-        for _, (y, x), i in sorted(zip(mass, centroids, index, strict=True), reverse=True):
+        for _, x, y, peak in channel_blobs(channels[j], threshold):
             trial = points.copy()
             trial[j] = (x, y)
             if prior.residual(trial, j) <= prior.tau:
-                best = (float(x), float(y), float(channels[j][labels == i].max()))
+                best = (x, y, peak)
                 break
         site = sites[j]
         if best is None:

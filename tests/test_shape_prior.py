@@ -30,7 +30,7 @@ def _hand_layout() -> np.ndarray:
         layout[f"mcp_{ray}"] = (x, 45 + abs(ray - 3) * 2)
     wrist = [s for s in HAND if s.startswith("wrist")]
     for i, site in enumerate(wrist):
-        layout[site] = (35 + 5 * (i % 6), 65 + 5 * (i // 6))
+        layout[site] = (35 + 6 * (i % 6), 65 + 6 * (i // 6))  # >= 6 px, as real joints
     return np.array([layout[s] for s in HAND], dtype=float)
 
 
