@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import resource
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,33 +18,22 @@ import numpy as np
 import torch
 
 from . import __version__
-from .bundles import BUNDLES_DIR
-
-PHANTOM_NOTE = "Phantom figures: they say nothing about clinical accuracy."
+from .benchmark_pipelines import benchmark_pipelines, pipelines_markdown
+from .benchmarking import (
+    PHANTOM_NOTE,
+    compare_spec,
+    heldout_cohort,
+    peak_rss_mb,
+    score_summary,
+    value_of,
+)
+from .bundles import bundle_path
 
 # Published figures quoted for scale (different data: not comparable with phantom figures).
 LITERATURE_LOCATOR = {
     "RA2-DREAM winner (Li & Guan)": "> 98 % of finger joints within 0.02 of the image size",
     "Hirano et al.": "95.3 % of finger joints detected; 0.63 s per image",
 }
-
-
-def heldout_cohort(
-    folder: Path | None, patients: int, seed: int, height: int = 1200, us_pairs: int = 2
-) -> Path:
-    """An existing project folder, or a fresh phantom cohort of a seed the weights never saw."""
-    from .phantoms import generate_cohort
-
-    if folder is not None and (Path(folder) / "ra_joints.sqlite").exists():
-        return Path(folder)
-    folder = Path(folder or Path("runs") / f"heldout_s{seed}_n{patients}")
-    if not (folder / "cohort.json").exists():
-        generate_cohort(folder, patients, seed, height=height, us_pairs=us_pairs)
-    return folder
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def benchmark_locator(
@@ -59,7 +47,7 @@ def benchmark_locator(
     from .locator import JointLocator, evaluate_results
     from .store import AnnotationStore
 
-    bundle = Path(bundle or BUNDLES_DIR / "ra_joint_locator")
+    bundle = bundle_path("locator", bundle)
     project = heldout_cohort(heldout, patients, seed)
     with AnnotationStore.open(project, create=False) as store:
         images = store.images(modality="radiograph")
@@ -89,7 +77,7 @@ def benchmark_locator(
             "seconds_per_radiograph_wall": wall / max(len(paths), 1),
             "seconds_per_radiograph_median": float(np.median(per_image)) if per_image else None,
             "includes": "reading and decoding the file, windowing, resizing, network, decoding",
-            "peak_rss_mb": _peak_rss_mb(),
+            "peak_rss_mb": peak_rss_mb(),
             "device": str(locator.device),
             "torch_threads": torch.get_num_threads(),
         },
@@ -148,33 +136,6 @@ SCORER_TARGETS = {
 }
 
 
-def _compare_spec(folder: Path) -> dict[str, Any]:
-    """A trained variant: ``model.pt`` plus ``config.json`` (the train overrides it used)."""
-    folder = Path(folder)
-    for name in ("model.pt", "config.json"):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(
-                f"{folder} has no {name}: a compared variant needs its weights and the "
-                "train overrides it used (scripts/train_variants.sh writes both)"
-            )
-    config = json.loads((folder / "config.json").read_text())
-    return {
-        "name": f"{config['variant']} / {config['head']}",
-        "weights": folder / "model.pt",
-        "overrides": config,
-    }
-
-
-def _figures(truth: dict, table: dict, n_resamples: int) -> dict[str, Any]:
-    from .evaluation import score_figures
-
-    fig = score_figures(truth, table, n_resamples=n_resamples)
-    keep = ("rmse", "exact_agreement", "within_one_agreement", "pearson_r", "n")
-    out: dict[str, Any] = {k: {m: fig["per_score"][k][m] for m in keep} for k in fig["per_score"]}
-    out["totals"] = fig["patient_totals"]
-    return out
-
-
 def _tables(patients: list[Any], stage: str) -> dict[str, dict[str, float]]:
     from .vocabulary import dream_row
 
@@ -202,13 +163,13 @@ def benchmark_scorer(
     from .imageio import read_image
     from .locator import JointLocator
     from .metrics import paired_mean_test, wilcoxon_one_sided
-    from .pipeline import predict_images
+    from .predict import predict_images
     from .scoring import JointScorer, load_patch_set
     from .store import TRAINING_SOURCES, AnnotationStore
     from .symmetry import patient_vector
 
-    bundle = Path(bundle or BUNDLES_DIR / "ra_joint_scorer")
-    specs = [_compare_spec(folder) for folder in compare]  # fail early on a bad folder
+    bundle = bundle_path("scorer", bundle)
+    specs = [compare_spec(folder) for folder in compare]  # fail early on a bad folder
     project = heldout_cohort(heldout, patients, seed)
     truth = read_dream_table(project / "scores_ra2dream.csv")
     shipped = JointScorer.from_bundle(bundle, device=device)
@@ -225,7 +186,7 @@ def benchmark_scorer(
     variants = [
         {
             "name": f"{shipped.variant} / {shipped.head} (shipped), patch stage",
-            **_figures(truth, _tables(scored, "patch"), n_resamples),
+            **score_summary(truth, _tables(scored, "patch"), n_resamples),
         }
     ]
     # patch-stage tables by (variant, head): variants are compared with the same head
@@ -236,14 +197,14 @@ def benchmark_scorer(
         )
         table = _tables(other.score(patch_set(other.patch_size)), "patch")
         patch_tables.setdefault((other.variant, other.head), table)
-        variants.append({"name": spec["name"], **_figures(truth, table, n_resamples)})
+        variants.append({"name": spec["name"], **score_summary(truth, table, n_resamples)})
     symmetry_table = _tables(scored, "final")
     symmetry: dict[str, Any] = {"applied": shipped.symmetry is not None}
     if shipped.symmetry is not None:
         variants.append(
             {
                 "name": f"{shipped.variant} / {shipped.head} (shipped) + symmetry stage",
-                **_figures(truth, symmetry_table, n_resamples),
+                **score_summary(truth, symmetry_table, n_resamples),
             }
         )
         pair = [symmetry_table, patch_tables[(shipped.variant, shipped.head)]]
@@ -269,9 +230,7 @@ def benchmark_scorer(
             seg, plain = paired_score_errors(truth, pair, score_type)
             tests[f"seg_guided_vs_plain_{score_type}{suffix}"] = wilcoxon_one_sided(seg, plain)
     # end to end on the files, and the time of a whole patient
-    locator = JointLocator.from_bundle(
-        locator_bundle or BUNDLES_DIR / "ra_joint_locator", device=device
-    )
+    locator = JointLocator.from_bundle(bundle_path("locator", locator_bundle), device=device)
     with AnnotationStore.open(project, create=False) as store:
         by_patient: dict[str, list[str]] = {}
         for im in store.images(modality="radiograph"):
@@ -288,7 +247,7 @@ def benchmark_scorer(
             started = time.perf_counter()
             shipped.symmetry.explain(patient_vector(result.patients[0].scores("patch")))
             shap_seconds.append(time.perf_counter() - started)
-    end_to_end = _figures(truth, _tables(e2e_patients, "final"), n_resamples)
+    end_to_end = score_summary(truth, _tables(e2e_patients, "final"), n_resamples)
     missing = sum(
         js.stage == "missing" for p in e2e_patients for im in p.images for js in im.joints.values()
     )
@@ -318,14 +277,14 @@ def benchmark_scorer(
             "shap_seconds_per_patient_median": float(np.median(shap_seconds))
             if shap_seconds
             else None,
-            "peak_rss_mb": _peak_rss_mb(),
+            "peak_rss_mb": peak_rss_mb(),
             "device": str(shipped.device),
             "torch_threads": torch.get_num_threads(),
         },
         "targets": {
             "narrowing_exact_agreement": nar["exact_agreement"],
             "narrowing_within_one_agreement": nar["within_one_agreement"],
-            "total_pearson_r": _r(totals_r),
+            "total_pearson_r": value_of(totals_r),
             "seconds_per_patient": float(np.median(seconds)),
             "required": SCORER_TARGETS,
         },
@@ -335,10 +294,6 @@ def benchmark_scorer(
         "package_version": __version__,
         "note": PHANTOM_NOTE,
     }
-
-
-def _r(value: Any) -> float:
-    return value["value"] if isinstance(value, dict) else value
 
 
 def scorer_markdown(result: dict[str, Any]) -> str:
@@ -360,7 +315,7 @@ def scorer_markdown(result: dict[str, Any]) -> str:
         lines.append(
             f"| {v['name']} | {n['exact_agreement']:.1%} | {n['within_one_agreement']:.1%} | "
             f"{n['rmse']:.3f} | {e['exact_agreement']:.1%} | {e['within_one_agreement']:.1%} | "
-            f"{e['rmse']:.3f} | {_r(t['pearson_r']):.4f} | {t['rmse']:.2f} |"
+            f"{e['rmse']:.3f} | {value_of(t['pearson_r']):.4f} | {t['rmse']:.2f} |"
         )
     lines.append("")
     for name, test in result["tests"].items():
@@ -446,7 +401,7 @@ def benchmark_ultrasound(
     """The shipped RATING ensemble on held-out phantom pairs, its ablations, its speed."""
     from .us_rating import explain_case, load_ensemble, load_us_cases, rating_figures
 
-    bundle = Path(bundle or BUNDLES_DIR / "ra_us_rating")
+    bundle = bundle_path("ultrasound", bundle)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     project = heldout_cohort(heldout, patients, seed, height=256, us_pairs=4)
 
@@ -518,7 +473,7 @@ def benchmark_ultrasound(
             "seconds_per_heatmap_one_network": float(np.median(ig_network)) if ig_network else None,
             "seconds_per_pair_heatmaps_all_members": float(np.median(ig_pair)) if ig_pair else None,
             "heatmap_settings": "integrated gradients, 50 steps, 8 noisy copies (SmoothGrad)",
-            "peak_rss_mb": _peak_rss_mb(),
+            "peak_rss_mb": peak_rss_mb(),
             "device": str(dev),
             "torch_threads": torch.get_num_threads(),
         },
@@ -602,20 +557,12 @@ TASKS = {
 }
 
 
-BUNDLE_OF_TASK = {
-    "locator": "ra_joint_locator",
-    "scorer": "ra_joint_scorer",
-    "ultrasound": "ra_us_rating",
-    "multitask": "ra_multitask_unet",
-}
 ALL_TASKS = ("locator", "scorer", "ultrasound", "multitask")
 
 
 def _task(task: str) -> tuple[Any, Any]:
     """(benchmark function, markdown function) of a task."""
     if task == "multitask":  # its own module: it runs every radiograph pipeline
-        from .benchmark_pipelines import benchmark_pipelines, pipelines_markdown
-
         return benchmark_pipelines, pipelines_markdown
     if task not in TASKS:
         raise ValueError(f"no benchmark for {task!r}; available: all, {', '.join(ALL_TASKS)}")
@@ -640,10 +587,11 @@ def retrained_bundles(work: Path, tasks: Sequence[str]) -> dict[str, Path]:
     for task in ALL_TASKS:
         if task not in needed:
             continue
-        name = BUNDLE_OF_TASK[task]
+        shipped = bundle_path(task)
+        name = shipped.name
         copy = Path(work) / "bundles" / name
         if not copy.exists():
-            shutil.copytree(BUNDLES_DIR / name, copy)
+            shutil.copytree(shipped, copy)
         started = time.perf_counter()
         subprocess.run(
             ["bash", str(copy / "scripts" / "train_quick.sh"), str(Path(work) / "data" / task)],

@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .benchmark import PHANTOM_NOTE, _compare_spec, _figures, _r, heldout_cohort
-from .bundles import BUNDLES_DIR
+from .benchmarking import PHANTOM_NOTE, compare_spec, heldout_cohort, score_summary, value_of
+from .bundles import bundle_path
 
 __all__ = ["benchmark_pipelines", "pipelines_markdown"]
 
@@ -41,7 +41,7 @@ def _run_pipeline(spec: dict[str, Any]) -> dict[str, Any]:
     from .imageio import read_image
     from .locator import JointLocator, evaluate_results
     from .multitask import MultitaskModel
-    from .pipeline import predict_images
+    from .predict import predict_images
     from .scoring import JointScorer
     from .store import AnnotationStore
     from .vocabulary import dream_row
@@ -160,9 +160,9 @@ def benchmark_pipelines(
     """
     from .evaluation import read_dream_table
 
-    bundle = Path(bundle or BUNDLES_DIR / "ra_multitask_unet")
-    locator_bundle = Path(locator_bundle or BUNDLES_DIR / "ra_joint_locator")
-    scorer_bundle = Path(scorer_bundle or BUNDLES_DIR / "ra_joint_scorer")
+    bundle = bundle_path("multitask", bundle)
+    locator_bundle = bundle_path("locator", locator_bundle)
+    scorer_bundle = bundle_path("scorer", scorer_bundle)
     project = heldout_cohort(heldout, patients, seed)
     truth = read_dream_table(project / "scores_ra2dream.csv")
     common = {"project": str(project), "device": device}
@@ -177,7 +177,7 @@ def benchmark_pipelines(
         }
     ]
     for folder in compare:
-        variant = _compare_spec(folder)
+        variant = compare_spec(folder)
         specs.append(
             {
                 **common,
@@ -231,7 +231,7 @@ def benchmark_pipelines(
         rows.append(
             {
                 **run,
-                **_figures(truth, tables[spec["name"]], n_resamples),
+                **score_summary(truth, tables[spec["name"]], n_resamples),
                 "seconds_per_radiograph_median": float(np.median(sec)),
                 "seconds_per_radiograph_max": float(np.max(sec)),
                 "training_minutes_quick": trained,
@@ -282,7 +282,7 @@ def pipelines_markdown(result: dict[str, Any]) -> str:
         minutes = row["training_minutes_quick"]
         # totals only of patients with every score given (a missed joint drops the patient)
         total = row["totals"].get("Overall_Tol")
-        total_r = "-" if total is None else f"{_r(total['pearson_r']):.3f} ({total['n']})"
+        total_r = "-" if total is None else f"{value_of(total['pearson_r']):.3f} ({total['n']})"
         lines.append(
             f"| {row['name']} | {share} | {row['locator']['wrong_names']} | "
             f"{row['joints_without_score']} | {n['rmse']:.3f} | "

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .imageio import ImageData
-from .locator import _LIMB_TOKEN, resolve_limb
+from .radiograph import LIMB_TOKEN, resolve_limb
 from .vocabulary import Limb
 
 __all__ = ["Case", "CaseTable", "identify", "patient_of_file", "shard_by_patient"]
@@ -71,7 +71,7 @@ def identify(path: str | Path, image: ImageData, table: CaseTable | None = None)
         patient, patient_source = image.patient_id, "dicom"
     if not patient:
         stem = Path(path).stem
-        match = _LIMB_TOKEN.search(stem)
+        match = LIMB_TOKEN.search(stem)
         if match and match.start() > 0:
             patient, patient_source = stem[: match.start()].rstrip("_- ."), "filename"
         else:
@@ -96,7 +96,7 @@ def patient_of_file(path: str | Path, table: CaseTable | None = None) -> str:
         except Exception:  # unreadable here: the reader reports it properly later
             pass
     stem = Path(path).stem
-    match = _LIMB_TOKEN.search(stem)
+    match = LIMB_TOKEN.search(stem)
     return stem[: match.start()].rstrip("_- .") if match and match.start() > 0 else stem
 
 

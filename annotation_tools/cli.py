@@ -7,10 +7,12 @@ fix are printed as one line (``error: ...``) with exit status 2, never as a trac
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from . import __version__
 
@@ -32,6 +34,29 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
         f"of {info['patients']} phantom patients to {args.out} in {info['seconds']:.1f} s"
     )
     return 0
+
+
+def _cmd_bundles(args: argparse.Namespace) -> int:
+    """Where the bundles are and whether each can predict (the folder to hand to
+    ``python -m monai.bundle run --bundle_root``)."""
+    from .bundles import bundle_parser, bundles_dir, registry
+
+    rows = []
+    for info in registry().values():
+        ready, reason = info.available()
+        version = bundle_parser(info.root).get("_meta_#version", "")
+        rows.append({"name": info.name, "task": info.task, "version": version,
+                     "ready": ready, "status": reason, "root": str(info.root)})  # fmt: skip
+    if args.json:
+        print(json.dumps({"bundles_dir": str(bundles_dir()), "bundles": rows}, indent=2))
+        return 0
+    print(f"bundles in {bundles_dir()} (change with --bundles or RA_JOINTS_BUNDLES)")
+    if not rows:
+        print("  none found: a bundle is a folder with configs/metadata.json", file=sys.stderr)
+    for row in rows:
+        state = "ready" if row["ready"] else row["status"]
+        print(f"  {row['task']:<10} {row['name']} {row['version']}: {state}\n    {row['root']}")
+    return 0 if rows else 1
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
@@ -103,27 +128,45 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_dataset
     from .store import AnnotationStore
 
+    options: dict = {}
+    task = args.task
+    if args.bundle:  # the bundle's own recipe; options given on the command line still win
+        from .bundles import bundle_for
+
+        info = bundle_for(args.bundle)
+        if task and task != info.task:
+            raise ValueError(f"--task {task} does not match {info.name}, a {info.task} bundle")
+        task = info.task
+        options = info.export_options(quick=not args.full)
+    elif args.full:
+        raise ValueError("--full belongs to --bundle")
+    if task is None:
+        raise ValueError("give --task or --bundle")
+    given = {
+        "folds": args.folds,
+        "size": args.size,
+        "patch_size": args.patch_size,
+        "shape": tuple(args.shape) if args.shape else None,
+        "radius": args.disc_radius[0] if args.disc_radius else None,
+        "ignore_radius": args.disc_radius[1] if args.disc_radius else None,
+    }
+    options.update({k: v for k, v in given.items() if v is not None})
     with AnnotationStore.open(args.store, create=False) as store:
         report = export_dataset(
             store,
-            args.task,
+            task,
             args.out,
-            folds=args.folds,
             seed=args.seed,
             include_model=args.include_model,
-            size=args.size,
             mirror=not args.no_mirror,
             target_mode=args.target_mode,
-            patch_size=args.patch_size,
-            shape=tuple(args.shape),
-            radius=args.disc_radius[0],
-            ignore_radius=args.disc_radius[1],
             progress=not args.quiet,
+            **options,
         )
     for problem in report.problems:
         print(f"skipped: {problem}", file=sys.stderr)
     print(
-        f"wrote {report.n_items} {args.task} items of {report.n_patients} patients to "
+        f"wrote {report.n_items} {task} items of {report.n_patients} patients to "
         f"{args.out} ({', '.join(Path(p).name for p in report.datalists)}); "
         f"{report.skipped} problem(s)"
     )
@@ -267,42 +310,42 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from .pipeline import describe, pipeline_from_bundles, predict_folder
+    from .predict import PredictionService, describe
 
     if args.images is None and args.ultrasound is None:
         raise ValueError("give --images (radiographs) and/or --ultrasound (a pairs table)")
+    if args.pipeline != "multitask" and (
+        args.members is not None or args.multitask_bundle is not None
+    ):
+        raise ValueError("--members and --multitask-bundle belong to --pipeline multitask")
+    service = PredictionService(
+        args.pipeline,
+        bundles={
+            "locator": args.locator_bundle,
+            "scorer": args.scorer_bundle,
+            "multitask": args.multitask_bundle,
+            "ultrasound": args.us_bundle,
+        },
+        device=args.device,
+        members=args.members,
+    )
     status = 0
     shard = _torchrun_shard()
     if args.ultrasound is not None and (shard is None or shard[0] == 0):
-        status = _predict_ultrasound(args)  # under torchrun, rank 0 grades the pairs
+        status = _predict_ultrasound(service, args)  # under torchrun, rank 0 grades the pairs
     if args.images is None:
         return status
-    locator = scorer = multitask = None
-    if args.pipeline == "multitask":
-        from .bundles import BUNDLES_DIR
-        from .multitask import MultitaskModel
-
-        bundle = args.multitask_bundle or BUNDLES_DIR / "ra_multitask_unet"
-        multitask = MultitaskModel.from_bundle(bundle, device=args.device, members=args.members)
-    else:
-        if args.members is not None or args.multitask_bundle is not None:
-            raise ValueError("--members and --multitask-bundle belong to --pipeline multitask")
-        locator, scorer = pipeline_from_bundles(
-            args.locator_bundle, args.scorer_bundle, args.device
+    with _progress_bar(not args.quiet) as on_progress:
+        result = service.predict_folder(
+            args.images,
+            args.out,
+            case_table=args.cases,
+            store=args.store,
+            explain=not args.no_explain,
+            shard=shard,
+            overlays=not args.no_overlays,
+            on_progress=on_progress,
         )
-    result = predict_folder(
-        args.images,
-        args.out,
-        locator,
-        scorer,
-        multitask=multitask,
-        case_table=args.cases,
-        store=args.store,
-        explain=not args.no_explain,
-        progress=not args.quiet,
-        shard=shard,
-        overlays=not args.no_overlays,
-    )
     if shard is not None:
         _merge_when_all_ranks_are_done(args.out, shard)
     facts = describe(result)
@@ -313,6 +356,25 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     for path, reason in result.failures:
         print(f"skipped {path}: {reason}", file=sys.stderr)
     return 3 if result.failures else status
+
+
+@contextlib.contextmanager
+def _progress_bar(show: bool) -> Iterator[Callable[[Any], None]]:
+    """A tqdm bar fed by the prediction service's :class:`~annotation_tools.predict.Progress`."""
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=1, disable=not show)
+
+    def update(event: Any) -> None:
+        bar.total = event.total
+        bar.set_description(event.message)
+        bar.n = event.done
+        bar.refresh()
+
+    try:
+        yield update
+    finally:
+        bar.close()
 
 
 def _torchrun_shard() -> tuple[int, int] | None:
@@ -328,7 +390,7 @@ def _merge_when_all_ranks_are_done(out: Path, shard: tuple[int, int]) -> None:
     then joins the per-rank tables."""
     import torch.distributed as dist
 
-    from .pipeline import merge_shards
+    from .predict import merge_shards
 
     if not dist.is_initialized():
         dist.init_process_group(backend="gloo")
@@ -342,25 +404,17 @@ def _merge_when_all_ranks_are_done(out: Path, shard: tuple[int, int]) -> None:
         dist.destroy_process_group()
 
 
-def _predict_ultrasound(args: argparse.Namespace) -> int:
+def _predict_ultrasound(service: Any, args: argparse.Namespace) -> int:
     """``--ultrasound TABLE``: the RATING bundle on a pairs table -> OUT/ultrasound/."""
-    from .bundles import BUNDLES_DIR
-    from .us_rating import run_bundle_inference
-
-    bundle = args.us_bundle or BUNDLES_DIR / "ra_us_rating"
     out = args.out / "ultrasound"
-    overrides: dict = {"pairs_table": str(args.ultrasound), "explain": not args.no_explain}
-    if not args.no_explain:
-        overrides["explain_members"] = 1  # one network's heatmap per pair keeps a folder fast
-    if args.device:
-        overrides["device"] = f"$torch.device('{args.device}')"
-    summary = run_bundle_inference(bundle, out, **overrides)
+    graded = service.grade_ultrasound(out, pairs_table=args.ultrasound, explain=not args.no_explain)
+    summary = graded.summary
     print(
         f"graded {summary['n_graded']} of {summary['n_pairs']} ultrasound pair(s) -> {out} "
         "(ultrasound_grades.csv, <pair>.json, heatmaps, summary.json)"
     )
-    for failed in summary["failed"]:
-        print(f"skipped {failed['case']} ({failed['file']}): {failed['reason']}", file=sys.stderr)
+    for reason in graded.skipped:
+        print(f"skipped {reason}", file=sys.stderr)
     return 3 if summary["failed"] else 0
 
 
@@ -384,6 +438,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Rheumatoid-arthritis joint scoring: phantoms, annotation store, export.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--bundles",
+        type=Path,
+        help="folder of MONAI bundles to use instead of the shipped ones "
+        "(also: environment variable RA_JOINTS_BUNDLES)",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("phantoms", help="generate a phantom cohort (a ready project folder)")
@@ -395,6 +455,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_phantoms)
+
+    p = sub.add_parser("bundles", help="the MONAI bundles in use: folder, task, version, ready?")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_bundles)
 
     p = sub.add_parser("summary", help="what a project folder holds")
     p.add_argument("--project", required=True, type=Path)
@@ -423,11 +487,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="write a MONAI dataset + datalist for a bundle")
     p.add_argument("--store", required=True, type=Path, help="project folder or .sqlite file")
+    p.add_argument("--task", choices=["locator", "scorer", "ultrasound", "multitask"])
     p.add_argument(
-        "--task", required=True, choices=["locator", "scorer", "ultrasound", "multitask"]
+        "--bundle",
+        help="export for this bundle (task or folder name, or a bundle folder): task, folds and "
+        "sizes come from its training configuration; explicit options still win",
+    )
+    p.add_argument(
+        "--full",
+        action="store_true",
+        help="with --bundle: the full training configuration (default: the quick one)",
     )
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--folds", type=int, default=5, help="patient-level folds")
+    p.add_argument("--folds", type=int, help="patient-level folds (default 5)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--include-model",
@@ -437,19 +509,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--allow-skips", action="store_true", help="exit 0 even when items had to be skipped"
     )
-    p.add_argument("--size", type=int, default=512, help="locator: image side after resizing")
+    p.add_argument("--size", type=int, help="locator: image side after resizing (default 512)")
     p.add_argument(
         "--no-mirror",
         action="store_true",
         help="keep right limbs as they are (default: mirror to left)",
     )
     p.add_argument("--target-mode", choices=["square", "disc"], default="square")
-    p.add_argument("--patch-size", type=int, default=128, help="scorer: patch side in pixels")
+    p.add_argument("--patch-size", type=int, help="scorer: patch side in pixels (default 128)")
     p.add_argument(
         "--shape",
         type=int,
         nargs=2,
-        default=(864, 928),
         metavar=("H", "W"),
         help="multitask: input grid after the edge crop (Maziarz et al.: 864 928)",
     )
@@ -457,7 +528,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--disc-radius",
         type=float,
         nargs=2,
-        default=(32.0, 40.0),
         metavar=("R_LABEL", "R_IGNORE"),
         help="multitask: labelled disc radius and outer radius of the ignored ring (grid px)",
     )
@@ -596,14 +666,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from .bundles import BUNDLES_ENV, BundleNotFound
     from .imageio import ImageReadError
     from .store import StoreError
 
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.bundles is not None:  # every default bundle path below is looked up there
+        import os
+
+        os.environ[BUNDLES_ENV] = str(args.bundles.resolve())
     try:
         return int(args.func(args))
-    except (StoreError, ImageReadError, FileExistsError, FileNotFoundError, ValueError) as exc:
+    except (
+        StoreError,
+        ImageReadError,
+        BundleNotFound,
+        FileExistsError,
+        FileNotFoundError,
+        ValueError,
+    ) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

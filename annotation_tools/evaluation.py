@@ -47,7 +47,8 @@ def read_dream_table(path: str | Path) -> dict[str, dict[str, float]]:
     return table
 
 
-def _with_ci(fn: Any, truth: np.ndarray, pred: np.ndarray, n_resamples: int, seed: int) -> dict:
+def with_ci(fn: Any, truth: np.ndarray, pred: np.ndarray, n_resamples: int, seed: int) -> dict:
+    """``fn(truth, pred)`` with its bootstrap 95 % CI (just the value when ``n_resamples`` is 0)."""
     if n_resamples <= 0:
         return {"value": fn(truth, pred)}
     return metrics.bootstrap_ci(fn, truth, pred, n_resamples=n_resamples, seed=seed).as_dict()
@@ -107,7 +108,7 @@ def score_figures(
     for key, (t, p) in per_type.items():
         ta, pa = np.asarray(t), np.asarray(p)
         summary = metrics.score_summary(ta, pa)
-        summary["rmse_ci"] = _with_ci(metrics.rmse, ta, pa, n_resamples, seed)
+        summary["rmse_ci"] = with_ci(metrics.rmse, ta, pa, n_resamples, seed)
         result["per_score"][key] = summary
         result["baselines"][key] = {
             "all_zeros_rmse": metrics.rmse(ta, np.zeros_like(ta)),
@@ -125,7 +126,7 @@ def score_figures(
             result["patient_totals"][name] = {
                 "n": len(t),
                 "rmse": metrics.rmse(t, p),
-                "pearson_r": _with_ci(
+                "pearson_r": with_ci(
                     metrics.pearson_r, np.asarray(t), np.asarray(p), n_resamples, seed
                 ),
             }
@@ -320,8 +321,8 @@ def evaluate_us_store(
         ta, pa = np.asarray(t), np.asarray(p)
         out[key] = {
             "n": len(t),
-            "accuracy": _with_ci(metrics.accuracy, ta, pa, n_resamples, seed),
-            "linear_weighted_kappa": _with_ci(
+            "accuracy": with_ci(metrics.accuracy, ta, pa, n_resamples, seed),
+            "linear_weighted_kappa": with_ci(
                 metrics.linear_weighted_kappa, ta, pa, n_resamples, seed
             ),
         }
@@ -339,4 +340,5 @@ __all__ = [
     "present_centres",
     "read_dream_table",
     "score_figures",
+    "with_ci",
 ]

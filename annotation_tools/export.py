@@ -27,19 +27,15 @@ import numpy as np
 from . import __version__
 from .imageio import ImageData, ImageReadError, read_image
 from .metrics import patient_folds
+from .radiograph import GridGeometry, prepare_radiograph
 from .store import TRAINING_SOURCES, AnnotationStore, ImageRecord
 from .targets import (
     JOINT_TYPES,
     MASK_IGNORE,
-    edge_crop_box,
     joint_patch,
     locator_targets,
-    mirror_image,
-    mirror_points,
     multitask_targets,
     normalise_intensity,
-    resize_image,
-    scale_points,
 )
 from .ultrasound import RATING_SIZE, UltrasoundInputError, prepare_pair
 from .vocabulary import Limb, ScoreType, get_joint, joints_for_limb, site_names
@@ -267,6 +263,14 @@ def _scores_by_joint(
 # ------------------------------------------------------------------------------ locator
 
 
+def _grid_point(geometry: GridGeometry, xy: Any) -> tuple[float, float] | None:
+    """An annotated centre in the network grid (None stays None: "not visible")."""
+    if xy is None:
+        return None
+    point = geometry.to_grid([xy])[0]
+    return (float(point[0]), float(point[1]))
+
+
 def _export_locator(
     store: AnnotationStore,
     out: Path,
@@ -288,22 +292,13 @@ def _export_locator(
         if not centres:
             report.problems.append(ExportProblem(image.path, "image", "no joint centre annotated"))
             continue
-        pixels = normalise_intensity(data.grey())
         mirrored = options.mirror and limb.side == "right"
+        prepared = prepare_radiograph(data, grid, mirror=mirrored)
+        resized, geometry = prepared.pixels, prepared.geometry
         scale = (grid[0] / data.shape[0], grid[1] / data.shape[1])
-        resized = resize_image(pixels, grid)
-        grid_centres: dict[str, tuple[float, float] | None] = {}
-        for joint_id, xy in centres.items():
-            site = get_joint(joint_id).site
-            if xy is None:
-                grid_centres[site] = None
-                continue
-            point = scale_points([xy], data.shape, grid)
-            if mirrored:
-                point = mirror_points(point, grid[1])
-            grid_centres[site] = (float(point[0, 0]), float(point[0, 1]))
-        if mirrored:
-            resized = mirror_image(resized)
+        grid_centres = {
+            get_joint(joint_id).site: _grid_point(geometry, xy) for joint_id, xy in centres.items()
+        }
         targets = locator_targets(grid_centres, limb, grid, scale=scale, mode=options.target_mode)
         stem = Path(image.path).stem
         np.save(out / "images" / f"{stem}.npy", resized.astype(np.float32))
@@ -429,21 +424,12 @@ def _export_multitask(
             report.problems.append(ExportProblem(image.path, "image", "no joint centre annotated"))
             continue
         scores = _scores_by_joint(store, image, options)
-        grey = data.grey()
-        box = edge_crop_box(grey)
-        pixels = resize_image(normalise_intensity(box.crop(grey)), grid)
         mirrored = options.mirror and limb.side == "right"
-        grid_centres: dict[str, tuple[float, float] | None] = {}
-        for joint_id, xy in centres.items():
-            if xy is None:
-                grid_centres[joint_id] = None
-                continue
-            point = scale_points(box.to_crop([xy]), box.shape, grid)
-            if mirrored:
-                point = mirror_points(point, grid[1])
-            grid_centres[joint_id] = (float(point[0, 0]), float(point[0, 1]))
-        if mirrored:
-            pixels = mirror_image(pixels)
+        prepared = prepare_radiograph(data, grid, mirror=mirrored, crop_edges=True)
+        pixels, box = prepared.pixels, prepared.geometry.crop
+        grid_centres = {
+            joint_id: _grid_point(prepared.geometry, xy) for joint_id, xy in centres.items()
+        }
         label = multitask_targets(
             grid_centres,
             scores,

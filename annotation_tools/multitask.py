@@ -37,16 +37,10 @@ from monai.config import KeysCollection
 from monai.metrics import CumulativeIterationMetric
 from monai.transforms import MapTransform
 
-from .imageio import ImageData, file_sha256
-from .locator import (
-    UNION_CHANNELS,
-    LocatorResult,
-    best_blob,
-    decode_result,
-    decoder_args,
-    network_input,
-    prepare_radiograph,
-)
+from .bundles import ENSEMBLE_MANIFEST, ensemble_manifest, load_weights
+from .imageio import ImageData
+from .joint_decoding import UNION_CHANNELS, LocatorResult, best_blob, decode_result
+from .radiograph import decoder_args, network_input, prepare_input
 from .targets import IGNORE, JOINT_TYPES, joint_type
 from .vocabulary import Limb, get_joint
 
@@ -361,12 +355,8 @@ class SoftmaxEnsemble(torch.nn.Module):
 
 
 def load_member(network: torch.nn.Module, path: str | Path) -> torch.nn.Module:
-    """Weights into ``network`` with ``weights_only=True`` (no pickled code runs)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no weights at {path}: train the bundle first (docs/README.md)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    state = state.get("model", state) if isinstance(state, dict) else state
+    """Weights into ``network``, loaded safely; float16 members come back as float32."""
+    state = load_weights(path)
     network.load_state_dict(
         {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
     )
@@ -380,10 +370,8 @@ def ensemble_files(root: str | Path, members: int | None = None) -> list[Path]:
     shipped listing names the measured best choice, and ``--members N`` asks for others.
     """
     models = Path(root) / "models"
-    listing = models / "ensemble.json"
-    if listing.is_file():
-        document = json.loads(listing.read_text())
-        files = [models / m["file"] for m in document["members"]]
+    if (models / ENSEMBLE_MANIFEST).is_file():
+        files, document = ensemble_manifest(models)
         members = members or document.get("default_members")
     else:
         files = [models / "model.pt"]
@@ -395,14 +383,6 @@ def load_ensemble(
 ) -> SoftmaxEnsemble:
     """One fresh network per weight file (``factory`` is the config's ``network_factory``)."""
     return SoftmaxEnsemble([load_member(factory(), f) for f in files])
-
-
-def weights_hash(files: Sequence[str | Path]) -> str:
-    """SHA-256 of the one weight file, or of the members' hashes in order."""
-    import hashlib
-
-    hashes = [file_sha256(f) for f in files]
-    return hashes[0] if len(hashes) == 1 else hashlib.sha256("".join(hashes).encode()).hexdigest()
 
 
 # ------------------------------------------------------------------------------ outputs
@@ -523,7 +503,7 @@ def write_predictions(
     suffix: str = "",
 ) -> list[Any]:
     """Joints JSON per image, then the scorer's writers (and the store) for the scores."""
-    from .locator import write_to_store
+    from .joint_decoding import write_to_store
     from .scoring import write_outputs, write_scores_to_store
 
     out = Path(out)
@@ -620,7 +600,7 @@ class MultitaskModel:
             chunk = items[start : start + batch_size]
             started = time.perf_counter()
             prepared = [
-                prepare_radiograph(image, limb, self.spatial_size, path, crop_edges=True)
+                prepare_input(image, limb, self.spatial_size, path, crop_edges=True)
                 for path, image, limb in chunk
             ]
             inputs = [network_input(p["pixels"], self.coordconv) for p in prepared]

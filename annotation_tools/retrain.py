@@ -14,50 +14,28 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
+from .bundles import BundleInfo, bundle_for, registry
 from .export import export_dataset
 from .store import AnnotationStore
 
+DEFAULT_FOLDS = 5
+
 __all__ = [
-    "RETRAINABLE",
     "iter_retrain",
     "model_versions",
     "retrain",
     "retrain_steps",
+    "retrainable",
     "weights_for",
 ]
 
 
-@dataclass(frozen=True)
-class _Recipe:
-    task: str  # export task
-    export: dict[str, Any]  # export options that match the quick configuration
-    weights: str  # what prediction loads: a weights file, or the ensemble's manifest
-    ensemble: bool = False  # RATING: jigsaw + folds x stages, then the members are packed
-    export_full: dict[str, Any] | None = None  # export options of the full configuration
-    companions: tuple[str, ...] = ()  # files training writes next to the weights, kept with them
-
-    def export_options(self, quick: bool) -> dict[str, Any]:
-        return self.export if quick or self.export_full is None else self.export_full
-
-
-RETRAINABLE = {
-    "ra_joint_locator": _Recipe(
-        "locator", {"size": 256}, "model.pt", companions=("shape_prior.json",)
-    ),
-    "ra_joint_scorer": _Recipe("scorer", {"patch_size": 64}, "model.pt"),
-    "ra_us_rating": _Recipe("ultrasound", {}, "ensemble.json", ensemble=True),
-    "ra_multitask_unet": _Recipe(
-        "multitask",
-        {"shape": (288, 256), "radius": 10.0, "ignore_radius": 13.0},
-        "model.pt",
-        export_full={"shape": (864, 928), "radius": 32.0, "ignore_radius": 40.0},
-    ),
-}
+def retrainable(bundles_dir: str | Path | None = None) -> dict[str, BundleInfo]:
+    """The bundles the dock and ``retrain`` can train, as their own metadata declares."""
+    return {name: info for name, info in registry(bundles_dir).items() if info.retrainable}
 
 
 def model_versions(project: str | Path, bundle: str) -> list[Path]:
@@ -73,7 +51,7 @@ def weights_for(project: str | Path, bundle: str, version: str | None = None) ->
         versions = [v for v in versions if v.name == version]
     if not versions:
         return None
-    return versions[-1] / RETRAINABLE[bundle].weights
+    return versions[-1] / bundle_for(bundle).version_weights
 
 
 def retrain_steps(
@@ -82,7 +60,7 @@ def retrain_steps(
     ckpt: Path,
     *,
     quick: bool = True,
-    folds: int = 5,
+    folds: int | None = None,
     overrides: Sequence[str] = (),
 ) -> list[list[str]]:
     """The ``monai.bundle run`` command lines of one training (what the user would type).
@@ -91,6 +69,8 @@ def retrain_steps(
     of both modalities, then the three stages of every fold's member.
     """
     root = Path(bundle_root)
+    info = BundleInfo.read(root)
+    folds = folds or int(info.export_options(quick).get("folds", DEFAULT_FOLDS))
 
     def run(config: str, *extra: str) -> list[str]:
         configs = [f"configs/{config}"] + (["configs/quick.json"] if quick else [])
@@ -101,8 +81,7 @@ def retrain_steps(
             "--dataset_dir", str(data), "--ckpt_dir", str(ckpt), *extra, *overrides,
         ]  # fmt: skip
 
-    recipe = RETRAINABLE.get(root.name)
-    if recipe is None or not recipe.ensemble:
+    if not info.ensemble:
         return [run("train.json")]
     steps = [
         run("train_jigsaw.json", "--modality", modality)
@@ -129,7 +108,7 @@ def retrain(
     bundle_root: str | Path,
     *,
     quick: bool = True,
-    folds: int = 5,
+    folds: int | None = None,
     overrides: Sequence[str] = (),
     log: Callable[[str], None] = print,
 ) -> Path:
@@ -145,26 +124,24 @@ def iter_retrain(
     bundle_root: str | Path,
     *,
     quick: bool = True,
-    folds: int = 5,
+    folds: int | None = None,
     overrides: Sequence[str] = (),
 ) -> Iterator[str]:
     """:func:`retrain` as a generator of log lines (the napari worker shows them)."""
     project, root = Path(project).resolve(), Path(bundle_root).resolve()
-    name = root.name
-    if name not in RETRAINABLE:
-        raise ValueError(
-            f"retraining from the plugin covers {', '.join(RETRAINABLE)}; train {name} with its "
-            "scripts (see its docs/README.md)"
-        )
-    recipe = RETRAINABLE[name]
+    recipe = BundleInfo.read(root)
+    name = recipe.name
+    if not recipe.retrainable:
+        raise ValueError(f"{name} is not retrainable here; train it with its scripts (README)")
+    options = recipe.export_options(quick)
+    folds = folds or int(options.pop("folds", DEFAULT_FOLDS))
+    options.pop("folds", None)
     version = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     work = project / "training" / name / version
     target = project / "models" / name / version
     yield f"exporting {recipe.task} training data to {work / 'data'}"
     with AnnotationStore.open(project, create=False) as store:
-        report = export_dataset(
-            store, recipe.task, work / "data", folds=folds, **recipe.export_options(quick)
-        )
+        report = export_dataset(store, recipe.task, work / "data", folds=folds, **options)
     yield (
         f"exported {report.n_items} items of {report.n_patients} patients "
         f"({report.skipped} skipped)"
@@ -200,11 +177,11 @@ def iter_retrain(
         if perms.exists():
             (target / perms.name).write_bytes(perms.read_bytes())
     else:
-        weights = work / "ckpt" / recipe.weights
+        weights = work / "ckpt" / recipe.version_weights
         if not weights.exists():
             raise RuntimeError(f"training {name} finished without writing {weights}")
         target.mkdir(parents=True)
-        for kept in (recipe.weights, *recipe.companions):
+        for kept in (recipe.version_weights, *recipe.companions):
             if (work / "ckpt" / kept).exists():
                 (target / kept).write_bytes((work / "ckpt" / kept).read_bytes())
     info = {

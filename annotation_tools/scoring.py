@@ -28,9 +28,10 @@ import numpy as np
 import torch
 from monai.transforms import MapTransform
 
+from .bundles import CLINICAL_NOTE
 from .cases import CaseTable, identify
 from .imageio import ImageData, ImageReadError, file_sha256, read_image
-from .locator import CLINICAL_NOTE, image_files
+from .radiograph import image_files
 from .scorer import decode_scores, split_output
 from .symmetry import SCORE_INDEX, SymmetryModel, SymmetryModelError, patient_vector, plot_shap
 from .targets import joint_patch, normalise_intensity, patch_to_image, polygon_problem
@@ -189,7 +190,7 @@ def load_patch_set(
     """
     patch_set = PatchSet(int(patch_size))
     if store:
-        _add_store_cases(patch_set, store, sources, patient_id)
+        add_store_cases(patch_set, store, sources, patient_id)
         return patch_set
     if images is None or centres_dir is None:
         raise ValueError("give a project (store) or a folder of images with centres_dir")
@@ -213,17 +214,26 @@ def load_patch_set(
     return patch_set
 
 
-def _add_store_cases(
-    patch_set: PatchSet, project: str | Path, sources: Any, patient_id: str | None = None
+def add_store_cases(
+    patch_set: PatchSet,
+    project: Any,
+    sources: Any,
+    patient_id: str | None = None,
+    images: Mapping[str, ImageData] | None = None,
 ) -> None:
+    """Cases of a project's radiographs (or one patient's) with their newest centres.
+
+    ``project``: a project path or an open store; ``images``: radiographs already read, by
+    path, so that the prediction service decodes each image only once.
+    """
     from .store import AnnotationStore
 
-    with AnnotationStore.open(project, create=False) as db:
+    with AnnotationStore.using(project) as db:
         for record in db.images(modality="radiograph"):
             if patient_id is not None and record.patient_id != patient_id:
                 continue
             path = db.resolve(record)
-            image = _read(path, patch_set.failures)
+            image = (images or {}).get(str(path)) or _read(path, patch_set.failures)
             if image is None:
                 continue
             raw = {
@@ -580,7 +590,7 @@ def write_outputs(
 
 
 def write_scores_to_store(
-    store_path: str | Path, patients: Sequence[PatientScores], model_info: Mapping[str, str]
+    store_path: Any, patients: Sequence[PatientScores], model_info: Mapping[str, str]
 ) -> int:
     """Scores and joint-space polygons as new ``model`` revisions (nothing is overwritten)."""
     from .store import AnnotationStore, Provenance
@@ -591,7 +601,7 @@ def write_scores_to_store(
         model_info.get("weights_sha256", ""),
     )
     written = 0
-    with AnnotationStore.open(store_path, create=False) as db:
+    with AnnotationStore.using(store_path) as db:
         for patient in patients:
             for image in patient.images:
                 record = (
@@ -662,7 +672,7 @@ class JointScorer:
         symmetry: str | Path | None = None,
         overrides: Mapping[str, Any] | None = None,
     ) -> JointScorer:
-        from .bundles import load_bundle_network
+        from .bundles import load_bundle_network, weights_hash
 
         root = Path(bundle_root)
         parser, network, weights_path = load_bundle_network(
@@ -677,7 +687,7 @@ class JointScorer:
             "version": str(parser.get("_meta_#version", "")),
             "variant": str(parser.get_parsed_content("variant")),
             "head": str(parser.get_parsed_content("head")),
-            "weights_sha256": file_sha256(weights_path),
+            "weights_sha256": weights_hash([weights_path]),
         }
         if model is not None:
             info["symmetry_sha256"] = file_sha256(symmetry_path)

@@ -298,6 +298,20 @@ class AnnotationStore:
     def open(cls, path: str | Path, *, create: bool = True) -> AnnotationStore:
         return cls(path, create=create)
 
+    @classmethod
+    @contextlib.contextmanager
+    def using(cls, store: AnnotationStore | str | Path) -> Iterator[AnnotationStore]:
+        """An open store as it is (left open), or a project path opened for this block only.
+
+        Lets one caller (the prediction service) open the store once and hand it to every
+        writer, while scripts can still pass a path.
+        """
+        if isinstance(store, AnnotationStore):
+            yield store
+            return
+        with cls.open(store, create=False) as opened:
+            yield opened
+
     # ------------------------------------------------------------------ plumbing
 
     def close(self) -> None:

@@ -10,7 +10,6 @@ fold through ECOC decoding; MULTITUDE combines the folds; integrated gradients e
 from __future__ import annotations
 
 import csv
-import hashlib
 import json
 import time
 from collections import defaultdict
@@ -24,6 +23,7 @@ import torch
 from monai.transforms import MapTransform
 from torch import nn
 
+from .bundles import ensemble_manifest, load_weights, weights_hash
 from .imageio import ImageReadError, read_image
 from .rating import (
     GRADES,
@@ -39,7 +39,6 @@ from .rating import (
 )
 from .store import TRAINING_SOURCES, AnnotationStore, Provenance
 from .ultrasound import RATING_SIZE, UltrasoundInputError, prepare_pair
-from .us_training import load_state
 
 __all__ = [
     "CollectRatingsd",
@@ -378,34 +377,26 @@ def load_ensemble(
     input_size: int = RATING_SIZE,
 ) -> RatingEnsemble:
     """The members listed in ``models_dir/ensemble.json``, weights loaded ``weights_only``."""
-    models_dir = Path(models_dir)
-    manifest = models_dir / "ensemble.json"
-    if not manifest.exists():
-        raise FileNotFoundError(
-            f"no ensemble.json in {models_dir}: train the bundle (scripts/train_quick.sh) first"
-        )
-    info = json.loads(manifest.read_text())["members"]
+    files, document = ensemble_manifest(models_dir)
+    info = document["members"]
     members = []
-    for entry in info:
+    for entry, path in zip(info, files, strict=True):
         member = RatingMember(entry["splits"], widen_factor=widen_factor, hidden=hidden)
         try:
-            member.load_state_dict(load_state(models_dir / entry["file"]))
+            member.load_state_dict(load_weights(path))
         except RuntimeError as exc:
             raise ValueError(
-                f"{models_dir / entry['file']} does not fit the configured network "
+                f"{path} does not fit the configured network "
                 f"(widen_factor {widen_factor}, hidden {hidden}): {exc}"
             ) from exc
         members.append(member.float().eval())
     return RatingEnsemble(members, info, input_size)
 
 
-def weights_hash(models_dir: str | Path) -> str:
-    """sha256 over the member files in manifest order: the provenance of a prediction."""
-    models_dir = Path(models_dir)
-    digest = hashlib.sha256()
-    for entry in json.loads((models_dir / "ensemble.json").read_text())["members"]:
-        digest.update((models_dir / entry["file"]).read_bytes())
-    return digest.hexdigest()
+def ensemble_hash(models_dir: str | Path) -> str:
+    """The weights hash (:func:`annotation_tools.bundles.weights_hash`) of an ensemble folder:
+    the provenance of its predictions."""
+    return weights_hash(ensemble_manifest(models_dir)[0])
 
 
 # ------------------------------------------------------------------------------ engine glue
@@ -600,7 +591,7 @@ class RatingWriter:
         prov = Provenance.model(
             str(self.model_info.get("bundle", "ra_us_rating")),
             str(self.model_info.get("version", "")),
-            weights_hash(self.models_dir),
+            ensemble_hash(self.models_dir),
         )
         with AnnotationStore.open(self.store, create=False) as st:
             for case, row in zip(case_set.cases, rows, strict=True):
@@ -635,7 +626,7 @@ def rating_figures(
     same cases, with how often each gives an invalid pair.
     """
     from . import metrics
-    from .evaluation import PHANTOM_NOTE, _with_ci
+    from .evaluation import PHANTOM_NOTE, with_ci
 
     rows = [r for r in rows if r.get("truth")]
     if not rows:
@@ -647,8 +638,8 @@ def rating_figures(
         for key in GRADE_KEYS:
             t, p = truth[key], pred[key]
             block[key] = {
-                "accuracy": _with_ci(metrics.accuracy, t, p, n_resamples, seed),
-                "linear_weighted_kappa": _with_ci(
+                "accuracy": with_ci(metrics.accuracy, t, p, n_resamples, seed),
+                "linear_weighted_kappa": with_ci(
                     metrics.linear_weighted_kappa, t, p, n_resamples, seed
                 ),
             }

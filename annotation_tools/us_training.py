@@ -18,6 +18,7 @@ import torch
 from ignite.metrics import Metric
 from monai.transforms import MapTransform, Randomizable
 
+from .bundles import load_weights
 from .rating import GRADES, STAGES, RatingMember, jigsaw_permutations, jigsaw_puzzle
 
 __all__ = [
@@ -26,7 +27,6 @@ __all__ = [
     "SplitAccuracy",
     "balanced_weights",
     "initialise_member",
-    "load_state",
     "network_settings",
     "pack_members",
     "permutation_set",
@@ -157,12 +157,6 @@ class SplitAccuracy(Metric):
         return share_of_hits(self._hits, self._total)
 
 
-def load_state(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict saved by MONAI's CheckpointSaver (``{"model": ...}`` or bare), safely."""
-    state = torch.load(Path(path), map_location="cpu", weights_only=True)
-    return state.get("model", state) if isinstance(state, dict) else state
-
-
 def initialise_member(
     member: RatingMember,
     stage: str,
@@ -185,14 +179,14 @@ def initialise_member(
                 f"stage {stage!r} continues from {member_file}, which does not exist: "
                 f"run stage {previous!r} first"
             )
-        member.load_state_dict(load_state(member_file))
+        member.load_state_dict(load_weights(member_file))
     if jigsaw_dir is not None and stage in ("grey", "doppler"):
         name = "greyscale" if stage == "grey" else "doppler_transformed"
         path = Path(jigsaw_dir) / f"jigsaw_{name}.pt"
         if not path.exists():
             raise FileNotFoundError(f"no jigsaw weights at {path}: run configs/train_jigsaw.json")
         backbone = member.grey if stage == "grey" else member.doppler
-        backbone.load_state_dict(load_state(path))
+        backbone.load_state_dict(load_weights(path))
     return member
 
 
@@ -213,7 +207,7 @@ def pack_members(
     members = []
     for path in files:
         fold, seed, splits = path.stem.removeprefix("member_").split("_")
-        state = load_state(path)
+        state = load_weights(path)
         if half:
             state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
         torch.save(state, out_dir / path.name)
@@ -225,7 +219,7 @@ def pack_members(
                 "splits": [int(c) for c in splits[1:]],
             }
         )
-    network = network_settings(load_state(files[0]))
+    network = network_settings(load_weights(files[0]))
     manifest = out_dir / "ensemble.json"
     document = {"members": members, "network": network, **dict(info or {})}
     manifest.write_text(json.dumps(document, indent=1))

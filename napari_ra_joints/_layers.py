@@ -1,4 +1,10 @@
-"""Conversions between annotation_tools' (x, y) records and napari's (row, column) layers."""
+"""The one place for (x, y) <-> (row, column) and for how each kind of layer looks.
+
+annotation_tools records points as ``(x, y)`` image pixels (x = column); napari layers hold
+``(row, column)``. Every conversion in the plugin goes through :func:`to_layer` and
+:func:`from_layer` (and their box forms), and every layer style lives here, so that the reader,
+the sample data, the dock and the writers cannot disagree.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +15,67 @@ import numpy as np
 
 from annotation_tools.imageio import ImageData
 from annotation_tools.vocabulary import get_joint
+
+__all__ = [
+    "CENTRE_STYLE",
+    "HEATMAP_STYLE",
+    "LOW_CONFIDENCE",
+    "OUTLINE_STYLE",
+    "ROI_STYLE",
+    "SOURCE_COLOURS",
+    "box_from_layer",
+    "box_to_layer",
+    "centres_layer_data",
+    "from_layer",
+    "image_layer_data",
+    "polygons_layer_data",
+    "source_colour",
+    "to_layer",
+]
+
+LOW_CONFIDENCE = 0.5  # model points below this are shown in the "low" colour
+SOURCE_COLOURS = {"human": "red", "phantom": "red", "model": "cyan", "low": "orange"}
+CENTRE_STYLE: dict[str, Any] = {"face_color": "transparent", "border_color": "red"}
+OUTLINE_STYLE: dict[str, Any] = {
+    "shape_type": "polygon",
+    "edge_color": "lime",
+    "face_color": [0, 1, 0, 0.15],
+    "edge_width": 1,
+}
+ROI_STYLE: dict[str, Any] = {"edge_color": "yellow", "face_color": "transparent", "edge_width": 2}
+HEATMAP_STYLE: dict[str, Any] = {"colormap": "yellow", "blending": "additive", "opacity": 0.6}
+
+
+def to_layer(points_xy: Any) -> np.ndarray:
+    """``(x, y)`` image points -> napari ``(row, column)``, shape ``(n, 2)``."""
+    return np.asarray(points_xy, dtype=float).reshape(-1, 2)[:, ::-1].copy()
+
+
+def from_layer(points_rc: Any) -> np.ndarray:
+    """napari ``(row, column)`` (the last two axes of each point) -> ``(x, y)`` image points."""
+    pts = np.asarray(points_rc, dtype=float)
+    pts = pts.reshape(-1, pts.shape[-1])[:, -2:]
+    return pts[:, ::-1].copy()
+
+
+def box_to_layer(box: Sequence[float]) -> np.ndarray:
+    """An ``(x0, y0, x1, y1)`` box -> the two ``(row, column)`` corners napari takes."""
+    x0, y0, x1, y1 = box
+    return to_layer([(x0, y0), (x1, y1)])
+
+
+def box_from_layer(corners: Any) -> tuple[float, float, float, float]:
+    """A rectangle's ``(row, column)`` corners -> an ``(x0, y0, x1, y1)`` box."""
+    xy = from_layer(corners)
+    (x0, y0), (x1, y1) = xy.min(0), xy.max(0)
+    return float(x0), float(y0), float(x1), float(y1)
+
+
+def source_colour(source: str, confidence: float | None = None) -> str:
+    """Who made a point, as its border colour (a doubtful model point stands out)."""
+    if source == "model" and confidence is not None and confidence < LOW_CONFIDENCE:
+        return SOURCE_COLOURS["low"]
+    return SOURCE_COLOURS.get(source, "red")
 
 
 def image_layer_data(image: ImageData, name: str | None = None) -> tuple[Any, dict, str]:
@@ -40,7 +107,6 @@ def centres_layer_data(
     """A Points layer tuple of named joint centres; features carry id, name and source (one for
     all points, or one per joint id)."""
     ids = list(centres)
-    coords = np.array([[centres[j][1], centres[j][0]] for j in ids], float).reshape(-1, 2)
     features = {
         "joint_id": ids,
         "name": [get_joint(j).name for j in ids],
@@ -51,24 +117,15 @@ def centres_layer_data(
         "features": features,
         "text": {"string": "{name}", "size": 8, "color": "yellow", "translation": [-8, 0]},
         "size": 10,
-        "face_color": "transparent",
-        "border_color": "red",
+        **CENTRE_STYLE,
     }
-    return coords, kwargs, "points"
+    return to_layer([centres[j] for j in ids]), kwargs, "points"
 
 
 def polygons_layer_data(
     polygons: Mapping[str, Sequence[Sequence[float]]], *, name: str = "joint spaces"
 ) -> tuple[Any, dict, str]:
-    """A Shapes layer tuple with one polygon per joint, vertices as (row, column)."""
+    """A Shapes layer tuple with one polygon per joint (vertices given as ``(x, y)``)."""
     ids = list(polygons)
-    shapes = [np.array([[y, x] for x, y in polygons[j]], float) for j in ids]
-    kwargs = {
-        "name": name,
-        "shape_type": "polygon",
-        "features": {"joint_id": ids},
-        "edge_color": "lime",
-        "face_color": [0, 1, 0, 0.15],
-        "edge_width": 1,
-    }
-    return shapes, kwargs, "shapes"
+    kwargs = {"name": name, "features": {"joint_id": ids}, **OUTLINE_STYLE}
+    return [to_layer(polygons[j]) for j in ids], kwargs, "shapes"

@@ -8,7 +8,7 @@ import numpy as np
 
 from annotation_tools.phantoms import render_limb, render_ultrasound, sample_patient_scores
 
-from ._layers import centres_layer_data, polygons_layer_data
+from ._layers import ROI_STYLE, centres_layer_data, polygons_layer_data, to_layer
 
 LayerData = tuple[Any, dict, str]
 _SEED = 2024
@@ -47,7 +47,7 @@ def phantom_foot() -> list[LayerData]:
 def phantom_ultrasound() -> list[LayerData]:
     pair = render_ultrasound("R_mcp_2", 2, 2, np.random.default_rng(_SEED))
     x0, y0, x1, y1 = pair.roi
-    box = np.array([[y0, x0], [y0, x1], [y1, x1], [y1, x0]], float)
+    box = to_layer([(x0, y0), (x1, y0), (x1, y1), (x0, y1)])
     offset = (0, pair.greyscale.shape[1] + 20)  # side by side
     meta = {"phantom": True, "synovial_hypertrophy": 2, "vascularity": 2}
     return [
@@ -63,13 +63,7 @@ def phantom_ultrasound() -> list[LayerData]:
         ),
         (
             [box, box + np.array(offset)],
-            {
-                "name": "ROI",
-                "shape_type": "rectangle",
-                "edge_color": "cyan",
-                "face_color": "transparent",
-                "edge_width": 2,
-            },
+            {"name": "ROI", "shape_type": "rectangle", **ROI_STYLE},
             "shapes",
         ),
     ]

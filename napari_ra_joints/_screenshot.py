@@ -12,18 +12,18 @@ def take(project: str | Path, target: str | Path, size: tuple[int, int] = (1500,
     import napari
     from qtpy.QtWidgets import QApplication
 
-    from ._widget import RAJointsWidget
+    from ._widget import TABS, RAJointsWidget
 
     viewer = napari.Viewer(show=True)
     try:
         widget = RAJointsWidget(viewer)
         viewer.window.add_dock_widget(widget, name="RA joints")
-        viewer.window._qt_window.resize(*size)
+        viewer.window.resize(*size)
         if not widget.open_project(project):
             raise SystemExit(f"cannot open {project}")
         record = widget.store.images(modality="radiograph")[0]
         widget.open_entry("radiograph", record.id)
-        widget.tabs.setCurrentIndex(3)  # the scores table
+        widget.tabs.setCurrentIndex(TABS.index("Scores"))
         viewer.reset_view()
         for _ in range(5):
             QApplication.processEvents()

@@ -20,17 +20,19 @@ from annotation_tools.review import save_centres, save_polygons, save_roi
 from annotation_tools.store import AnnotationStore, ImageRecord, Revision
 from annotation_tools.vocabulary import Joint, get_joint, joints_for_limb
 
-from ._layers import image_layer_data
+from ._layers import (
+    CENTRE_STYLE,
+    OUTLINE_STYLE,
+    ROI_STYLE,
+    box_from_layer,
+    box_to_layer,
+    from_layer,
+    image_layer_data,
+    source_colour,
+    to_layer,
+)
 
-LOW_CONFIDENCE = 0.5
-SOURCE_COLOURS = {"human": "red", "phantom": "red", "model": "cyan", "low": "orange"}
 ACTIONS_THAT_SAVE = ("added", "changed", "removed")
-
-
-def _colour(source: str, confidence: float | None) -> str:
-    if source == "model" and confidence is not None and confidence < LOW_CONFIDENCE:
-        return SOURCE_COLOURS["low"]
-    return SOURCE_COLOURS.get(source, "red")
 
 
 class _Saving:
@@ -80,19 +82,15 @@ class RadiographSession(_Saving):
             np.zeros((0, 2)),
             name=f"joint centres {self.title}",
             size=max(6, record.height // 120 if record.height else 10),
-            face_color="transparent",
-            border_color="red",
             border_width=0.2,
+            **CENTRE_STYLE,
             features=_empty_features(),
             text={"string": "{label}", "size": 7, "color": "yellow", "translation": [-10, 0]},
             metadata=self.layer_metadata,
         )
         self.shapes = viewer.add_shapes(
             name=f"joint spaces {self.title}",
-            shape_type="polygon",
-            edge_color="lime",
-            face_color=[0, 1, 0, 0.15],
-            edge_width=1,
+            **OUTLINE_STYLE,
             features={"joint_id": np.array([], dtype=object)},
             metadata=self.layer_metadata,
         )
@@ -140,19 +138,16 @@ class RadiographSession(_Saving):
             scores = self.store.scores(self.record.id)
             present = [r for r in newest.values() if r.status == "present"]
             rows = [self._feature_row(r, scores) for r in present]
-            coords = np.array([[r.value["y"], r.value["x"]] for r in present], float)
-            self.points.data = coords.reshape(-1, 2)
+            self.points.data = to_layer([(r.value["x"], r.value["y"]) for r in present])
             self.points.features = _features(rows)
             self.points.border_color = [
-                _colour(r["source"], r["confidence"]) for r in rows
+                source_colour(r["source"], r["confidence"]) for r in rows
             ] or "red"
             self.points.refresh_text()
             polygons = self.store.polygons(self.record.id)
             self.shapes.data = []
             if polygons:
-                self.shapes.add_polygons(
-                    [np.array([[y, x] for x, y in r.value["vertices"]]) for r in polygons.values()]
-                )
+                self.shapes.add_polygons([to_layer(r.value["vertices"]) for r in polygons.values()])
                 self.shapes.features = {"joint_id": np.array(list(polygons), dtype=object)}
         finally:
             self._loading = False
@@ -313,15 +308,16 @@ class RadiographSession(_Saving):
 
     def save(self) -> int:
         """Write what the layers show (only changes) as human revisions; returns how many."""
+        ids = [str(j) for j in self.points.features["joint_id"]]
         points = {
-            str(j): (float(xy[1]), float(xy[0]))
-            for j, xy in zip(self.points.features["joint_id"], self.points.data, strict=True)
+            j: (float(x), float(y))
+            for j, (x, y) in zip(ids, from_layer(self.points.data), strict=True)
         }
         written = save_centres(
             self.store, self.record.id, points, self.annotator, not_visible=self.not_visible
         )
         outlines = {
-            str(j): [(float(v[1]), float(v[0])) for v in shape]
+            str(j): [(float(x), float(y)) for x, y in from_layer(shape)]
             for j, shape in zip(self.shapes.features["joint_id"], self.shapes.data, strict=True)
             if isinstance(j, str) and j
         }
@@ -343,7 +339,7 @@ class RadiographSession(_Saving):
                     features.loc[i, "source"] = rev.source
                     features.loc[i, "revision"] = rev.revision
             self.points.border_color = [
-                _colour(s, c)
+                source_colour(s, c)
                 for s, c in zip(features["source"], features["confidence"], strict=True)
             ] or "red"
         finally:
@@ -406,10 +402,9 @@ class UltrasoundSession(_Saving):
         self.offset = float(g.shape[1] + self.GAP)
         self.grey_layer = viewer.add_image(g, **gk)
         self.doppler_layer = viewer.add_image(d, translate=(0, self.offset), **dk)
-        style = {"edge_color": "yellow", "face_color": "transparent", "edge_width": 2}
-        self.roi_grey = viewer.add_shapes(name=f"ROI {title} grey-scale", **style)
+        self.roi_grey = viewer.add_shapes(name=f"ROI {title} grey-scale", **ROI_STYLE)
         self.roi_doppler = viewer.add_shapes(
-            name=f"ROI {title} Doppler", translate=(0, self.offset), **style
+            name=f"ROI {title} Doppler", translate=(0, self.offset), **ROI_STYLE
         )
         self.reload()
         for layer in (self.roi_grey, self.roi_doppler):
@@ -425,9 +420,7 @@ class UltrasoundSession(_Saving):
         """The ROI (x0, y0, x1, y1) in image pixels, from whichever layer holds one."""
         for layer in (self.roi_grey, self.roi_doppler):
             if len(layer.data):
-                corners = np.asarray(layer.data[-1])
-                (y0, x0), (y1, x1) = corners.min(0), corners.max(0)
-                return float(x0), float(y0), float(x1), float(y1)
+                return box_from_layer(layer.data[-1])
         return None
 
     def _show(self, box: tuple[float, float, float, float] | None) -> None:
@@ -436,8 +429,7 @@ class UltrasoundSession(_Saving):
             for layer in (self.roi_grey, self.roi_doppler):
                 layer.data = []
                 if box is not None:
-                    x0, y0, x1, y1 = box
-                    layer.add_rectangles(np.array([[y0, x0], [y1, x1]]))
+                    layer.add_rectangles(box_to_layer(box))
         finally:
             self._loading = False
 
@@ -453,9 +445,7 @@ class UltrasoundSession(_Saving):
             return
         source = event.source
         if len(source.data):  # keep only the newest box, mirror it onto the other image
-            corners = np.asarray(source.data[-1])
-            (y0, x0), (y1, x1) = corners.min(0), corners.max(0)
-            self._show((float(x0), float(y0), float(x1), float(y1)))
+            self._show(box_from_layer(source.data[-1]))
         self._save_guarded()
 
     def save(self) -> int:

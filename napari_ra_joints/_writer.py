@@ -14,6 +14,8 @@ from typing import Any
 
 from annotation_tools.slicer import write_markups
 
+from ._layers import from_layer
+
 
 def write_joint_markups(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     """Points with a ``joint_id`` feature -> Markups JSON in image pixels (x, y)."""
@@ -24,7 +26,9 @@ def write_joint_markups(path: str, data: Any, meta: dict[str, Any]) -> list[str]
             "this Points layer has no joint_id for every point; only joint-centre layers "
             "(from the RA joints dock, the reader's sample data or a prediction) can be saved"
         )
-    centres = {str(j): (float(yx[-1]), float(yx[-2])) for j, yx in zip(ids, data, strict=True)}
+    centres = {
+        str(j): (float(x), float(y)) for j, (x, y) in zip(ids, from_layer(data), strict=True)
+    }
     target = Path(path)
     if not target.name.endswith(".mrk.json"):
         target = target.with_name(target.name.split(".")[0] + ".mrk.json")

@@ -7,18 +7,14 @@ import pytest
 import torch
 
 from annotation_tools.imageio import ImageData
-from annotation_tools.locator import (
+from annotation_tools.joint_decoding import (
     UNION_CHANNELS,
-    JointHitRate,
-    LocatorLoss,
-    UnionLabeld,
-    build_network,
     decode_heatmaps,
     decode_result,
     kind_slice,
-    limb_from_filename,
-    prepare_radiograph,
 )
+from annotation_tools.locator import JointHitRate, LocatorLoss, UnionLabeld, build_network
+from annotation_tools.radiograph import limb_from_filename, prepare_input
 from annotation_tools.vocabulary import get_joint, joints_for_limb
 
 
@@ -181,7 +177,7 @@ def test_limb_from_file_names():
 )
 def test_bad_images_are_named_in_warnings(pixels, expect):
     image = ImageData(pixels=pixels, path=None, format="png")
-    prepared = prepare_radiograph(image, "LH", (64, 64), "x_LH.png")
+    prepared = prepare_input(image, "LH", (64, 64), "x_LH.png")
     warnings = json.loads(prepared["warnings"])
     assert any(expect in w for w in warnings)
     assert prepared["pixels"].shape == (64, 64)

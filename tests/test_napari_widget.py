@@ -82,8 +82,8 @@ def _widget(viewer, **kwargs):
 
 
 def _open(widget, limb: str):
-    for i in range(widget.image_list.count()):
-        kind, ident = widget.image_list.item(i).data(0x0100)  # Qt.UserRole
+    for i in range(widget.project_panel.image_list.count()):
+        kind, ident = widget.project_panel.image_list.item(i).data(0x0100)  # Qt.UserRole
         if kind == "radiograph" and widget.store.image(ident).limb == limb:
             widget.open_entry(kind, ident)
             return widget.session
@@ -105,24 +105,24 @@ def test_guided_session_saves_everything_and_reopens_it(make_napari_viewer, smal
     viewer = make_napari_viewer()
     widget = _widget(viewer)
     assert widget.open_project(project)
-    assert widget.image_list.item(0).text().startswith("[unannotated]")
-    widget.annotator_edit.setText("ann1")
+    assert widget.project_panel.image_list.item(0).text().startswith("[unannotated]")
+    widget.project_panel.annotator_edit.setText("ann1")
     session = _open(widget, "LH")
     patient = session.record.patient_id
     truth = _truth(small_cohort, patient, "LH")
     order = [j.id for j in joints_for_limb("LH")]
-    assert widget.guide.text().startswith(f"Click: {session.current().name}")
+    assert widget.annotate_panel.guide.text().startswith(f"Click: {session.current().name}")
     # click every joint in the guided order, except one marked "not visible"
     for joint_id in order:
         assert session.current().id == joint_id
         if joint_id == order[5]:
-            widget.skip_joint()
+            widget.annotate_panel.skip_joint()
             continue
         x, y = truth[joint_id]
         session.points.add([[y, x]])
-    assert session.current() is None and "All 22" in widget.guide.text()
+    assert session.current() is None and "All 22" in widget.annotate_panel.guide.text()
     # one joint-space polygon, drawn after "Draw joint spaces"
-    widget.draw_outlines()
+    widget.annotate_panel.draw_outlines()
     first_outline = session.outline_next()
     x, y = truth[first_outline]
     session.shapes.add_polygons(
@@ -133,9 +133,9 @@ def test_guided_session_saves_everything_and_reopens_it(make_napari_viewer, smal
     us = widget.session
     us.roi_doppler.add_rectangles(np.array([[100, 200], [300, 420]]))  # drawn on the Doppler side
     assert len(us.roi_grey.data) == 1  # ... and shown on the grey-scale image too
-    widget.sh_spin.setValue(2)
-    widget.vasc_spin.setValue(1)
-    widget.save_grades()
+    widget.grades_panel.sh_spin.setValue(2)
+    widget.grades_panel.vasc_spin.setValue(1)
+    widget.grades_panel.save_grades()
     viewer.close()  # every edit was saved when it was made
     with AnnotationStore.open(project, create=False) as store:
         record = next(r for r in store.images(modality="radiograph") if r.limb == "LH")
@@ -158,7 +158,10 @@ def test_guided_session_saves_everything_and_reopens_it(make_napari_viewer, smal
     viewer2 = make_napari_viewer()
     widget2 = _widget(viewer2)
     widget2.open_project(project)
-    texts = [widget2.image_list.item(i).text() for i in range(widget2.image_list.count())]
+    texts = [
+        widget2.project_panel.image_list.item(i).text()
+        for i in range(widget2.project_panel.image_list.count())
+    ]
     assert any(t.startswith("[done]") and " LH " in t for t in texts)
     session2 = _open(widget2, "LH")
     assert len(session2.points.data) == 21 and session2.not_visible == {order[5]}
@@ -171,26 +174,28 @@ def test_predictions_are_editable_model_revisions_and_export_takes_the_correctio
     from annotation_tools.export import export_dataset
     from annotation_tools.store import AnnotationStore
     from annotation_tools.vocabulary import get_joint
-    from napari_ra_joints._widget import _predict_radiographs, _predict_ultrasound, bundle_status
+    from napari_ra_joints._widget import bundle_status
 
     project = _unannotated_project(small_cohort, tmp_path / "project", patients=2)
     viewer = make_napari_viewer()
     widget = _widget(viewer)
     widget.open_project(project)
     session = _open(widget, "LH")
-    result = _run_job(_predict_radiographs(project, session.record.patient_id, widget.bundles_dir))
-    widget._prediction_done(result)
+    result = _predict_patient(widget)
+    widget.predict_panel.show_result(result)
     assert len(session.points.data) >= 20
     assert set(session.points.features["source"]) == {"model"}
     assert any(layer.name.startswith("SHAP") for layer in viewer.layers)
-    assert widget.table.rowCount() == 22 and "Totals" in widget.totals.text()
+    assert (
+        widget.scores_panel.table.rowCount() == 22 and "Totals" in widget.scores_panel.totals.text()
+    )
     moved, accepted = session.points.features["joint_id"][:2]
     # drag one point 6 px, accept another
     data = session.points.data.copy()
     data[0] += 6
     session.points.data = data
     session.points.selected_data = {1}
-    widget.accept()
+    widget.annotate_panel.accept()
     with AnnotationStore.open(project, create=False) as store:
         history = store.centre_history(session.record.id, moved)
         assert [r.source for r in history] == ["model", "human"]
@@ -215,13 +220,13 @@ def test_predictions_are_editable_model_revisions_and_export_takes_the_correctio
     # the corrected and the accepted joint only: no prediction nobody reviewed
     assert set(item["centres"]) == {get_joint(moved).site, get_joint(accepted).site}
     # ultrasound: every bundle that exists is covered
-    if bundle_status("ra_us_rating")[0]:
+    if bundle_status("ultrasound")[0]:
         pair = widget.store.us_pairs()[0]
         widget.open_entry("pair", pair["id"])
         x0, y0, x1, y1 = _truth_roi(small_cohort, pair)
         widget.session.roi_grey.add_rectangles(np.array([[y0, x0], [y1, x1]]))  # the annotator
-        us_result = _run_job(_predict_ultrasound(project, pair, widget.bundles_dir, 4, 1))
-        widget._prediction_done(us_result)
+        us_result = _predict_pair(widget, pair, 4, 1)
+        widget.predict_panel.show_result(us_result)
         assert any(layer.name.startswith("IG") for layer in viewer.layers)
         with AnnotationStore.open(project, create=False) as store:
             assert store.us_score(pair["id"], sources=["model"]) is not None
@@ -230,13 +235,37 @@ def test_predictions_are_editable_model_revisions_and_export_takes_the_correctio
 
 def _run_job(generator):
     """Run a worker job to its end in this thread (the GUI runs it in a napari worker)."""
-    messages = []
+    from annotation_tools.predict import Progress
+
+    events = []
     try:
         while True:
-            messages.append(next(generator))
+            events.append(next(generator))
     except StopIteration as stop:
-        assert all(isinstance(m, str) for m in messages)
+        assert events and all(isinstance(e, Progress) for e in events)
+        assert all(0 <= e.done <= e.total for e in events)  # determinate progress
         return stop.value
+
+
+def _predict_patient(widget, pipeline="two-stage"):
+    """The dock's Predict job for the open radiograph's patient, run in this thread."""
+    from napari_ra_joints.ui.predict_panel import radiograph_job
+
+    job = radiograph_job(
+        widget.predict_panel.service(pipeline),
+        widget.store.root,
+        widget.session.record.patient_id,
+        None,
+    )
+    return _run_job(job)
+
+
+def _predict_pair(widget, pair, steps, copies):
+    """The dock's Predict job for an ultrasound pair, run in this thread."""
+    from napari_ra_joints.ui.predict_panel import ultrasound_job
+
+    service = widget.predict_panel.service("two-stage")
+    return _run_job(ultrasound_job(service, widget.store.root, pair, steps, copies))
 
 
 def test_prediction_runs_in_a_worker_with_progress(
@@ -247,10 +276,13 @@ def test_prediction_runs_in_a_worker_with_progress(
     widget = _widget(viewer)
     widget.open_project(project)
     session = _open(widget, "RF")
-    widget.predict()
-    assert widget.worker is not None and not widget.predict_button.isEnabled()
-    qtbot.waitUntil(lambda: widget.worker is None, timeout=120_000)
-    assert widget.predict_button.isEnabled()
+    widget.predict_panel.predict()
+    assert (
+        widget.predict_panel.worker is not None
+        and not widget.predict_panel.predict_button.isEnabled()
+    )
+    qtbot.waitUntil(lambda: widget.predict_panel.worker is None, timeout=120_000)
+    assert widget.predict_panel.predict_button.isEnabled()
     assert len(session.points.data) >= 5 and "Predicted" in widget.message.text()
 
 
@@ -304,19 +336,17 @@ def test_bad_input_is_reported_and_changes_nothing(
     widget.open_entry("radiograph", record.id)
     assert widget.session is None and "cannot open" in errors[-1].lower()
     # predicting with no bundle weights: "not available", the store is untouched
-    session = _open(widget, "RH")
+    _open(widget, "RH")
     before = (project / "ra_joints.sqlite").stat().st_size, _count_revisions(project)
-    result = _run_job(
-        widget_module._predict_radiographs(project, session.record.patient_id, widget.bundles_dir)
-    )
-    assert any("not available" in s for s in result["skipped"])
-    widget._prediction_done(result)
+    result = _predict_patient(widget)
+    assert any("not available" in s for s in result.skipped)
+    widget.predict_panel.show_result(result)
     assert _count_revisions(project) == before[1]
     # a grade the scale forbids is refused with a message
     widget.open_entry("pair", widget.store.us_pairs()[0]["id"])
-    widget.sh_spin.setValue(0)
-    widget.vasc_spin.setValue(2)
-    widget.save_grades()
+    widget.grades_panel.sh_spin.setValue(0)
+    widget.grades_panel.vasc_spin.setValue(2)
+    widget.grades_panel.save_grades()
     assert "not a valid" in errors[-1]
     assert _count_revisions(project) == before[1]
     assert len(viewer.layers) > 0  # the viewer keeps working
@@ -359,25 +389,24 @@ def test_multitask_pipeline_from_the_dock_gives_the_same_editable_layers(
     make_napari_viewer, small_cohort, tmp_path
 ):
     from annotation_tools.store import AnnotationStore
-    from napari_ra_joints._widget import PIPELINES, _predict_radiographs
+    from napari_ra_joints._widget import PIPELINES
 
     assert set(PIPELINES.values()) == {"two-stage", "multitask"}
     project = _unannotated_project(small_cohort, tmp_path / "project", patients=1)
     viewer = make_napari_viewer()
     widget = _widget(viewer)
-    assert widget.pipeline_box.count() == 2
+    assert widget.predict_panel.pipeline_box.count() == 2
     widget.open_project(project)
     session = _open(widget, "LH")
-    job = _predict_radiographs(
-        project, session.record.patient_id, widget.bundles_dir, pipeline="multitask"
-    )
-    result = _run_job(job)
-    assert "Multi-task U-Net" in result["message"]
-    widget._prediction_done(result)
+    result = _predict_patient(widget, "multitask")
+    assert "Multi-task U-Net" in result.message
+    widget.predict_panel.show_result(result)
     assert len(session.points.data) >= 15
     assert set(session.points.features["source"]) == {"model"}
     assert not any(layer.name.startswith("SHAP") for layer in viewer.layers)
-    assert widget.table.rowCount() == 22 and "Totals" in widget.totals.text()
+    assert (
+        widget.scores_panel.table.rowCount() == 22 and "Totals" in widget.scores_panel.totals.text()
+    )
     with AnnotationStore.open(project, create=False) as store:
         centres = store.centres(session.record.id, sources=["model"])
         scores = store.scores(session.record.id, sources=["model"])
@@ -390,14 +419,14 @@ def test_guide_screenshots(make_napari_viewer, small_cohort, tmp_path, qtbot):
     shown window. ``RA_JOINTS_SCREENSHOTS=docs/images`` writes them there."""
     import os
 
-    from napari_ra_joints._widget import _predict_radiographs, _predict_ultrasound, bundle_status
+    from napari_ra_joints._widget import bundle_status
 
     out = Path(os.environ.get("RA_JOINTS_SCREENSHOTS") or tmp_path)
     out.mkdir(parents=True, exist_ok=True)
     project = _unannotated_project(small_cohort, tmp_path / "project")
     viewer = make_napari_viewer(show=True)
     widget = _widget(viewer)
-    viewer.window._qt_window.resize(1500, 950)
+    viewer.window.resize(1500, 950)
     widget.open_project(project)
     session = _open(widget, "LH")
     truth = _truth(small_cohort, session.record.patient_id, "LH")
@@ -412,15 +441,15 @@ def test_guide_screenshots(make_napari_viewer, small_cohort, tmp_path, qtbot):
             str(out / "annotate_guided.png"), canvas_only=False, flash=False
         )
     }
-    result = _run_job(_predict_radiographs(project, session.record.patient_id, widget.bundles_dir))
-    widget._prediction_done(result)
+    result = _predict_patient(widget)
+    widget.predict_panel.show_result(result)
     widget.tabs.setCurrentIndex(3)
     viewer.reset_view()
     qtbot.wait(200)
     shots["review_predictions.png"] = viewer.screenshot(
         str(out / "review_predictions.png"), canvas_only=False, flash=False
     )
-    if bundle_status("ra_us_rating")[0]:
+    if bundle_status("ultrasound")[0]:
         pair = widget.store.us_pairs()[0]
         widget.open_entry("pair", pair["id"])
         x0, y0, x1, y1 = _truth_roi(small_cohort, pair)
@@ -429,9 +458,7 @@ def test_guide_screenshots(make_napari_viewer, small_cohort, tmp_path, qtbot):
             if layer.name.startswith("SHAP"):
                 viewer.layers.remove(layer)
         steps = (50, 8) if os.environ.get("RA_JOINTS_SCREENSHOTS") else (4, 1)  # docs: RATING's
-        widget._prediction_done(
-            _run_job(_predict_ultrasound(project, pair, widget.bundles_dir, *steps))
-        )
+        widget.predict_panel.show_result(_predict_pair(widget, pair, *steps))
         viewer.reset_view()
         qtbot.wait(200)
         shots["ultrasound_review.png"] = viewer.screenshot(
@@ -443,14 +470,14 @@ def test_guide_screenshots(make_napari_viewer, small_cohort, tmp_path, qtbot):
 
 
 def test_predict_uses_the_chosen_model_version(make_napari_viewer, small_cohort, tmp_path):
+    from annotation_tools.bundles import bundle_for
     from annotation_tools.imageio import file_sha256
     from annotation_tools.store import AnnotationStore
-    from napari_ra_joints._widget import BUNDLES_DIR, _predict_radiographs
 
     project = _unannotated_project(small_cohort, tmp_path / "project")
     version = project / "models" / "ra_joint_locator" / "20260101T000000Z"
     version.mkdir(parents=True)
-    shipped = BUNDLES_DIR / "ra_joint_locator" / "models" / "model.pt"
+    shipped = bundle_for("locator").weights_path
     state = torch.load(shipped, weights_only=True)
     first = next(k for k, v in state.items() if v.is_floating_point())
     state[first] = state[first] * 1.001  # a "retrained" version: other bytes, same network
@@ -459,16 +486,16 @@ def test_predict_uses_the_chosen_model_version(make_napari_viewer, small_cohort,
     viewer = make_napari_viewer()
     widget = _widget(viewer)
     widget.open_project(project)
-    combo = widget.version_boxes["ra_joint_locator"]
+    combo = widget.retrain_panel.version_boxes["ra_joint_locator"]
     assert [combo.itemText(i) for i in range(combo.count())] == ["shipped", version.name]
     assert combo.currentText() == version.name  # the newest version is used by default
-    assert widget.chosen_weights()["ra_joint_locator"] == version / "model.pt"
+    assert widget.retrain_panel.chosen_weights()["ra_joint_locator"] == version / "model.pt"
     combo.setCurrentText("shipped")
-    assert widget.chosen_weights()["ra_joint_locator"] is None
+    assert widget.retrain_panel.chosen_weights()["ra_joint_locator"] is None
     combo.setCurrentText(version.name)
     session = _open(widget, "LF")
-    weights = {**widget.chosen_weights(), "ra_joint_scorer": None}
-    _run_job(_predict_radiographs(project, session.record.patient_id, widget.bundles_dir, weights))
+    widget.retrain_panel.version_boxes["ra_joint_scorer"].setCurrentText("shipped")
+    _predict_patient(widget)
     with AnnotationStore.open(project, create=False) as store:
         hashes = {
             r.weights_hash for r in store.centres(session.record.id, sources=["model"]).values()
@@ -492,3 +519,73 @@ def test_joints_the_model_could_not_find_are_named(make_napari_viewer, small_coh
     widget.store.set_centre(session.record.id, "LF_mtp_3", (10.0, 20.0), Provenance.human("a"))
     session.reload()
     assert "Not found" not in session.guide_text()  # ... until a person places it
+
+
+def test_manifest_puts_the_dock_in_the_layers_annotate_menu():
+    import npe2
+
+    manifest = npe2.PluginManifest.from_distribution("napari-ra-joints")
+    items = manifest.contributions.menus["napari/layers/annotate"]
+    assert [item.command for item in items] == ["napari-ra-joints.annotate"]
+
+
+def test_registered_keys_drive_the_guide_with_real_key_presses(
+    make_napari_viewer, small_cohort, tmp_path, qtbot
+):
+    """N, B and V pressed on the canvas (real Qt key events) do what the help text says."""
+    from qtpy.QtCore import Qt
+
+    from annotation_tools.store import AnnotationStore
+    from napari_ra_joints._keybindings import KEYBINDINGS, shortcuts_text
+
+    assert all(b.key.upper() in shortcuts_text() for b in KEYBINDINGS)
+    project = _unannotated_project(small_cohort, tmp_path / "project")
+    viewer = make_napari_viewer(show=True)
+    widget = _widget(viewer)
+    widget.open_project(project)
+    session = _open(widget, "LH")
+    canvas = viewer.window._qt_viewer.canvas.native  # where a person's key press lands
+    canvas.setFocus()
+    first, second = session.joints[0], session.joints[1]
+    assert session.current() == first
+    qtbot.keyClick(canvas, Qt.Key_N)
+    assert session.current() == second
+    qtbot.keyClick(canvas, Qt.Key_B)
+    assert session.current() == first
+    qtbot.keyClick(canvas, Qt.Key_V)  # "not visible": saved at once, the guide moves on
+    assert session.current() == second
+    assert widget.annotate_panel.guide.text().startswith(f"Click: {second.name}")
+    with AnnotationStore.open(project, create=False) as store:
+        assert store.centres(session.record.id)[first.id].status == "not_visible"
+
+
+def test_cancel_from_the_dock_stops_and_shows_what_was_done(
+    make_napari_viewer, small_cohort, tmp_path, qtbot
+):
+    """Cancel pressed while Predict runs: the worker ends before the next image, the buttons
+    come back and nothing is half-written (test_predict.py checks that images predicted
+    before a cancel keep their revisions)."""
+    from qtpy.QtCore import Qt
+
+    project = _unannotated_project(small_cohort, tmp_path / "project")
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    widget.open_project(project)
+    _open(widget, "LH")
+    panel = widget.predict_panel
+    seen = []
+    panel_show = panel.show_progress
+
+    def cancel_at_second_image(event):
+        panel_show(event)
+        seen.append(event)
+        if len(seen) == 1:  # while the bundles load: cancelled before the first image
+            qtbot.mouseClick(panel.cancel_button, Qt.LeftButton)
+
+    panel.show_progress = cancel_at_second_image
+    qtbot.mouseClick(panel.predict_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=120_000)
+    assert "cancelled" in widget.message.text().lower()
+    assert panel.predict_button.isEnabled() and not panel.cancel_button.isEnabled()
+    assert max(e.done for e in seen) < max(e.total for e in seen)  # it did not run to the end
+    assert _count_revisions(project) == 0  # nothing half-written

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from annotation_tools.bundles import BundleNotFound
 from annotation_tools.imageio import file_sha256
 from annotation_tools.retrain import model_versions, retrain, weights_for
 
@@ -15,7 +16,7 @@ RATING = LOCATOR.parent / "ra_us_rating"
 
 def test_retrained_locator_is_a_new_version_that_predicts(small_cohort, tmp_path):
     from annotation_tools.locator import JointLocator
-    from annotation_tools.pipeline import predict_store_patient
+    from annotation_tools.predict import predict_store_patient
     from annotation_tools.store import AnnotationStore
 
     project = tmp_path / "project"
@@ -59,7 +60,7 @@ def test_retraining_without_reviewed_annotations_says_so(small_cohort, tmp_path)
             store.add_image(target, patient_id=record.patient_id, limb=record.limb)
     with pytest.raises(ValueError, match="no reviewed locator annotations"):
         retrain(project, LOCATOR, folds=3, log=lambda line: None)
-    with pytest.raises(ValueError, match="retraining from the plugin covers"):
+    with pytest.raises(BundleNotFound, match="not a napari-ra-joints bundle"):
         retrain(project, LOCATOR.parent / "no_such_bundle", log=lambda line: None)
     assert model_versions(project, "ra_joint_locator") == []
 
@@ -67,7 +68,7 @@ def test_retraining_without_reviewed_annotations_says_so(small_cohort, tmp_path)
 def test_retrained_ultrasound_ensemble_is_a_version_that_grades(small_cohort, tmp_path):
     """Jigsaw x 2 and 3 stages x 2 folds of a very small network, packed, then used."""
     from annotation_tools.store import AnnotationStore
-    from annotation_tools.us_rating import run_bundle_inference, weights_hash
+    from annotation_tools.us_rating import ensemble_hash, run_bundle_inference
 
     project = tmp_path / "project"
     shutil.copytree(small_cohort, project)
@@ -88,12 +89,12 @@ def test_retrained_ultrasound_ensemble_is_a_version_that_grades(small_cohort, tm
     assert summary["n_graded"] == 6
     with AnnotationStore.open(project, create=False) as store:
         pair = store.us_pairs()[0]
-        assert store.us_score(pair["id"], sources=["model"]).weights_hash == weights_hash(version)
+        assert store.us_score(pair["id"], sources=["model"]).weights_hash == ensemble_hash(version)
 
 
 def test_retrained_multitask_unet_is_a_version_that_locates_and_scores(small_cohort, tmp_path):
     from annotation_tools.multitask import MultitaskModel
-    from annotation_tools.pipeline import predict_store_patient
+    from annotation_tools.predict import predict_store_patient
     from annotation_tools.store import AnnotationStore
 
     bundle = LOCATOR.parent / "ra_multitask_unet"

@@ -438,7 +438,7 @@ def test_predict_splits_a_cohort_across_two_torchrun_processes(small_cohort, tmp
 
 def test_patients_are_dealt_whole_to_ranks(small_cohort):
     from annotation_tools.cases import patient_of_file, shard_by_patient
-    from annotation_tools.locator import image_files
+    from annotation_tools.radiograph import image_files
 
     paths = image_files(small_cohort / "radiographs")
     shards = [shard_by_patient(paths, r, 2) for r in range(2)]

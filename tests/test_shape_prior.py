@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from monai.bundle import ConfigParser
 
-from annotation_tools.locator import assign_joints, check_shape, decode_result, kind_slice
+from annotation_tools.joint_decoding import assign_joints, check_shape, decode_result, kind_slice
 from annotation_tools.shape_prior import (
     ShapePrior,
     fit_shape_priors,

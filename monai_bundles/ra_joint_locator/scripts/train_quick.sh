@@ -7,7 +7,8 @@ BUNDLE="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="${1:-$BUNDLE/../../runs/locator}"
 mkdir -p "$WORK"
 [ -f "$WORK/cohort/cohort.json" ] || ra-joints phantoms --out "$WORK/cohort" --patients 60 --seed 100
-ra-joints export --store "$WORK/cohort" --task locator --out "$WORK/data" --size 256 --folds 5 --seed 0
+# export settings (image size, folds) come from the bundle's own quick configuration
+ra-joints export --store "$WORK/cohort" --bundle "$BUNDLE" --out "$WORK/data" --seed 0
 python -m monai.bundle run \
     --config_file "['$BUNDLE/configs/train.json','$BUNDLE/configs/quick.json']" \
     --meta_file "$BUNDLE/configs/metadata.json" --logging_file "$BUNDLE/configs/logging.conf" \

@@ -12,7 +12,8 @@ mkdir -p "$WORK"
 [ -f "$WORK/cohort/cohort.json" ] || ra-joints phantoms --out "$WORK/cohort" --patients 60 --seed 100
 [ -f "$WORK/trees_a/cohort.json" ] || ra-joints phantoms --out "$WORK/trees_a" --patients 40 --seed 300
 [ -f "$WORK/trees_b/cohort.json" ] || ra-joints phantoms --out "$WORK/trees_b" --patients 80 --seed 301
-ra-joints export --store "$WORK/cohort" --task scorer --out "$WORK/data" --patch-size 64 --folds 5 --seed 0
+# export settings (patch size, folds) come from the bundle's own quick configuration
+ra-joints export --store "$WORK/cohort" --bundle "$BUNDLE" --out "$WORK/data" --seed 0
 python -m monai.bundle run \
     --config_file "['$BUNDLE/configs/train.json','$BUNDLE/configs/quick.json']" \
     --meta_file "$BUNDLE/configs/metadata.json" --logging_file "$BUNDLE/configs/logging.conf" \

@@ -12,8 +12,9 @@ WORK="${1:-$BUNDLE/../../runs/multitask}"
 MEMBERS="${MEMBERS:-2}"
 mkdir -p "$WORK"
 [ -f "$WORK/cohort/cohort.json" ] || ra-joints phantoms --out "$WORK/cohort" --patients 60 --seed 100
-[ -f "$WORK/data/datalist.json" ] || ra-joints export --store "$WORK/cohort" --task multitask \
-    --out "$WORK/data" --shape 288 256 --disc-radius 10 13 --folds 5 --seed 0 --quiet
+# export settings (grid, disc radii, folds) come from the bundle's own quick configuration
+[ -f "$WORK/data/datalist.json" ] || ra-joints export --store "$WORK/cohort" --bundle "$BUNDLE" \
+    --out "$WORK/data" --seed 0 --quiet
 SECONDS_LIST=()
 for k in $(seq 0 $((MEMBERS - 1))); do
     start=$(date +%s)

@@ -11,7 +11,7 @@ set -euo pipefail
 BUNDLE="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="${1:-$BUNDLE/../../runs/rating}"
 PRETRAINED="${PRETRAINED:-True}"
-FOLDS="${FOLDS:-3}"
+FOLDS="${FOLDS:-$(python -c "from annotation_tools.bundles import bundle_for; print(bundle_for('$BUNDLE').export_options()['folds'])")}"
 SEEDS="${SEEDS:-0}"
 if [ "$PRETRAINED" = "True" ]; then CKPT="$WORK/ckpt"; MODELS="${MODELS:-$BUNDLE/models}";
 else CKPT="$WORK/ckpt_no_jigsaw"; MODELS="${MODELS:-$WORK/no_jigsaw}"; fi
@@ -23,7 +23,7 @@ START=$(date +%s)
 [ -f "$WORK/us_train/cohort.json" ] || ra-joints phantoms --out "$WORK/us_train" --patients 100 \
     --seed 400 --height 256 --us-pairs 4
 [ -f "$WORK/us_data/datalist.json" ] || ra-joints export --store "$WORK/us_train" \
-    --task ultrasound --out "$WORK/us_data" --folds "$FOLDS" --seed 0
+    --bundle "$BUNDLE" --out "$WORK/us_data" --folds "$FOLDS" --seed 0
 # the permutation set is part of the bundle: reuse it so the jigsaw classes stay the same
 cp "$BUNDLE/models/jigsaw_permutations.json" "$CKPT/" 2>/dev/null || true
 if [ "$PRETRAINED" = "True" ]; then

@@ -1,0 +1,650 @@
+"""The one prediction service: the CLI and the napari dock both predict through here.
+
+:class:`PredictionService` loads each bundle once (the shipped weights or a version retrained in
+a project), then predicts
+
+* a folder of radiographs (``ra-joints predict --images``): files read once, in chunks, so that
+  memory stays flat; a file that cannot be used is listed with its reason in ``summary.json``
+  and the rest is processed;
+* one patient of a project (the dock's Predict): the store is opened once, each image decoded
+  once, centres and scores kept as ``model`` revisions;
+* ultrasound pairs through the RATING bundle's own inference config.
+
+Each job is a generator (``iter_*``) that yields :class:`Progress` (done / total) and returns a
+result object; it checks a :class:`CancelToken` between images. The plain methods drive the
+generator with a callback (the CLI's progress bar); the dock runs the generator in a napari
+worker and only renders what comes back.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Generator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+from .bundles import CLINICAL_NOTE
+from .cases import CaseTable, identify, shard_by_patient
+from .imageio import ImageData, ImageReadError, read_image
+from .joint_decoding import LocatorResult, write_to_store
+from .locator import JointLocator
+from .multitask import MultitaskModel
+from .radiograph import image_files
+from .scoring import (
+    JointScorer,
+    PatchSet,
+    PatientScores,
+    add_store_cases,
+    cases_from_locator,
+    write_outputs,
+    write_scores_to_store,
+)
+
+__all__ = [
+    "CancelToken",
+    "Cancelled",
+    "PatientPrediction",
+    "PipelineResult",
+    "PredictionService",
+    "Progress",
+    "UltrasoundPrediction",
+    "describe",
+    "merge_shards",
+    "predict_images",
+    "predict_store_patient",
+    "run_job",
+]
+
+PIPELINES = ("two-stage", "multitask")
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Progress:
+    """One step of a job: ``done`` of ``total`` units (images, pairs) and what is happening."""
+
+    done: int
+    total: int
+    message: str
+
+
+class Cancelled(Exception):
+    """The job was cancelled between two images; what was written before stays.
+
+    Not a ``RuntimeError``: Qt workers (superqt) take those for a deleted worker and drop
+    them silently."""
+
+
+class CancelToken:
+    """Set by the person (the dock's Cancel, Ctrl+C); jobs check it between images."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise Cancelled("prediction cancelled; results written so far are kept")
+
+
+def run_job(
+    job: Generator[Progress, None, T], on_progress: Callable[[Progress], None] | None = None
+) -> T:
+    """Drive an ``iter_*`` job to its end, handing each :class:`Progress` to ``on_progress``."""
+    while True:
+        try:
+            event = next(job)
+        except StopIteration as stop:
+            return stop.value
+        if on_progress is not None:
+            on_progress(event)
+
+
+def _check(cancel: CancelToken | None) -> None:
+    if cancel is not None:
+        cancel.check()
+
+
+@dataclass
+class PipelineResult:
+    patients: list[PatientScores]
+    located: list[LocatorResult]
+    failures: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def predict_images(
+    items: Sequence[tuple[str, ImageData]],
+    locator: JointLocator | None,
+    scorer: JointScorer | None,
+    *,
+    table: CaseTable | None = None,
+    explain: bool = False,
+    batch_size: int = 8,
+    multitask: MultitaskModel | None = None,
+) -> PipelineResult:
+    """Already-read radiographs ``(path, image)`` -> scored patients (one patient or many).
+
+    With ``multitask`` the one-network pipeline runs instead of ``locator`` + ``scorer``.
+    """
+    started = time.perf_counter()
+    cases = [identify(path, image, table) for path, image in items]
+    if multitask is not None:
+        from .multitask import patients_of
+
+        preds = multitask.predict_images(
+            [(path, image, case.limb) for (path, image), case in zip(items, cases, strict=True)]
+        )
+        patients = patients_of(preds, [case.patient_id for case in cases])
+        located = [p.located for p in preds]
+        return PipelineResult(patients, located, seconds=time.perf_counter() - started)
+    assert locator is not None and scorer is not None, "two-stage needs a locator and a scorer"
+    located = locator.predict_images(
+        [(path, image, case.limb) for (path, image), case in zip(items, cases, strict=True)],
+        batch_size=batch_size,
+    )
+    patch_set = PatchSet(scorer.patch_size)
+    for (_, image), case, result in zip(items, cases, located, strict=True):
+        patch_set.add(
+            cases_from_locator(result.to_json(locator.model_info), image, case.patient_id),
+            image,
+        )
+    patients = scorer.score(patch_set, explain=explain)
+    return PipelineResult(patients, located, seconds=time.perf_counter() - started)
+
+
+def _iter_predict_folder(
+    images: str | Path,
+    out: str | Path,
+    locator: JointLocator | None,
+    scorer: JointScorer | None,
+    *,
+    multitask: MultitaskModel | None = None,
+    case_table: str | Path | None = None,
+    store: str | Path | None = None,
+    explain: bool = True,
+    chunk: int = 16,
+    shard: tuple[int, int] | None = None,
+    overlays: bool = True,
+    cancel: CancelToken | None = None,
+) -> Generator[Progress, None, PipelineResult]:
+    """Run the pipeline on every radiograph under ``images`` and write the outputs to ``out``.
+
+    Outputs: ``joints/<stem>.json`` (locator), ``scores/<stem>.json``, ``scores_ra2dream.csv``,
+    ``shap/<patient>.png``, ``overlays/<stem>.png`` (centres, names, scores and joint-space
+    outlines on the image), ``summary.json`` (with the files that failed and why).
+
+    With ``multitask`` the one-network pipeline replaces ``locator`` + ``scorer``; the outputs
+    are the same files (no SHAP: it has no symmetry stage).
+
+    ``shard=(rank, world_size)``: this process takes its share of the patients (see
+    :func:`shard_by_patient`) and writes ``scores_ra2dream.rank<r>.csv`` and
+    ``summary.rank<r>.json``; :func:`merge_shards` joins them when every rank is done.
+    """
+    out = Path(out)
+    (out / "joints").mkdir(parents=True, exist_ok=True)
+    table = CaseTable.read(case_table, images) if case_table else None
+    paths = image_files(images)
+    if shard is not None:
+        paths = shard_by_patient(paths, shard[0], shard[1], table)
+    failures: list[tuple[str, str]] = []
+    started = time.perf_counter()
+    suffix = f".rank{shard[0]}" if shard is not None else ""
+    patch_set = PatchSet(scorer.patch_size) if multitask is None else None
+    predictions: list[Any] = []
+    patient_ids: list[str] = []
+    located: list[LocatorResult] = []
+    desc = "locate + score" if multitask is not None else "locate + cut patches"
+    total = len(paths) + (multitask is None)  # + the scoring step of the two-stage pipeline
+    for start in range(0, len(paths), chunk):
+        yield Progress(start, total, desc)
+        _check(cancel)
+        batch: list[tuple[str, ImageData]] = []
+        for path in paths[start : start + chunk]:
+            try:
+                batch.append((str(path), read_image(path)))
+            except ImageReadError as exc:
+                failures.append((str(path), exc.reason))
+        cases = [identify(p, im, table) for p, im in batch]
+        items = [(p, im, c.limb) for (p, im), c in zip(batch, cases, strict=True)]
+        if multitask is not None:
+            chunk_preds = multitask.predict_images(items)
+            predictions += chunk_preds
+            patient_ids += [c.patient_id for c in cases]
+            located += [p.located for p in chunk_preds]
+        else:
+            results = locator.predict_images(items)
+            for (path, image), case, result in zip(batch, cases, results, strict=True):
+                doc = result.to_json(locator.model_info)
+                (out / "joints" / f"{Path(path).stem}.json").write_text(json.dumps(doc, indent=1))
+                patch_set.add(cases_from_locator(doc, image, case.patient_id), image)
+            located += results
+    if multitask is not None:
+        from .multitask import write_predictions
+
+        patients = write_predictions(
+            predictions, patient_ids, out, multitask.model_info, store, failures, suffix
+        )
+    else:
+        yield Progress(len(paths), total, "scoring patches")
+        _check(cancel)
+        patch_set.failures += failures
+        patients = scorer.score(patch_set, explain=explain)
+        info = {**locator.model_info, **{f"scorer_{k}": v for k, v in scorer.model_info.items()}}
+        write_outputs(patients, patch_set.failures, out, info, suffix=suffix)
+        if store:
+            write_scores_to_store(store, patients, scorer.model_info)
+    if overlays:
+        yield Progress(total, total, "overlay PNGs")
+        _write_overlays(patients, located, out)
+    yield Progress(total, total, "done")
+    return PipelineResult(patients, located, failures, time.perf_counter() - started)
+
+
+def _write_overlays(
+    patients: Sequence[PatientScores], located: Sequence[LocatorResult], out: Path
+) -> None:
+    from dataclasses import asdict
+
+    from .overlays import radiograph_overlay
+
+    centres = {r.path: r.present() for r in located}
+    images = [image for patient in patients for image in patient.images]
+    for image in images:
+        radiograph_overlay(
+            image.case.path,
+            out / "overlays" / f"{Path(image.case.path).stem}.png",
+            centres=centres.get(image.case.path, {}),
+            joints={k: asdict(v) for k, v in image.joints.items()},
+            title=f"{image.case.patient_id} {image.case.limb} (phantom-trained model)",
+            labels=True,
+        )
+
+
+def merge_shards(out: str | Path) -> dict[str, Any]:
+    """Join the per-rank tables and summaries of a sharded run into the usual outputs."""
+    import csv
+
+    out = Path(out)
+    tables = sorted(out.glob("scores_ra2dream.rank*.csv"))
+    summaries = sorted(out.glob("summary.rank*.json"))
+    if not tables or len(tables) != len(summaries):
+        raise FileNotFoundError(f"no complete set of rank outputs in {out}")
+    rows: list[dict[str, str]] = []
+    fields: list[str] = []
+    for path in tables:
+        with open(path, newline="") as handle:
+            reader = csv.DictReader(handle)
+            fields = fields or list(reader.fieldnames or [])
+            rows += list(reader)
+    rows.sort(key=lambda r: r["Patient_ID"])
+    with open(out / "scores_ra2dream.csv", "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    merged: dict[str, Any] = {"patients": [], "failed_files": [], "ranks": len(summaries)}
+    for path in summaries:
+        part = json.loads(path.read_text())
+        merged["model"] = part["model"]
+        merged["note"] = part["note"]
+        merged["patients"] += part["patients"]
+        merged["failed_files"] += part["failed_files"]
+    merged["patients"].sort(key=lambda p: p["patient_id"])
+    (out / "summary.json").write_text(json.dumps(merged, indent=1))
+    for path in (*tables, *summaries):
+        path.unlink()
+    return merged
+
+
+@dataclass
+class PatientPrediction:
+    """What Predict did for one patient of a project (the dock renders this)."""
+
+    patient_id: str
+    result: PipelineResult
+    skipped: list[str] = field(default_factory=list)  # bundles not available, files not read
+    shap_png: Path | None = None
+    message: str = ""
+
+
+@dataclass
+class UltrasoundPrediction:
+    """What grading ultrasound pairs wrote: the bundle's summary and each pair's record."""
+
+    output_dir: Path
+    summary: dict[str, Any]
+    records: dict[int, dict[str, Any]] = field(default_factory=dict)  # by pair id (a project)
+    skipped: list[str] = field(default_factory=list)
+
+
+class PredictionService:
+    """Loads the bundles once and predicts radiographs and ultrasound pairs (module docstring).
+
+    ``pipeline``: ``"two-stage"`` (locator, then scorer + symmetry) or ``"multitask"`` (one
+    network). ``bundles_dir``: a folder of bundles instead of the shipped ones; ``bundles``:
+    bundle folders by task (``{"locator": path}``) instead of the registered ones;
+    ``weights``: weights by task (a retrained version), e.g.
+    ``{"locator": project/models/ra_joint_locator/<version>/model.pt}``. A bundle without
+    weights is skipped with its reason; the others still run.
+    """
+
+    def __init__(
+        self,
+        pipeline: str = "two-stage",
+        *,
+        bundles_dir: str | Path | None = None,
+        bundles: Mapping[str, str | Path | None] | None = None,
+        weights: Mapping[str, str | Path | None] | None = None,
+        device: str | None = None,
+        members: int | None = None,
+    ) -> None:
+        if pipeline not in PIPELINES:
+            raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
+        if members is not None and pipeline != "multitask":
+            raise ValueError("members (ensemble size) belongs to the multitask pipeline")
+        self.pipeline = pipeline
+        self.bundles_dir = Path(bundles_dir) if bundles_dir else None
+        self.bundles = {k: Path(v) for k, v in (bundles or {}).items() if v}
+        self.weights = {k: Path(v) for k, v in (weights or {}).items() if v}
+        self.device = device
+        self.members = members
+        self.skipped: list[str] = []
+        self._models: dict[str, Any] | None = None
+
+    @classmethod
+    def from_models(
+        cls,
+        locator: JointLocator | None = None,
+        scorer: JointScorer | None = None,
+        multitask: MultitaskModel | None = None,
+    ) -> PredictionService:
+        """A service around models already loaded (tests, benchmarks, notebooks)."""
+        service = cls("multitask" if multitask is not None else "two-stage")
+        service._models = {"locator": locator, "scorer": scorer, "multitask": multitask}
+        return service
+
+    def bundle(self, task: str) -> Any:
+        from .bundles import BundleInfo, bundle_for
+
+        given = self.bundles.get(task)
+        return BundleInfo.read(given) if given else bundle_for(task, self.bundles_dir)
+
+    def _load(self, task: str) -> Any:
+        from .bundles import BundleNotFound
+
+        try:
+            info = self.bundle(task)
+        except BundleNotFound as exc:
+            self.skipped.append(f"{task}: not available ({exc})")
+            return None
+        ok, reason = info.available()
+        if not ok and task not in self.weights:
+            self.skipped.append(reason)
+            return None
+        chosen = self.weights.get(task)
+        if task == "multitask":
+            return MultitaskModel.from_bundle(
+                info.root,
+                device=self.device,
+                members=self.members,
+                weights=[chosen] if chosen else None,
+            )
+        runner = JointLocator if task == "locator" else JointScorer
+        return runner.from_bundle(
+            info.root, device=self.device, weights=str(chosen) if chosen else None
+        )
+
+    def models(self) -> dict[str, Any]:
+        """``{"locator", "scorer", "multitask"}`` -> loaded model or None, loaded once."""
+        if self._models is None:
+            tasks = ("multitask",) if self.pipeline == "multitask" else ("locator", "scorer")
+            self._models = {"locator": None, "scorer": None, "multitask": None}
+            for task in tasks:
+                self._models[task] = self._load(task)
+        return self._models
+
+    # -------------------------------------------------------------- one patient of a project
+
+    def iter_predict_patient(
+        self,
+        project: Any,
+        patient_id: str,
+        *,
+        explain: bool = True,
+        cancel: CancelToken | None = None,
+    ) -> Generator[Progress, None, PatientPrediction]:
+        """Locate and score every radiograph of one patient; results as ``model`` revisions.
+
+        The store is opened once and each image decoded once. With the two-stage pipeline the
+        scorer then scores the patches around the **newest** centres in the store, whoever
+        placed them - after a person corrected a predicted centre, re-scoring uses it.
+        """
+        from .store import AnnotationStore
+
+        started = time.perf_counter()
+        yield Progress(0, 1, "loading the bundles")
+        models = self.models()
+        locator, scorer, multitask = models["locator"], models["scorer"], models["multitask"]
+        failures: list[tuple[str, str]] = []
+        located: list[LocatorResult] = []
+        patients: list[PatientScores] = []
+        preds: list[Any] = []
+        with AnnotationStore.using(project) as store:
+            records = [r for r in store.images(modality="radiograph") if r.patient_id == patient_id]
+            total = len(records) + (scorer is not None)
+            read: dict[str, ImageData] = {}
+            for done, record in enumerate(records):
+                path = str(store.resolve(record))
+                yield Progress(done, total, f"{Path(path).name}: reading")
+                _check(cancel)  # a cancel heard at this image stops before it
+                try:
+                    read[path] = image = read_image(path)
+                except ImageReadError as exc:
+                    failures.append((path, exc.reason))
+                    continue
+                item = [(path, image, record.limb)]
+                if multitask is not None:
+                    yield Progress(done, total, f"{Path(path).name}: locating and scoring")
+                    pred = multitask.predict_images(item)[0]
+                    write_to_store(store, pred.located, multitask.model_info)
+                    located.append(pred.located)
+                    preds.append(pred)
+                elif locator is not None:
+                    yield Progress(done, total, f"{Path(path).name}: locating joints")
+                    result = locator.predict_images(item)[0]
+                    write_to_store(store, result, locator.model_info)
+                    located.append(result)
+            if multitask is not None:
+                from .multitask import patients_of
+
+                patients = patients_of(preds, [patient_id] * len(preds))
+                write_scores_to_store(store, patients, multitask.model_info)
+            elif scorer is not None:
+                yield Progress(len(records), total, "scoring joints")
+                _check(cancel)
+                patch_set = PatchSet(scorer.patch_size)
+                add_store_cases(patch_set, store, None, patient_id, images=read)
+                failures += [f for f in patch_set.failures if f not in failures]
+                patients = scorer.score(patch_set, explain=explain)
+                write_scores_to_store(store, patients, scorer.model_info)
+            project_dir = Path(store.path).parent
+        result = PipelineResult(patients, located, failures, time.perf_counter() - started)
+        shap_png = _shap_png(patients, project_dir / "predictions" / "shap")
+        yield Progress(total, total, "done")
+        return PatientPrediction(
+            patient_id,
+            result,
+            skipped=list(self.skipped) + [f"{path}: {reason}" for path, reason in failures],
+            shap_png=shap_png,
+            message=self._patient_message(patient_id, result, models),
+        )
+
+    def predict_patient(
+        self,
+        project: Any,
+        patient_id: str,
+        *,
+        explain: bool = True,
+        on_progress: Callable[[Progress], None] | None = None,
+        cancel: CancelToken | None = None,
+    ) -> PatientPrediction:
+        job = self.iter_predict_patient(project, patient_id, explain=explain, cancel=cancel)
+        return run_job(job, on_progress)
+
+    @staticmethod
+    def _patient_message(patient_id: str, result: PipelineResult, models: dict) -> str:
+        if not any(models.values()):
+            return "No radiograph bundle is available."
+        found = sum(len(r.present()) for r in result.located)
+        what = "Multi-task U-Net: " if models["multitask"] is not None else "Predicted "
+        return (
+            f"{what}{found} joint centres and scores for {patient_id} in "
+            f"{result.seconds:.1f} s (model revisions; edit or accept them)"
+        )
+
+    # -------------------------------------------------------------- a folder of radiographs
+
+    def iter_predict_folder(
+        self,
+        images: str | Path,
+        out: str | Path,
+        *,
+        case_table: str | Path | None = None,
+        store: str | Path | None = None,
+        explain: bool = True,
+        chunk: int = 16,
+        shard: tuple[int, int] | None = None,
+        overlays: bool = True,
+        cancel: CancelToken | None = None,
+    ) -> Generator[Progress, None, PipelineResult]:
+        """Every radiograph under ``images`` -> outputs in ``out`` (see :func:`predict_folder`)."""
+        models = self.models()
+        if self.skipped:
+            raise FileNotFoundError("; ".join(self.skipped))
+        return (
+            yield from _iter_predict_folder(
+                images,
+                out,
+                models["locator"],
+                models["scorer"],
+                multitask=models["multitask"],
+                case_table=case_table,
+                store=store,
+                explain=explain,
+                chunk=chunk,
+                shard=shard,
+                overlays=overlays,
+                cancel=cancel,
+            )
+        )
+
+    def predict_folder(
+        self,
+        images: str | Path,
+        out: str | Path,
+        *,
+        on_progress: Callable[[Progress], None] | None = None,
+        **options: Any,
+    ) -> PipelineResult:
+        return run_job(self.iter_predict_folder(images, out, **options), on_progress)
+
+    # -------------------------------------------------------------- ultrasound
+
+    def grade_ultrasound(
+        self,
+        out: str | Path,
+        *,
+        pairs_table: str | Path | None = None,
+        project: str | Path | None = None,
+        patient_id: str | None = None,
+        explain: bool = True,
+        explain_steps: int | None = None,
+        explain_copies: int | None = None,
+    ) -> UltrasoundPrediction:
+        """The RATING bundle's own ``inference.json`` on a pairs table or a project's pairs.
+
+        With ``project`` the grades become ``model`` revisions there. Heatmaps come from one
+        member (fast enough for a folder; RATING's 50 steps x 8 noisy copies unless told).
+        """
+        from .us_rating import run_bundle_inference
+
+        info = self.bundle("ultrasound")
+        chosen = self.weights.get("ultrasound")
+        ok, reason = info.available()
+        if not ok and chosen is None:
+            raise FileNotFoundError(reason)
+        overrides: dict[str, Any] = {"explain": explain}
+        if explain:
+            overrides["explain_members"] = 1
+        if explain_steps is not None:
+            overrides["explain_steps"] = explain_steps
+        if explain_copies is not None:
+            overrides["explain_copies"] = explain_copies
+        if pairs_table is not None:
+            overrides["pairs_table"] = str(pairs_table)
+        if project is not None:
+            overrides.update(store=str(project), write_store=True)
+        if patient_id is not None:
+            overrides["patient_id"] = patient_id
+        if chosen is not None:  # a retrained ensemble: its folder holds the manifest
+            overrides["models_dir"] = str(Path(chosen).parent)
+        if self.device:
+            overrides["device"] = f"$torch.device('{self.device}')"
+        out = Path(out)
+        summary = run_bundle_inference(info.root, out, **overrides)
+        records: dict[int, dict[str, Any]] = {}
+        for path in out.glob("*_pair*.json"):
+            try:
+                records[int(path.stem.rsplit("_pair", 1)[1])] = json.loads(path.read_text())
+            except (ValueError, IndexError):
+                continue
+        skipped = [f"{f['case']} ({f['file']}): {f['reason']}" for f in summary["failed"]]
+        return UltrasoundPrediction(out, summary, records, skipped)
+
+
+def _shap_png(patients: Sequence[PatientScores], folder: Path) -> Path | None:
+    """The symmetry stage's SHAP heatmap of the (one) patient, when it was explained."""
+    from .symmetry import plot_shap
+
+    png = None
+    for patient in patients:
+        if patient.shap is not None:
+            png = plot_shap(
+                patient.shap,
+                folder / f"{patient.patient_id}.png",
+                title=f"SHAP of the symmetry stage - {patient.patient_id}",
+                note=CLINICAL_NOTE,
+            )
+    return png
+
+
+def predict_store_patient(
+    project: str | Path,
+    patient_id: str,
+    locator: JointLocator | None,
+    scorer: JointScorer | None,
+    *,
+    explain: bool = True,
+    multitask: MultitaskModel | None = None,
+) -> PipelineResult:
+    """:meth:`PredictionService.iter_predict_patient` with models already loaded."""
+    service = PredictionService.from_models(locator, scorer, multitask)
+    return service.predict_patient(project, patient_id, explain=explain).result
+
+
+def describe(result: PipelineResult) -> dict[str, Any]:
+    return {
+        "patients": len(result.patients),
+        "radiographs": len(result.located),
+        "failed_files": len(result.failures),
+        "seconds": round(result.seconds, 2),
+    }
