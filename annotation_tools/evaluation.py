@@ -19,7 +19,7 @@ from . import metrics
 from .store import TRAINING_SOURCES, AnnotationStore
 from .vocabulary import DREAM_TOTAL_COLUMNS, dream_columns, get_joint, parse_dream_column
 
-PHANTOM_NOTE = "Measured on phantoms: these figures say nothing about clinical accuracy."
+PHANTOM_NOTE = "Phantom figures: measured on phantoms, they say nothing about clinical accuracy."
 
 
 def read_dream_table(path: str | Path) -> dict[str, dict[str, float]]:

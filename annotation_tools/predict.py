@@ -162,94 +162,6 @@ def predict_images(
     return PipelineResult(patients, located, seconds=time.perf_counter() - started)
 
 
-def _iter_predict_folder(
-    images: str | Path,
-    out: str | Path,
-    locator: JointLocator | None,
-    scorer: JointScorer | None,
-    *,
-    multitask: MultitaskModel | None = None,
-    case_table: str | Path | None = None,
-    store: str | Path | None = None,
-    explain: bool = True,
-    chunk: int = 16,
-    shard: tuple[int, int] | None = None,
-    overlays: bool = True,
-    cancel: CancelToken | None = None,
-) -> Generator[Progress, None, PipelineResult]:
-    """Run the pipeline on every radiograph under ``images`` and write the outputs to ``out``.
-
-    Outputs: ``joints/<stem>.json`` (locator), ``scores/<stem>.json``, ``scores_ra2dream.csv``,
-    ``shap/<patient>.png``, ``overlays/<stem>.png`` (centres, names, scores and joint-space
-    outlines on the image), ``summary.json`` (with the files that failed and why).
-
-    With ``multitask`` the one-network pipeline replaces ``locator`` + ``scorer``; the outputs
-    are the same files (no SHAP: it has no symmetry stage).
-
-    ``shard=(rank, world_size)``: this process takes its share of the patients (see
-    :func:`shard_by_patient`) and writes ``scores_ra2dream.rank<r>.csv`` and
-    ``summary.rank<r>.json``; :func:`merge_shards` joins them when every rank is done.
-    """
-    out = Path(out)
-    (out / "joints").mkdir(parents=True, exist_ok=True)
-    table = CaseTable.read(case_table, images) if case_table else None
-    paths = image_files(images)
-    if shard is not None:
-        paths = shard_by_patient(paths, shard[0], shard[1], table)
-    failures: list[tuple[str, str]] = []
-    started = time.perf_counter()
-    suffix = f".rank{shard[0]}" if shard is not None else ""
-    patch_set = PatchSet(scorer.patch_size) if multitask is None else None
-    predictions: list[Any] = []
-    patient_ids: list[str] = []
-    located: list[LocatorResult] = []
-    desc = "locate + score" if multitask is not None else "locate + cut patches"
-    total = len(paths) + (multitask is None)  # + the scoring step of the two-stage pipeline
-    for start in range(0, len(paths), chunk):
-        yield Progress(start, total, desc)
-        _check(cancel)
-        batch: list[tuple[str, ImageData]] = []
-        for path in paths[start : start + chunk]:
-            try:
-                batch.append((str(path), read_image(path)))
-            except ImageReadError as exc:
-                failures.append((str(path), exc.reason))
-        cases = [identify(p, im, table) for p, im in batch]
-        items = [(p, im, c.limb) for (p, im), c in zip(batch, cases, strict=True)]
-        if multitask is not None:
-            chunk_preds = multitask.predict_images(items)
-            predictions += chunk_preds
-            patient_ids += [c.patient_id for c in cases]
-            located += [p.located for p in chunk_preds]
-        else:
-            results = locator.predict_images(items)
-            for (path, image), case, result in zip(batch, cases, results, strict=True):
-                doc = result.to_json(locator.model_info)
-                (out / "joints" / f"{Path(path).stem}.json").write_text(json.dumps(doc, indent=1))
-                patch_set.add(cases_from_locator(doc, image, case.patient_id), image)
-            located += results
-    if multitask is not None:
-        from .multitask import write_predictions
-
-        patients = write_predictions(
-            predictions, patient_ids, out, multitask.model_info, store, failures, suffix
-        )
-    else:
-        yield Progress(len(paths), total, "scoring patches")
-        _check(cancel)
-        patch_set.failures += failures
-        patients = scorer.score(patch_set, explain=explain)
-        info = {**locator.model_info, **{f"scorer_{k}": v for k, v in scorer.model_info.items()}}
-        write_outputs(patients, patch_set.failures, out, info, suffix=suffix)
-        if store:
-            write_scores_to_store(store, patients, scorer.model_info)
-    if overlays:
-        yield Progress(total, total, "overlay PNGs")
-        _write_overlays(patients, located, out)
-    yield Progress(total, total, "done")
-    return PipelineResult(patients, located, failures, time.perf_counter() - started)
-
-
 def _write_overlays(
     patients: Sequence[PatientScores], located: Sequence[LocatorResult], out: Path
 ) -> None:
@@ -526,26 +438,85 @@ class PredictionService:
         overlays: bool = True,
         cancel: CancelToken | None = None,
     ) -> Generator[Progress, None, PipelineResult]:
-        """Every radiograph under ``images`` -> outputs in ``out`` (see :func:`predict_folder`)."""
+        """Run the pipeline on every radiograph under ``images``; write the outputs to ``out``.
+
+        Outputs: ``joints/<stem>.json`` (locator), ``scores/<stem>.json``,
+        ``scores_ra2dream.csv``, ``shap/<patient>.png``, ``overlays/<stem>.png`` (centres,
+        names, scores and joint-space outlines on the image), ``summary.json`` (with the files
+        that failed and why). The multitask pipeline writes the same files (no SHAP: it has no
+        symmetry stage).
+
+        ``shard=(rank, world_size)``: this process takes its share of the patients (see
+        :func:`shard_by_patient`) and writes ``scores_ra2dream.rank<r>.csv`` and
+        ``summary.rank<r>.json``; :func:`merge_shards` joins them when every rank is done.
+        """
         models = self.models()
         if self.skipped:
             raise FileNotFoundError("; ".join(self.skipped))
-        return (
-            yield from _iter_predict_folder(
-                images,
-                out,
-                models["locator"],
-                models["scorer"],
-                multitask=models["multitask"],
-                case_table=case_table,
-                store=store,
-                explain=explain,
-                chunk=chunk,
-                shard=shard,
-                overlays=overlays,
-                cancel=cancel,
+        locator, scorer, multitask = models["locator"], models["scorer"], models["multitask"]
+        out = Path(out)
+        (out / "joints").mkdir(parents=True, exist_ok=True)
+        table = CaseTable.read(case_table, images) if case_table else None
+        paths = image_files(images)
+        if shard is not None:
+            paths = shard_by_patient(paths, shard[0], shard[1], table)
+        failures: list[tuple[str, str]] = []
+        started = time.perf_counter()
+        suffix = f".rank{shard[0]}" if shard is not None else ""
+        patch_set = PatchSet(scorer.patch_size) if multitask is None else None
+        predictions: list[Any] = []
+        patient_ids: list[str] = []
+        located: list[LocatorResult] = []
+        desc = "locate + score" if multitask is not None else "locate + cut patches"
+        total = len(paths) + (multitask is None)  # + the scoring step of the two-stage pipeline
+        for start in range(0, len(paths), chunk):
+            yield Progress(start, total, desc)
+            _check(cancel)
+            batch: list[tuple[str, ImageData]] = []
+            for path in paths[start : start + chunk]:
+                try:
+                    batch.append((str(path), read_image(path)))
+                except ImageReadError as exc:
+                    failures.append((str(path), exc.reason))
+            cases = [identify(p, im, table) for p, im in batch]
+            items = [(p, im, c.limb) for (p, im), c in zip(batch, cases, strict=True)]
+            if multitask is not None:
+                chunk_preds = multitask.predict_images(items)
+                predictions += chunk_preds
+                patient_ids += [c.patient_id for c in cases]
+                located += [p.located for p in chunk_preds]
+            else:
+                results = locator.predict_images(items)
+                for (path, image), case, result in zip(batch, cases, results, strict=True):
+                    doc = result.to_json(locator.model_info)
+                    (out / "joints" / f"{Path(path).stem}.json").write_text(
+                        json.dumps(doc, indent=1)
+                    )
+                    patch_set.add(cases_from_locator(doc, image, case.patient_id), image)
+                located += results
+        if multitask is not None:
+            from .multitask import write_predictions
+
+            patients = write_predictions(
+                predictions, patient_ids, out, multitask.model_info, store, failures, suffix
             )
-        )
+        else:
+            yield Progress(len(paths), total, "scoring patches")
+            _check(cancel)
+            patch_set.failures += failures
+            patients = scorer.score(patch_set, explain=explain)
+            info = {
+                **locator.model_info,
+                **{f"scorer_{k}": v for k, v in scorer.model_info.items()},
+            }
+            write_outputs(patients, patch_set.failures, out, info, suffix=suffix)
+            if store:
+                write_scores_to_store(store, patients, scorer.model_info)
+        if overlays:
+            yield Progress(total, total, "overlay PNGs")
+            _write_overlays(patients, located, out)
+        yield Progress(total, total, "done")
+        return PipelineResult(patients, located, failures, time.perf_counter() - started)
 
     def predict_folder(
         self,

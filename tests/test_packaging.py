@@ -163,3 +163,38 @@ def test_wheel_carries_the_bundles_and_keeps_napari_optional(tmp_path):
         r.split(">")[0].split("[")[0].strip() in {"napari", "magicgui", "npe2"} for r in core
     )
     assert any(r.startswith("napari") and 'extra == "napari"' in r for r in requires)
+
+
+# the config combinations the bundles are run with (docs, scripts, retraining, tests)
+CONFIG_SETS = (
+    ("inference.json",),
+    ("inference.json", "evaluate.json"),
+    ("train.json", "quick.json"),
+    ("train.json", "quick.json", "multi_gpu_train.json"),
+    ("train_jigsaw.json", "quick.json"),
+    ("train_symmetry.json", "quick.json"),
+)
+
+
+def test_every_module_alias_a_bundle_config_uses_is_imported():
+    """MONAI replaces a top-level key of an earlier config file by a later file's, so an alias
+    (``ra_locator.``) is usable only if the last ``imports`` of the set imports it."""
+    import re
+
+    from annotation_tools.bundles import registry
+
+    checked = 0
+    for info in registry().values():
+        for names in CONFIG_SETS:
+            paths = [info.root / "configs" / n for n in names]
+            if not all(p.is_file() for p in paths):
+                continue
+            merged: dict = {}
+            for path in paths:
+                merged.update(json.loads(path.read_text()))
+            aliases = {i.split(" as ")[1] for i in merged.get("imports", []) if " as " in i}
+            text = json.dumps({k: v for k, v in merged.items() if k != "imports"})
+            used = set(re.findall(r"\b(ra_\w+)\.", text))
+            assert used <= aliases, (info.name, names, used - aliases)
+            checked += 1
+    assert checked >= 12

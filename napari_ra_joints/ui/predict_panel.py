@@ -128,7 +128,8 @@ class PredictPanel(QGroupBox):
             for name, info in registry(self.dock.bundles_dir).items()
         }
         key = (pipeline, tuple(sorted((k, str(v)) for k, v in by_task.items())))
-        if key not in self._services:
+        if key not in self._services:  # other weights chosen: let the old models go
+            self._services = {k: v for k, v in self._services.items() if k[0] != pipeline}
             self._services[key] = PredictionService(
                 pipeline, bundles_dir=self.dock.bundles_dir, weights=by_task
             )
