@@ -407,7 +407,9 @@ def _merge_when_all_ranks_are_done(out: Path, shard: tuple[int, int]) -> None:
 def _predict_ultrasound(service: Any, args: argparse.Namespace) -> int:
     """``--ultrasound TABLE``: the RATING bundle on a pairs table -> OUT/ultrasound/."""
     out = args.out / "ultrasound"
-    graded = service.grade_ultrasound(out, pairs_table=args.ultrasound, explain=not args.no_explain)
+    graded = service.grade_ultrasound(
+        out, pairs_table=args.ultrasound, explain=not args.no_explain, progress=not args.quiet
+    )
     summary = graded.summary
     print(
         f"graded {summary['n_graded']} of {summary['n_pairs']} ultrasound pair(s) -> {out} "

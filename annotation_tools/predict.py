@@ -540,6 +540,7 @@ class PredictionService:
         explain: bool = True,
         explain_steps: int | None = None,
         explain_copies: int | None = None,
+        progress: bool = True,
     ) -> UltrasoundPrediction:
         """The RATING bundle's own ``inference.json`` on a pairs table or a project's pairs.
 
@@ -553,7 +554,7 @@ class PredictionService:
         ok, reason = info.available()
         if not ok and chosen is None:
             raise FileNotFoundError(reason)
-        overrides: dict[str, Any] = {"explain": explain}
+        overrides: dict[str, Any] = {"explain": explain, "progress": progress}
         if explain:
             overrides["explain_members"] = 1
         if explain_steps is not None:

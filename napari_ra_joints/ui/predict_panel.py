@@ -69,6 +69,7 @@ def ultrasound_job(
         patient_id=pair["patient_id"],
         explain_steps=steps,
         explain_copies=copies,
+        progress=False,  # the dock shows its own progress bar
     )
 
 
