@@ -80,6 +80,7 @@ class BundleInfo:
     companions: tuple[str, ...] = ()  # files training writes next to the weights, kept with them
     ensemble: bool = False  # trained as several members, then packed (``ensemble.json``)
     retrainable: bool = True
+    version: str = ""  # the bundle's version (metadata.json)
 
     @property
     def weights_path(self) -> Path:
@@ -135,6 +136,7 @@ class BundleInfo:
             companions=tuple(section.get("companions", ())),
             ensemble=bool(section.get("ensemble", False)),
             retrainable=bool(section.get("retrainable", True)),
+            version=str(meta.get("version", "")),
         )
 
 

@@ -39,13 +39,12 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
 def _cmd_bundles(args: argparse.Namespace) -> int:
     """Where the bundles are and whether each can predict (the folder to hand to
     ``python -m monai.bundle run --bundle_root``)."""
-    from .bundles import bundle_parser, bundles_dir, registry
+    from .bundles import bundles_dir, registry
 
     rows = []
     for info in registry().values():
         ready, reason = info.available()
-        version = bundle_parser(info.root).get("_meta_#version", "")
-        rows.append({"name": info.name, "task": info.task, "version": version,
+        rows.append({"name": info.name, "task": info.task, "version": info.version,
                      "ready": ready, "status": reason, "root": str(info.root)})  # fmt: skip
     if args.json:
         print(json.dumps({"bundles_dir": str(bundles_dir()), "bundles": rows}, indent=2))

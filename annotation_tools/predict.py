@@ -303,14 +303,14 @@ class PredictionService:
             self.skipped.append(reason)
             return None
         chosen = self.weights.get(task)
-        if task == "multitask":
-            return MultitaskModel.from_bundle(
+        runner = info.runner_object()  # the class the bundle's metadata names
+        if task == "multitask":  # an ensemble: a list of member weights, and how many to use
+            return runner.from_bundle(
                 info.root,
                 device=self.device,
                 members=self.members,
                 weights=[chosen] if chosen else None,
             )
-        runner = JointLocator if task == "locator" else JointScorer
         return runner.from_bundle(
             info.root, device=self.device, weights=str(chosen) if chosen else None
         )
@@ -385,10 +385,10 @@ class PredictionService:
                 _check(cancel)
                 patch_set = PatchSet(scorer.patch_size)
                 add_store_cases(patch_set, store, None, patient_id, images=read)
-                failures += [f for f in patch_set.failures if f not in failures]
+                failures += patch_set.failures
                 patients = scorer.score(patch_set, explain=explain)
                 write_scores_to_store(store, patients, scorer.model_info)
-            project_dir = Path(store.path).parent
+            project_dir = store.root
         result = PipelineResult(patients, located, failures, time.perf_counter() - started)
         shap_png = _shap_png(patients, project_dir / "predictions" / "shap")
         yield Progress(total, total, "done")

@@ -70,7 +70,8 @@ def retrain_steps(
     """
     root = Path(bundle_root)
     info = BundleInfo.read(root)
-    folds = folds or int(info.export_options(quick).get("folds", DEFAULT_FOLDS))
+    if folds is None:  # the bundle's recipe says how many folds its configuration trains
+        folds = int(info.export_options(quick).get("folds", DEFAULT_FOLDS))
 
     def run(config: str, *extra: str) -> list[str]:
         configs = [f"configs/{config}"] + (["configs/quick.json"] if quick else [])
@@ -134,8 +135,8 @@ def iter_retrain(
     if not recipe.retrainable:
         raise ValueError(f"{name} is not retrainable here; train it with its scripts (README)")
     options = recipe.export_options(quick)
-    folds = folds or int(options.pop("folds", DEFAULT_FOLDS))
-    options.pop("folds", None)
+    recipe_folds = int(options.pop("folds", DEFAULT_FOLDS))  # an argument of its own below
+    folds = recipe_folds if folds is None else folds
     version = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     work = project / "training" / name / version
     target = project / "models" / name / version

@@ -224,7 +224,8 @@ def add_store_cases(
     """Cases of a project's radiographs (or one patient's) with their newest centres.
 
     ``project``: a project path or an open store; ``images``: radiographs already read, by
-    path, so that the prediction service decodes each image only once.
+    path, so that the prediction service decodes each image only once (an image missing from
+    it could not be read, and the caller has reported it).
     """
     from .store import AnnotationStore
 
@@ -233,7 +234,7 @@ def add_store_cases(
             if patient_id is not None and record.patient_id != patient_id:
                 continue
             path = db.resolve(record)
-            image = (images or {}).get(str(path)) or _read(path, patch_set.failures)
+            image = images.get(str(path)) if images is not None else _read(path, patch_set.failures)
             if image is None:
                 continue
             raw = {

@@ -16,7 +16,7 @@ from typing import Any
 from napari.utils.notifications import show_error
 from qtpy.QtWidgets import QLabel, QTabWidget, QVBoxLayout, QWidget
 
-from annotation_tools.bundles import registry
+from annotation_tools.bundles import BundleNotFound, bundle_for
 from annotation_tools.store import AnnotationStore, StoreError
 
 from ._keybindings import bind_keys
@@ -35,10 +35,10 @@ TABS = ("Project", "Annotate", "Predict", "Scores", "Retrain")
 
 def bundle_status(task: str, bundles_dir: str | Path | None = None) -> tuple[bool, str]:
     """(available, reason) of the bundle of a task: without weights it is "not available"."""
-    for info in registry(bundles_dir).values():
-        if info.task == task:
-            return info.available()
-    return False, f"{task}: not available (no such bundle in {bundles_dir or 'the package'})"
+    try:
+        return bundle_for(task, bundles_dir).available()
+    except BundleNotFound as exc:
+        return False, f"{task}: not available ({exc})"
 
 
 @dataclass(frozen=True)
