@@ -417,7 +417,10 @@ def decode_result(
 
 
 def write_to_store(store_path: Any, result: LocatorResult, model: Mapping[str, str]) -> int:
-    """Store predicted centres as ``model`` revisions (missing joints as "not visible").
+    """Store predicted centres as ``model`` proposals (missing joints as "not visible").
+
+    Joints a person (or the phantom truth) already placed, marked or deleted get no proposal:
+    re-running Predict after a review leaves the review as it is.
 
     ``model``: the runner's ``model_info`` (``bundle``, ``version``, ``weights_sha256``), the
     provenance every revision carries. ``store_path``: a project path or an open store.
@@ -438,7 +441,12 @@ def write_to_store(store_path: Any, result: LocatorResult, model: Mapping[str, s
                 f"{result.path} is stored as {record.limb} but was located as {result.limb}"
             )
         with store.transaction():
+            decided = {
+                key for key, res in store.resolved("centre", record.id).items() if res.committed
+            }
             for joint_id, joint in result.joints.items():
+                if joint_id in decided:
+                    continue  # a person (or the truth) placed this joint: no proposal over it
                 if joint.missing:
                     store.set_centre(
                         record.id,

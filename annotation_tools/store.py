@@ -49,6 +49,7 @@ __all__ = [
     "AnnotationStore",
     "ImageRecord",
     "Provenance",
+    "Resolved",
     "Revision",
     "StoreError",
     "StoreLockedError",
@@ -137,6 +138,47 @@ class Revision:
     @property
     def is_model(self) -> bool:
         return self.source == "model"
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """One annotation as a reader sees it: the committed revision and the model's proposal.
+
+    The resolution rule (``docs/store.md``): the newest human or phantom-truth revision is
+    the value when one exists; a model revision is a *proposal* and is the value only where no
+    person (or truth) has said anything. A person accepts a proposal with a human revision that
+    ``confirms`` it, so a model can never hide a person's work.
+    """
+
+    committed: Revision | None  # newest human / phantom revision, any status
+    proposal: Revision | None  # newest model revision, any status
+
+    @property
+    def current(self) -> Revision | None:
+        """The revision that counts (None when it is a deletion)."""
+        rev = self.committed or self.proposal
+        return None if rev is None or rev.status == "deleted" else rev
+
+    @property
+    def pending(self) -> Revision | None:
+        """The proposal still waiting for a person: newer than the committed revision, not
+        accepted, not a deletion."""
+        prop, done = self.proposal, self.committed
+        if prop is None or prop.status == "deleted":
+            return None
+        if done is not None and (done.revision > prop.revision or done.confirms == prop.id):
+            return None
+        return prop
+
+    @property
+    def state(self) -> str:
+        """``committed`` (a person or the truth decided), ``proposed`` (only the model spoke),
+        ``deleted`` or ``empty``."""
+        if self.committed is not None:
+            return "deleted" if self.committed.status == "deleted" else "committed"
+        if self.proposal is not None and self.proposal.status != "deleted":
+            return "proposed"
+        return "empty"
 
 
 # Each annotation kind: its table, the columns that identify *what* is annotated (the revision
@@ -618,10 +660,13 @@ class AnnotationStore:
             sql += f" AND p.source IN ({', '.join('?' * len(sources))})"
             params += sources
         if latest_only:
+            # The resolution rule: a human / phantom revision outranks every model revision,
+            # then the newest wins (see Resolved).
             partition = ", ".join(f"q.{c}" for c in spec.key_columns) or f"q.{spec.owner}"
             sql = (
                 f"SELECT * FROM (SELECT q.*, ROW_NUMBER() OVER (PARTITION BY {partition} "
-                f"ORDER BY q.revision DESC) AS rn FROM ({sql}) q) WHERE rn = 1"
+                "ORDER BY CASE q.source WHEN 'model' THEN 1 ELSE 0 END, q.revision DESC) "
+                f"AS rn FROM ({sql}) q) WHERE rn = 1"
             )
         order = ", ".join((*spec.key_columns, "revision"))
         rows = self._query(f"{sql} ORDER BY {order}", params)
@@ -673,7 +718,8 @@ class AnnotationStore:
     def centres(
         self, image_id: int, *, sources: Iterable[str] | None = None
     ) -> dict[str, Revision]:
-        """Newest revision of every joint centre (restricted to ``sources`` if given)."""
+        """The resolved centre of every joint: the newest human or phantom revision, else the
+        newest model proposal (see :class:`Resolved`); with ``sources``, the newest of those."""
         return {r.key: r for r in self._revisions("centre", image_id, sources=sources)}
 
     def centre_history(self, image_id: int, joint_id: str) -> list[Revision]:
@@ -681,17 +727,108 @@ class AnnotationStore:
             "centre", image_id, key={"joint_id": joint_id}, latest_only=False, include_deleted=True
         )
 
-    def confirm(self, kind: str, image_id: int, key: dict[str, Any], annotator: str) -> int:
-        """ "Accept": copy the newest model revision as a human revision that confirms it."""
-        latest = self._revisions(kind, image_id, key=key)
-        if not latest:
-            raise StoreError(f"nothing to confirm for {kind} {key} on image {image_id}")
-        rev = latest[0]
-        values = dict(rev.value)
-        if kind == "polygon":
+    def resolved(self, kind: str, owner_id: int) -> dict[Any, Resolved]:
+        """Committed revision and model proposal of every annotation of one image (or pair).
+
+        Keys as in :meth:`centres` (joint id), :meth:`scores` (``(joint_id, score_type)``);
+        ``None`` for the single ROI of an image and the single grade of a pair.
+        """
+        committed = {
+            _key_of(r): r
+            for r in self._revisions(kind, owner_id, sources=TRAINING_SOURCES, include_deleted=True)
+        }
+        proposals = {
+            _key_of(r): r
+            for r in self._revisions(kind, owner_id, sources=["model"], include_deleted=True)
+        }
+        return {
+            key: Resolved(committed.get(key), proposals.get(key))
+            for key in sorted({*committed, *proposals}, key=str)
+        }
+
+    def proposals(self, kind: str, owner_id: int) -> dict[Any, Revision]:
+        """Model proposals still waiting for a person (see :attr:`Resolved.pending`)."""
+        out = {}
+        for key, res in self.resolved(kind, owner_id).items():
+            if res.pending is not None:
+                out[key] = res.pending
+        return out
+
+    def history(
+        self, kind: str, owner_id: int, key: dict[str, Any] | None = None
+    ) -> list[Revision]:
+        """Every revision of one annotation (or of all of an image's), oldest first."""
+        return self._revisions(kind, owner_id, key=key, latest_only=False, include_deleted=True)
+
+    def confirm(
+        self,
+        kind: str,
+        owner_id: int,
+        key: dict[str, Any],
+        annotator: str,
+        *,
+        revision_id: int | None = None,
+    ) -> int:
+        """Accept a model proposal: a human revision copying it, that ``confirms`` it.
+
+        ``revision_id`` (a :attr:`Revision.id`) names the proposal; without it, the pending
+        proposal of that annotation. Refused unless the id exists and is a model revision of the
+        same kind and key - accepting must never copy a person's row or another joint's.
+        """
+        history = self.history(kind, owner_id, key)
+        if revision_id is None:
+            res = Resolved(
+                next((r for r in reversed(history) if not r.is_model), None),
+                next((r for r in reversed(history) if r.is_model), None),
+            )
+            rev = res.pending
+            if rev is None:
+                raise StoreError(f"no model proposal to accept for {kind} {key} of {owner_id}")
+        else:
+            rev = next((r for r in history if r.id == int(revision_id)), None)
+            if rev is None:
+                raise StoreError(
+                    f"revision {revision_id} is not a {kind} revision of {key} on {owner_id}"
+                )
+            if not rev.is_model:
+                raise StoreError(
+                    f"revision {revision_id} of {kind} {key} is a {rev.source} revision; only "
+                    "model proposals are accepted"
+                )
+        return self._copy_revision(kind, owner_id, key, rev, annotator, confirms=rev.id)
+
+    def reject(self, kind: str, owner_id: int, key: dict[str, Any], annotator: str) -> int:
+        """Turn down the pending proposal: the committed value is restated by the person (it
+        stays what counts), or, where nobody had committed anything, a human deletion."""
+        history = self.history(kind, owner_id, key)
+        committed = next((r for r in reversed(history) if not r.is_model), None)
+        proposal = next((r for r in reversed(history) if r.is_model), None)
+        if Resolved(committed, proposal).pending is None:
+            raise StoreError(f"no model proposal to reject for {kind} {key} of {owner_id}")
+        if committed is not None:
+            return self._copy_revision(
+                kind, owner_id, key, committed, annotator, confirms=committed.id
+            )
+        return self._append(
+            kind, owner_id, key, {}, Provenance.human(annotator), "deleted", proposal.id
+        )
+
+    def _copy_revision(
+        self,
+        kind: str,
+        owner_id: int,
+        key: dict[str, Any],
+        rev: Revision,
+        annotator: str,
+        *,
+        confirms: int,
+    ) -> int:
+        spec = _KINDS[kind]
+        values = {c: rev.value.get(c) for c in spec.value_columns}
+        if kind == "polygon" and values["vertices"] is not None:
             values["vertices"] = json.dumps(values["vertices"])
         return self._append(
-            kind, image_id, key, values, Provenance.human(annotator), rev.status, rev.id
+            kind, owner_id, key, values, Provenance.human(annotator), rev.status, confirms
         )
 
     # ------------------------------------------------------------------ polygons
@@ -750,6 +887,14 @@ class AnnotationStore:
             {"value": float(value), "uncertainty": uncertainty},
             provenance,
         )
+
+    def delete_score(
+        self, image_id: int, joint_id: str, score_type: ScoreType | str, provenance: Provenance
+    ) -> int:
+        """A grade withdrawn (undo of a first grade): a ``deleted`` revision, history kept."""
+        self._check_joint(image_id, joint_id)
+        key = {"joint_id": joint_id, "score_type": ScoreType(score_type).value}
+        return self._append("score", image_id, key, {}, provenance, "deleted")
 
     def scores(
         self, image_id: int, *, sources: Iterable[str] | None = None
@@ -1057,3 +1202,12 @@ def _revision(kind: str, spec: _Kind, row: sqlite3.Row) -> Revision:
         created_at=row["created_at"],
         confirms=row["confirms"],
     )
+
+
+def _key_of(rev: Revision) -> Any:
+    """The key :meth:`AnnotationStore.resolved` files a revision under (as the readers do)."""
+    if rev.kind == "score":
+        return (rev.value["joint_id"], rev.value["score_type"])
+    if rev.kind in ("centre", "polygon"):
+        return rev.key
+    return None

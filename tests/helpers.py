@@ -75,3 +75,37 @@ def check_bundle_layout(bundle, files):
     for key in ("monai_version", "pytorch_version", "numpy_version", "task", "description"):
         assert meta[key], key
     return meta
+
+
+def unannotated_project(cohort, dest, patients=1):
+    """The cohort's files for ``patients`` patients in a new project with no annotations."""
+    import shutil
+
+    from annotation_tools.store import AnnotationStore
+
+    with AnnotationStore.open(cohort, create=False) as source:
+        keep = source.patients()[:patients]
+        new_ids = {}
+        with AnnotationStore.open(dest) as store:
+            for record in source.images():
+                if record.patient_id not in keep:
+                    continue
+                target = dest / record.path
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(cohort / record.path, target)
+                new_ids[record.id] = store.add_image(
+                    target,
+                    patient_id=record.patient_id,
+                    modality=record.modality,
+                    limb=record.limb,
+                    width=record.width,
+                    height=record.height,
+                )
+            for pair in source.us_pairs():
+                if pair["patient_id"] in keep:
+                    store.add_us_pair(
+                        new_ids[pair["greyscale_image_id"]],
+                        new_ids[pair["doppler_image_id"]],
+                        site=pair["site"],
+                    )
+    return dest

@@ -13,39 +13,7 @@ import torch
 pytest.importorskip("napari")
 pytestmark = pytest.mark.gui
 
-
-def _unannotated_project(cohort: Path, dest: Path, patients: int = 1) -> Path:
-    """The cohort's files for ``patients`` patients in a new project with no annotations."""
-    from annotation_tools.store import AnnotationStore
-
-    with AnnotationStore.open(cohort, create=False) as source:
-        keep = source.patients()[:patients]
-        with AnnotationStore.open(dest) as store:
-            for record in source.images():
-                if record.patient_id not in keep:
-                    continue
-                target = dest / record.path
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copy(cohort / record.path, target)
-                new_id = store.add_image(
-                    target,
-                    patient_id=record.patient_id,
-                    modality=record.modality,
-                    limb=record.limb,
-                    width=record.width,
-                    height=record.height,
-                )
-                record_ids = getattr(store, "_test_ids", {})
-                record_ids[record.id] = new_id
-                store._test_ids = record_ids
-            for pair in source.us_pairs():
-                if pair["patient_id"] in keep:
-                    store.add_us_pair(
-                        store._test_ids[pair["greyscale_image_id"]],
-                        store._test_ids[pair["doppler_image_id"]],
-                        site=pair["site"],
-                    )
-    return dest
+from helpers import unannotated_project  # noqa: E402
 
 
 def _truth(cohort: Path, patient: str, limb: str) -> dict[str, tuple[float, float]]:
@@ -101,7 +69,7 @@ def test_guided_session_saves_everything_and_reopens_it(make_napari_viewer, smal
     from annotation_tools.store import AnnotationStore
     from annotation_tools.vocabulary import joints_for_limb
 
-    project = _unannotated_project(small_cohort, tmp_path / "project")
+    project = unannotated_project(small_cohort, tmp_path / "project")
     viewer = make_napari_viewer()
     widget = _widget(viewer)
     assert widget.open_project(project)
@@ -176,7 +144,7 @@ def test_predictions_are_editable_model_revisions_and_export_takes_the_correctio
     from annotation_tools.vocabulary import get_joint
     from napari_ra_joints._widget import bundle_status
 
-    project = _unannotated_project(small_cohort, tmp_path / "project", patients=2)
+    project = unannotated_project(small_cohort, tmp_path / "project", patients=2)
     viewer = make_napari_viewer()
     widget = _widget(viewer)
     widget.open_project(project)
@@ -271,7 +239,7 @@ def _predict_pair(widget, pair, steps, copies):
 def test_prediction_runs_in_a_worker_with_progress(
     make_napari_viewer, small_cohort, tmp_path, qtbot
 ):
-    project = _unannotated_project(small_cohort, tmp_path / "project")
+    project = unannotated_project(small_cohort, tmp_path / "project")
     viewer = make_napari_viewer()
     widget = _widget(viewer)
     widget.open_project(project)
@@ -329,7 +297,7 @@ def test_bad_input_is_reported_and_changes_nothing(
         holder.rollback()
         holder.close()
     # a corrupt image in a good project
-    project = _unannotated_project(small_cohort, tmp_path / "project")
+    project = unannotated_project(small_cohort, tmp_path / "project")
     assert widget.open_project(project)
     record = next(r for r in widget.store.images(modality="radiograph") if r.limb == "LH")
     (project / record.path).write_bytes(b"\x00" * 64)
@@ -392,7 +360,7 @@ def test_multitask_pipeline_from_the_dock_gives_the_same_editable_layers(
     from napari_ra_joints._widget import PIPELINES
 
     assert set(PIPELINES.values()) == {"two-stage", "multitask"}
-    project = _unannotated_project(small_cohort, tmp_path / "project", patients=1)
+    project = unannotated_project(small_cohort, tmp_path / "project", patients=1)
     viewer = make_napari_viewer()
     widget = _widget(viewer)
     assert widget.predict_panel.pipeline_box.count() == 2
@@ -423,7 +391,7 @@ def test_guide_screenshots(make_napari_viewer, small_cohort, tmp_path, qtbot):
 
     out = Path(os.environ.get("RA_JOINTS_SCREENSHOTS") or tmp_path)
     out.mkdir(parents=True, exist_ok=True)
-    project = _unannotated_project(small_cohort, tmp_path / "project")
+    project = unannotated_project(small_cohort, tmp_path / "project")
     viewer = make_napari_viewer(show=True)
     widget = _widget(viewer)
     viewer.window.resize(1500, 950)
@@ -474,7 +442,7 @@ def test_predict_uses_the_chosen_model_version(make_napari_viewer, small_cohort,
     from annotation_tools.imageio import file_sha256
     from annotation_tools.store import AnnotationStore
 
-    project = _unannotated_project(small_cohort, tmp_path / "project")
+    project = unannotated_project(small_cohort, tmp_path / "project")
     version = project / "models" / "ra_joint_locator" / "20260101T000000Z"
     version.mkdir(parents=True)
     shipped = bundle_for("locator").weights_path
@@ -506,7 +474,7 @@ def test_predict_uses_the_chosen_model_version(make_napari_viewer, small_cohort,
 def test_joints_the_model_could_not_find_are_named(make_napari_viewer, small_cohort, tmp_path):
     from annotation_tools.store import Provenance
 
-    project = _unannotated_project(small_cohort, tmp_path / "project")
+    project = unannotated_project(small_cohort, tmp_path / "project")
     viewer = make_napari_viewer()
     widget = _widget(viewer)
     widget.open_project(project)
@@ -539,7 +507,7 @@ def test_registered_keys_drive_the_guide_with_real_key_presses(
     from napari_ra_joints._keybindings import KEYBINDINGS, shortcuts_text
 
     assert all(b.key.upper() in shortcuts_text() for b in KEYBINDINGS)
-    project = _unannotated_project(small_cohort, tmp_path / "project")
+    project = unannotated_project(small_cohort, tmp_path / "project")
     viewer = make_napari_viewer(show=True)
     widget = _widget(viewer)
     widget.open_project(project)
@@ -567,7 +535,7 @@ def test_cancel_from_the_dock_stops_and_shows_what_was_done(
     before a cancel keep their revisions)."""
     from qtpy.QtCore import Qt
 
-    project = _unannotated_project(small_cohort, tmp_path / "project")
+    project = unannotated_project(small_cohort, tmp_path / "project")
     viewer = make_napari_viewer()
     widget = _widget(viewer)
     widget.open_project(project)

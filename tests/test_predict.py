@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 
 import pytest
+from helpers import unannotated_project
 
 from annotation_tools.predict import Cancelled, CancelToken, PredictionService, Progress
 
@@ -57,15 +58,14 @@ def test_one_patient_reads_each_image_once_and_opens_the_store_once(
     assert prediction.patient_id == patient and len(prediction.result.located) == 4
     assert prediction.shap_png is not None and prediction.shap_png.exists()
     assert "joint centres" in prediction.message
-    assert set(_model_centres(project, patient).values()) == {22, 6} - {0} or all(
-        n > 0 for n in _model_centres(project, patient).values()
-    )
+    # every joint of a phantom project has its truth: no centre is proposed over it
+    assert set(_model_centres(project, patient).values()) == {0}
 
 
 def test_cancel_stops_between_images_and_keeps_what_was_written(service, small_cohort, tmp_path):
     from annotation_tools.store import AnnotationStore
 
-    project = _project(small_cohort, tmp_path)
+    project = unannotated_project(small_cohort, tmp_path / "project", patients=2)
     with AnnotationStore.open(project, create=False) as store:
         patient = store.patients()[1]
     token = CancelToken()
