@@ -537,6 +537,7 @@ class PredictionService:
         pairs_table: str | Path | None = None,
         project: str | Path | None = None,
         patient_id: str | None = None,
+        pair_id: int | None = None,
         explain: bool = True,
         explain_steps: int | None = None,
         explain_copies: int | None = None,
@@ -544,7 +545,8 @@ class PredictionService:
     ) -> UltrasoundPrediction:
         """The RATING bundle's own ``inference.json`` on a pairs table or a project's pairs.
 
-        With ``project`` the grades become ``model`` revisions there. Heatmaps come from one
+        With ``project`` the grades become ``model`` revisions (proposals) there; ``pair_id``
+        grades one pair of it, ``patient_id`` one patient's pairs. Heatmaps come from one
         member (fast enough for a folder; RATING's 50 steps x 8 noisy copies unless told).
         """
         from .us_rating import run_bundle_inference
@@ -567,6 +569,8 @@ class PredictionService:
             overrides.update(store=str(project), write_store=True)
         if patient_id is not None:
             overrides["patient_id"] = patient_id
+        if pair_id is not None:
+            overrides["pair_id"] = int(pair_id)
         if chosen is not None:  # a retrained ensemble: its folder holds the manifest
             overrides["models_dir"] = str(Path(chosen).parent)
         if self.device:

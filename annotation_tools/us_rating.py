@@ -132,17 +132,19 @@ def load_us_cases(
     sources: Iterable[str] | None = TRAINING_SOURCES,
     size: int = RATING_SIZE,
     patient_id: str | None = None,
+    pair_id: int | None = None,
 ) -> UsCaseSet:
     """Read and crop every pair; pairs that cannot be used go to ``failed`` with the reason.
 
     With ``store`` (a project folder or its ``.sqlite``) the pairs, ROI boxes (from ``sources``)
     and any annotated grades come from the store; otherwise from ``pairs_table`` (default:
     ``dataset_dir/ultrasound_pairs.json``, else ``dataset_dir/ultrasound_scores.csv``), paths
-    relative to the table's folder. ``patient_id`` keeps one patient's pairs.
+    relative to the table's folder. ``patient_id`` keeps one patient's pairs; ``pair_id`` one
+    pair of the store (the dock grades the pair that is open, not the whole patient).
     """
     out = UsCaseSet()
     if store is not None:
-        return _cases_from_store(Path(store), sources, size, out, patient_id)
+        return _cases_from_store(Path(store), sources, size, out, patient_id, pair_id)
     table = Path(pairs_table) if pairs_table else _default_table(Path(dataset_dir or "."))
     rows = _read_pairs_table(table)
     for line, row in enumerate(rows, start=2):
@@ -224,11 +226,14 @@ def _cases_from_store(
     size: int,
     out: UsCaseSet,
     patient_id: str | None = None,
+    pair_id: int | None = None,
 ) -> UsCaseSet:
     sources = tuple(sources) if sources is not None else None
     with AnnotationStore.open(path, create=False) as st:
         out.store = st.path
         for pair in st.us_pairs(patient_id):
+            if pair_id is not None and int(pair["id"]) != int(pair_id):
+                continue
             grey_rec, dop_rec = (
                 st.image(pair["greyscale_image_id"]),
                 st.image(pair["doppler_image_id"]),

@@ -10,7 +10,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["KEYBINDINGS", "KeyBinding", "bind_keys", "shortcuts_text"]
+__all__ = ["KEYBINDINGS", "KeyBinding", "bind_keys", "key_text", "shortcuts_text"]
 
 
 @dataclass(frozen=True)
@@ -24,15 +24,26 @@ KEYBINDINGS: tuple[KeyBinding, ...] = (
     KeyBinding("n", "next_joint", "next joint"),
     KeyBinding("b", "previous_joint", "previous joint"),
     KeyBinding("v", "skip_joint", "not visible (skip)"),
-    KeyBinding("a", "accept", "accept selected predictions"),
+    KeyBinding("a", "accept", "accept selected proposals (all if none selected)"),
+    KeyBinding("r", "reject", "reject selected proposals"),
+    KeyBinding("Control-z", "undo", "undo"),
+    KeyBinding("Control-Shift-z", "redo", "redo"),
 )
-MOUSE_HINTS = ("drag a point to correct it", "Delete removes the selected points")
+MOUSE_HINTS = (
+    "drag a point or a proposal to correct it",
+    "Delete removes the selected points (the guide returns to them)",
+)
 
 
 def shortcuts_text() -> str:
     """One line of help: every key, then the mouse gestures."""
-    keys = [f"{b.key.upper()} {b.label}" for b in KEYBINDINGS]
+    keys = [f"{key_text(b.key)} {b.label}" for b in KEYBINDINGS]
     return " · ".join([*keys, *MOUSE_HINTS])
+
+
+def key_text(key: str) -> str:
+    """``Control-Shift-z`` -> ``Control+Shift+Z``: how the help text writes a key."""
+    return "+".join(part.capitalize() if len(part) > 1 else part.upper() for part in key.split("-"))
 
 
 def bind_keys(layer: Any, actions: Mapping[str, Callable[[], Any]]) -> None:

@@ -19,8 +19,10 @@ from annotation_tools.vocabulary import get_joint
 __all__ = [
     "CENTRE_STYLE",
     "HEATMAP_STYLE",
+    "LABEL_TEXT",
     "LOW_CONFIDENCE",
     "OUTLINE_STYLE",
+    "PROPOSAL_STYLE",
     "ROI_STYLE",
     "SOURCE_COLOURS",
     "box_from_layer",
@@ -28,7 +30,9 @@ __all__ = [
     "centres_layer_data",
     "from_layer",
     "image_layer_data",
+    "point_tooltip",
     "polygons_layer_data",
+    "short_label",
     "source_colour",
     "to_layer",
 ]
@@ -36,6 +40,14 @@ __all__ = [
 LOW_CONFIDENCE = 0.5  # model points below this are shown in the "low" colour
 SOURCE_COLOURS = {"human": "red", "phantom": "red", "model": "cyan", "low": "orange"}
 CENTRE_STYLE: dict[str, Any] = {"face_color": "transparent", "border_color": "red"}
+# a proposal is a different shape and colour from a committed point, so nobody mistakes one
+PROPOSAL_STYLE: dict[str, Any] = {
+    "face_color": "transparent",
+    "border_color": SOURCE_COLOURS["model"],
+    "symbol": "diamond",
+}
+# short labels (MCP2, CMC3, nav) set above the point: the wrist's long names overlapped
+LABEL_TEXT: dict[str, Any] = {"string": "{label}", "size": 7, "translation": [-10, 0]}
 OUTLINE_STYLE: dict[str, Any] = {
     "shape_type": "polygon",
     "edge_color": "lime",
@@ -76,6 +88,27 @@ def source_colour(source: str, confidence: float | None = None) -> str:
     if source == "model" and confidence is not None and confidence < LOW_CONFIDENCE:
         return SOURCE_COLOURS["low"]
     return SOURCE_COLOURS.get(source, "red")
+
+
+def short_label(joint: Any) -> str:
+    """``MCP2``, ``PIP3``, ``IP``, ``CMC3``, ``nav``: short enough that neighbours do not
+    overlap; the full name is in the tooltip and the guide."""
+    site = joint.id.split("_", 1)[1].removeprefix("wrist_")
+    kind, _, number = site.partition("_")
+    if number:
+        return f"{kind.upper()}{number}"
+    if kind[-1].isdigit():
+        return kind.upper()
+    return kind.upper() if kind in ("ip",) else kind
+
+
+def point_tooltip(joint: Any, source: str, confidence: float | None) -> str:
+    """What hovering a point tells: the joint, who placed it, how sure the model was."""
+    text = f"{joint.name} ({joint.id}) - {source}"
+    if confidence is not None and confidence == confidence:
+        flag = "  LOW CONFIDENCE" if confidence < LOW_CONFIDENCE else ""
+        text += f", confidence {confidence:.2f}{flag}"
+    return text
 
 
 def image_layer_data(image: ImageData, name: str | None = None) -> tuple[Any, dict, str]:

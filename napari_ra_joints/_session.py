@@ -4,30 +4,44 @@ Every edit is saved at once, in one transaction, as a ``human`` revision through
 :mod:`annotation_tools.review`; there is no save button and nothing to lose when napari is
 closed or killed. napari itself debounces: a drag reports "changing" while the mouse moves
 (ignored here) and "changed" once when it is released (saved). Model predictions arrive as
-``model`` revisions and are shown in the same editable layers; editing one writes a new
-revision on top, accepting one writes a ``human`` revision that confirms it.
+``model`` revisions - *proposals* - and are shown in their own layer beside the committed
+annotations, never on top of them (the store's resolution rule, ``docs/store.md``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from annotation_tools.imageio import read_image
-from annotation_tools.review import save_centres, save_polygons, save_roi
-from annotation_tools.store import AnnotationStore, ImageRecord, Revision
+from annotation_tools.review import (
+    Change,
+    rename_centre,
+    restore,
+    save_centres,
+    save_polygons,
+    save_roi,
+)
+from annotation_tools.store import AnnotationStore, ImageRecord, Revision, StoreError
 from annotation_tools.vocabulary import Joint, get_joint, joints_for_limb
 
 from ._layers import (
     CENTRE_STYLE,
+    HEATMAP_STYLE,
+    LABEL_TEXT,
     OUTLINE_STYLE,
+    PROPOSAL_STYLE,
     ROI_STYLE,
+    SOURCE_COLOURS,
     box_from_layer,
     box_to_layer,
     from_layer,
     image_layer_data,
+    point_tooltip,
+    short_label,
     source_colour,
     to_layer,
 )
@@ -57,7 +71,14 @@ class _Saving:
 
 
 class RadiographSession(_Saving):
-    """A radiograph with a guided joint-centre Points layer and a joint-space Shapes layer."""
+    """A radiograph with two joint-centre layers - what is committed (a person's points, the
+    truth, accepted proposals) and the model's pending proposals - and a joint-space layer.
+
+    The committed layer is the guided one: a click places the joint the guide names. A
+    proposal is accepted (A), rejected (R or Delete in the proposals layer) or dragged, which
+    commits the dragged position as a person's correction. Undo/redo (Ctrl+Z / Ctrl+Shift+Z)
+    write new revisions; history is never deleted.
+    """
 
     def __init__(
         self,
@@ -75,29 +96,48 @@ class RadiographSession(_Saving):
         self.joints: tuple[Joint, ...] = joints_for_limb(record.limb)
         self.cursor = 0
         self.not_visible: set[str] = set()
+        self.model_missing: set[str] = set()
+        self.undo_stack: list[list[Change]] = []
+        self.redo_stack: list[list[Change]] = []
+        self._ids: list[str] = []
+        self._proposal_rows: list[dict[str, Any]] = []
+        self.extra_layers: list[Any] = []
         self._loading = False
         data, kwargs, _ = image_layer_data(read_image(store.resolve(record)), name=self.title)
         self.image_layer = viewer.add_image(data, **kwargs)
-        self.points = viewer.add_points(
-            np.zeros((0, 2)),
-            name=f"joint centres {self.title}",
-            size=max(6, record.height // 120 if record.height else 10),
-            border_width=0.2,
-            **CENTRE_STYLE,
-            features=_empty_features(),
-            text={"string": "{label}", "size": 7, "color": "yellow", "translation": [-10, 0]},
-            metadata=self.layer_metadata,
-        )
+        size = max(6, record.height // 120 if record.height else 10)
         self.shapes = viewer.add_shapes(
             name=f"joint spaces {self.title}",
             **OUTLINE_STYLE,
             features={"joint_id": np.array([], dtype=object)},
             metadata=self.layer_metadata,
         )
+        self.proposals = viewer.add_points(
+            np.zeros((0, 2)),
+            name=f"model proposals {self.title}",
+            size=size,
+            border_width=0.15,
+            **PROPOSAL_STYLE,
+            features=_empty_features(),
+            text={**LABEL_TEXT, "color": SOURCE_COLOURS["model"]},
+            metadata=self.layer_metadata,
+        )
+        self.points = viewer.add_points(
+            np.zeros((0, 2)),
+            name=f"joint centres {self.title}",
+            size=size,
+            border_width=0.2,
+            **CENTRE_STYLE,
+            features=_empty_features(),
+            text={**LABEL_TEXT, "color": "yellow"},
+            metadata=self.layer_metadata,
+        )
         self.reload()
         self.points.events.data.connect(self._points_changed)
+        self.proposals.events.data.connect(self._proposals_changed)
         self.shapes.events.data.connect(self._shapes_changed)
         self.points.mode = "add"
+        self.proposals.mode = "select"
         viewer.layers.selection.active = self.points
 
     @property
@@ -105,38 +145,41 @@ class RadiographSession(_Saving):
         return f"{self.record.patient_id} {self.record.limb}"
 
     @property
+    def image_id(self) -> int:
+        return self.record.id
+
+    @property
     def layer_metadata(self) -> dict[str, Any]:
         """Where the layer's annotations live: the writer saves them from the store."""
         return {"ra_joints_project": str(self.store.root), "image_id": self.record.id}
 
     def missing_text(self) -> str:
-        """Joints the model could not find (stored as "not visible"): they have no point to
-        show, so the guide names them."""
-        newest = self.store.centres(self.record.id)
-        missing = [
-            get_joint(j).name
-            for j, r in newest.items()
-            if r.status == "not_visible" and r.is_model and j not in self.placed()
-        ]
-        return f"Not found by the model: {', '.join(missing)}" if missing else ""
+        """Joints the model could not find (a "not visible" proposal) and nobody has placed:
+        they have no point to show, so the guide names them."""
+        missing = [get_joint(j).name for j in self.model_missing if j not in self.placed()]
+        return f"Not found by the model: {', '.join(sorted(missing))}" if missing else ""
 
     @property
     def layers(self) -> list[Any]:
-        return [self.image_layer, self.shapes, self.points]
+        return [self.image_layer, self.shapes, self.proposals, self.points, *self.extra_layers]
+
+    def add_extra_layer(self, layer: Any) -> None:
+        """A picture that belongs to this image (SHAP): removed with it; the joint-centre
+        layer stays the active one, so the annotation keys keep working."""
+        self.extra_layers.append(layer)
+        self.viewer.layers.selection.active = self.points
 
     # ------------------------------------------------------------------ store -> layers
 
     def reload(self) -> None:
-        """Show the newest revision of every centre and outline, whoever made it."""
+        """Show the committed centres and outlines, and beside them the pending proposals."""
         self._loading = True
         try:
-            newest = self.store.centres(self.record.id)
-            # a person's "not visible" settles a joint; a model's does not: the guide asks for it
-            self.not_visible = {
-                j for j, r in newest.items() if r.status == "not_visible" and not r.is_model
-            }
+            resolved = self.store.resolved("centre", self.record.id)
             scores = self.store.scores(self.record.id)
-            present = [r for r in newest.values() if r.status == "present"]
+            committed = [r.committed for r in resolved.values() if r.committed is not None]
+            self.not_visible = {r.key for r in committed if r.status == "not_visible"}
+            present = [r for r in committed if r.status == "present"]
             rows = [self._feature_row(r, scores) for r in present]
             self.points.data = to_layer([(r.value["x"], r.value["y"]) for r in present])
             self.points.features = _features(rows)
@@ -144,6 +187,18 @@ class RadiographSession(_Saving):
                 source_colour(r["source"], r["confidence"]) for r in rows
             ] or "red"
             self.points.refresh_text()
+            self._ids = [r["joint_id"] for r in rows]
+            pending = [r.pending for r in resolved.values() if r.pending is not None]
+            self.model_missing = {r.key for r in pending if r.status == "not_visible"}
+            shown = [r for r in pending if r.status == "present"]
+            self._proposal_rows = [self._feature_row(r, scores) for r in shown]
+            self.proposals.data = to_layer([(r.value["x"], r.value["y"]) for r in shown])
+            self.proposals.features = _features(self._proposal_rows)
+            self.proposals.border_color = [
+                source_colour("model", r["confidence"]) for r in self._proposal_rows
+            ] or SOURCE_COLOURS["model"]
+            self.proposals.refresh_text()
+            self.proposals.selected_data = set()
             polygons = self.store.polygons(self.record.id)
             self.shapes.data = []
             if polygons:
@@ -156,21 +211,23 @@ class RadiographSession(_Saving):
 
     def _feature_row(self, rev: Revision, scores: dict) -> dict[str, Any]:
         joint = get_joint(rev.key)
-        label = joint.name
         parts = [
             f"{t[0].upper()}{scores[(rev.key, t)].value['value']:.1f}"
             for t in ("narrowing", "erosion")
             if (rev.key, t) in scores
         ]
-        if parts:
-            label += " " + " ".join(parts)
+        confidence = rev.value.get("confidence")
+        if rev.is_model and confidence is not None and confidence < 0.95:
+            parts.append(f"?{confidence:.2f}")  # a doubtful proposal says so on the image
         return {
             "joint_id": rev.key,
             "name": joint.name,
             "source": rev.source,
-            "confidence": rev.value.get("confidence"),
+            "confidence": confidence,
             "revision": rev.revision,
-            "label": label,
+            "revision_id": rev.id,
+            "label": " ".join([short_label(joint), *parts]),
+            "tooltip": point_tooltip(joint, rev.source, confidence),
         }
 
     # ------------------------------------------------------------------ guidance
@@ -188,6 +245,30 @@ class RadiographSession(_Saving):
                 return joint
         return None
 
+    def joint_states(self) -> dict[str, str]:
+        """Joint id -> ``placed``, ``not visible``, ``proposed`` or ``open``, for the picker."""
+        proposed = {str(j) for j in self.proposals.features.get("joint_id", [])}
+        out = {}
+        for joint in self.joints:
+            if joint.id in self.placed():
+                out[joint.id] = "placed"
+            elif joint.id in self.not_visible:
+                out[joint.id] = "not visible"
+            elif joint.id in proposed or joint.id in self.model_missing:
+                out[joint.id] = "proposed"
+            else:
+                out[joint.id] = "open"
+        return out
+
+    def goto(self, joint_id: str) -> None:
+        """The person chose a joint (picker, diagram): the next click places it, even if it is
+        placed already (the click then moves it)."""
+        self.cursor = get_joint(joint_id).index
+        self.chosen_joint = joint_id
+        self.on_change(self.guide_text())
+
+    chosen_joint: str | None = None  # picked by the person; else the guide decides
+
     def _update_guide(self) -> None:
         joint = self.current()
         if joint is not None:
@@ -197,30 +278,46 @@ class RadiographSession(_Saving):
     def _apply_defaults(self) -> None:
         """The features the next added point gets: the guided joint's. Set just before each
         add, because napari resets the defaults to the last point's after adding."""
-        joint = self.current()
+        joint = get_joint(self.chosen_joint) if self.chosen_joint else self.current()
         self.points.feature_defaults = {
             "joint_id": joint.id if joint else "",
             "name": joint.name if joint else "",
             "source": "human",
             "confidence": np.nan,
             "revision": 0,
-            "label": joint.name if joint else "",
+            "revision_id": 0,
+            "label": short_label(joint) if joint else "",
+            "tooltip": point_tooltip(joint, "human", None) if joint else "",
         }
 
     def guide_text(self) -> str:
-        joint = self.current()
+        joint = get_joint(self.chosen_joint) if self.chosen_joint else self.current()
         done = len(self.placed() | self.not_visible)
         missing = self.missing_text()
-        tail = f"\n{missing}" if missing else ""
+        lines = []
         if joint is None:
-            return f"All {len(self.joints)} joints placed or marked not visible.{tail}"
-        return f"Click: {joint.name} ({done} of {len(self.joints)} done){tail}"
+            lines.append(f"All {len(self.joints)} joints placed or marked not visible.")
+        else:
+            again = " (moves its point)" if joint.id in self.placed() else ""
+            lines.append(f"Click: {joint.name}{again} ({done} of {len(self.joints)} done)")
+        outline = self.outline_next()
+        if outline:
+            lines.append(f"Next outline: {get_joint(outline).name}")
+        if len(self.proposals.data):
+            lines.append(
+                f"{len(self.proposals.data)} model proposals to review (A accept, R reject)"
+            )
+        if missing:
+            lines.append(missing)
+        return "\n".join(lines)
 
     def next(self) -> None:
+        self.chosen_joint = None
         self.cursor = (self.cursor + 1) % len(self.joints)
         self._update_guide()
 
     def previous(self) -> None:
+        self.chosen_joint = None
         self.cursor = (self.cursor - 1) % len(self.joints)
         done = self.placed() | self.not_visible
         for _ in range(len(self.joints)):  # step back to the previous open joint
@@ -231,44 +328,108 @@ class RadiographSession(_Saving):
 
     def skip(self) -> None:
         """Mark the current joint "not visible" (saved at once) and move on."""
-        joint = self.current()
+        joint = get_joint(self.chosen_joint) if self.chosen_joint else self.current()
         if joint is None:
             return
+        self.chosen_joint = None
+        if joint.id in self.placed():  # "not visible" replaces a placed point
+            keep = [i for i, j in enumerate(self._ids) if j != joint.id]
+            self._loading = True
+            try:
+                self.points.selected_data = set(range(len(self._ids))) - set(keep)
+                self.points.remove_selected()
+            finally:
+                self._loading = False
         self.not_visible.add(joint.id)
         self.save()
-        self._update_guide()
+        self.reload()
 
     # ------------------------------------------------------------------ layers -> store
 
     def _points_changed(self, event: Any) -> None:
         if self._loading:
             return
-        if str(getattr(event, "action", "")) == "adding":
+        action = str(getattr(event, "action", "changed"))
+        if action == "adding":
             self._apply_defaults()
             return
-        if str(getattr(event, "action", "changed")) not in ACTIONS_THAT_SAVE:
+        if action not in ACTIONS_THAT_SAVE:
             return
-        if str(event.action) == "added":
+        if action == "added":
             self._label_new_points()
+        removed = [j for j in self._ids if j not in self.placed()]
         self._save_guarded()
+        if action == "removed" and removed:
+            # Delete rewinds the guide: the next click places the joint just removed
+            self.cursor = get_joint(removed[0]).index
+            self.chosen_joint = None
+            self._update_guide()
 
     def _label_new_points(self) -> None:
         """A click added a point: it got the guided joint's features; advance the guide. A click
-        when every joint is done is undone with a message instead of inventing a joint."""
+        when every joint is done is undone with a message instead of inventing a joint. A click
+        for a joint placed already (chosen in the picker) moves that joint's point."""
         features = self.points.features
-        ids = list(features["joint_id"])
+        ids = [str(j) for j in features["joint_id"]]
+        last = len(ids) - 1
         if ids and not ids[-1]:
-            self._loading = True
-            try:
-                last = len(ids) - 1
-                self.points.selected_data = {last}
-                self.points.remove_selected()
-            finally:
-                self._loading = False
+            self._remove_rows({last})
             self.on_change("Every joint is placed or skipped; drag a point to correct it.")
             return
-        self.points.features.loc[len(ids) - 1, "source"] = "human"
+        if ids and ids[-1] in ids[:-1]:  # the picker chose a placed joint: move it
+            self._remove_rows({ids.index(ids[-1])})
+        self.points.features.loc[len(self.points.features) - 1, "source"] = "human"
+        self.chosen_joint = None
+        self.not_visible.discard(ids[-1])
         self._update_guide()
+
+    def _remove_rows(self, rows: set[int]) -> None:
+        self._loading = True
+        try:
+            self.points.selected_data = rows
+            self.points.remove_selected()
+        finally:
+            self._loading = False
+
+    def _proposals_changed(self, event: Any) -> None:
+        """A proposal dragged is a person's correction; one deleted is rejected."""
+        if self._loading:
+            return
+        action = str(getattr(event, "action", "changed"))
+        if action not in ACTIONS_THAT_SAVE:
+            return
+        now = [str(j) for j in self.proposals.features.get("joint_id", [])]
+        before = {r["joint_id"]: r for r in self._proposal_rows}
+        changes: list[Change] = []
+        try:
+            if action == "removed":
+                for joint_id in [j for j in before if j not in now]:
+                    changes.append(self._change("centre", {"joint_id": joint_id}))
+                    self.store.reject(
+                        "centre", self.record.id, {"joint_id": joint_id}, self.annotator
+                    )
+                message = f"rejected {len(changes)} proposal(s)"
+            else:
+                xy = from_layer(self.proposals.data)
+                for joint_id, (x, y) in zip(now, xy, strict=True):
+                    old = self.store.centres(self.record.id, sources=["model"]).get(joint_id)
+                    if old is None or (
+                        abs(old.value["x"] - x) <= 0.01 and abs(old.value["y"] - y) <= 0.01
+                    ):
+                        continue
+                    changes.append(self._change("centre", {"joint_id": joint_id}))
+                    self.store.set_centre(
+                        self.record.id, joint_id, (float(x), float(y)), self._human
+                    )
+                message = f"committed {len(changes)} corrected proposal(s)"
+        except (StoreError, ValueError) as exc:
+            self.on_change(f"Not saved: {exc}")
+            changes = []
+            message = ""
+        self._push(changes)
+        self.reload()
+        if message:
+            self.on_change(f"{message} - {self.guide_text()}")
 
     def _shapes_changed(self, event: Any) -> None:
         if self._loading:
@@ -306,70 +467,189 @@ class RadiographSession(_Saving):
         joint_id = self.outline_next()
         self.shapes.feature_defaults = {"joint_id": joint_id or ""}
 
+    @property
+    def _human(self) -> Any:
+        from annotation_tools.store import Provenance
+
+        return Provenance.human(self.annotator)
+
+    def _change(self, kind: str, key: dict[str, Any]) -> Change:
+        history = [r for r in self.store.history(kind, self.record.id, key) if not r.is_model]
+        return Change(kind, self.record.id, key, history[-1] if history else None)
+
+    def _push(self, changes: list[Change]) -> None:
+        if changes:
+            self.undo_stack.append(changes)
+            self.redo_stack.clear()
+
     def save(self) -> int:
-        """Write what the layers show (only changes) as human revisions; returns how many."""
+        """Write what the committed layers show (only changes) as human revisions."""
         ids = [str(j) for j in self.points.features["joint_id"]]
         points = {
             j: (float(x), float(y))
             for j, (x, y) in zip(ids, from_layer(self.points.data), strict=True)
         }
+        journal: list[Change] = []
         written = save_centres(
-            self.store, self.record.id, points, self.annotator, not_visible=self.not_visible
+            self.store,
+            self.record.id,
+            points,
+            self.annotator,
+            not_visible=self.not_visible - set(points),
+            journal=journal,
         )
         outlines = {
             str(j): [(float(x), float(y)) for x, y in from_layer(shape)]
             for j, shape in zip(self.shapes.features["joint_id"], self.shapes.data, strict=True)
             if isinstance(j, str) and j
         }
-        written += save_polygons(self.store, self.record.id, outlines, self.annotator)
+        written += save_polygons(
+            self.store, self.record.id, outlines, self.annotator, journal=journal
+        )
+        self._push(journal)
+        self._ids = ids
         if written:
             self._refresh_sources()
             self.on_change(f"saved {written} change(s) - {self.guide_text()}")
         return written
 
     def _refresh_sources(self) -> None:
-        """After saving, the edited points are human revisions: recolour them, keep the data."""
-        newest = self.store.centres(self.record.id)
+        """After saving, the edited points are human revisions: recolour them, keep the data;
+        proposals a person has now decided on leave the proposals layer."""
+        resolved = self.store.resolved("centre", self.record.id)
         self._loading = True
         try:
             features = self.points.features
             for i, joint_id in enumerate(features["joint_id"]):
-                rev = newest.get(str(joint_id))
-                if rev is not None:
-                    features.loc[i, "source"] = rev.source
-                    features.loc[i, "revision"] = rev.revision
+                rev = resolved.get(str(joint_id))
+                if rev is not None and rev.committed is not None:
+                    features.loc[i, "source"] = rev.committed.source
+                    features.loc[i, "revision"] = rev.committed.revision
             self.points.border_color = [
                 source_colour(s, c)
                 for s, c in zip(features["source"], features["confidence"], strict=True)
             ] or "red"
+            decided = [
+                i
+                for i, row in enumerate(self._proposal_rows)
+                if resolved[row["joint_id"]].pending is None
+            ]
+            if decided:
+                self.proposals.selected_data = set(decided)
+                self.proposals.remove_selected()
+                keep = [r for i, r in enumerate(self._proposal_rows) if i not in decided]
+                self._proposal_rows = keep
         finally:
             self._loading = False
 
+    # ------------------------------------------------------------------ review
+
+    def _chosen_proposals(self, indices: set[int] | None) -> list[dict[str, Any]]:
+        rows = self._proposal_rows
+        chosen = indices if indices else set(range(len(rows)))
+        return [rows[i] for i in sorted(chosen) if i < len(rows)]
+
     def accept(self, indices: set[int] | None = None) -> int:
-        """Confirm model predictions (the selected points, or all model points): a human
-        revision that points at the model revision it confirms."""
-        features = self.points.features
-        chosen = indices if indices else set(range(len(features)))
-        accepted = 0
-        for i in sorted(chosen):
-            if features.loc[i, "source"] != "model":
-                continue
+        """Accept proposals (the selected ones, or all): a human revision confirming each."""
+        if indices is None:
+            indices = set(self.proposals.selected_data)
+        changes = []
+        for row in self._chosen_proposals(indices):
+            key = {"joint_id": row["joint_id"]}
+            changes.append(self._change("centre", key))
             self.store.confirm(
-                "centre",
-                self.record.id,
-                {"joint_id": str(features.loc[i, "joint_id"])},
-                self.annotator,
+                "centre", self.record.id, key, self.annotator, revision_id=int(row["revision_id"])
             )
-            accepted += 1
-        self._refresh_sources()
-        self.on_change(f"accepted {accepted} prediction(s)")
-        return accepted
+        for joint_id in sorted(self.model_missing) if not indices else []:
+            key = {"joint_id": joint_id}  # "not found by the model", accepted as not visible
+            changes.append(self._change("centre", key))
+            self.store.confirm("centre", self.record.id, key, self.annotator)
+        self._push(changes)
+        self.reload()
+        self.on_change(f"accepted {len(changes)} proposal(s) - {self.guide_text()}")
+        return len(changes)
+
+    def reject(self, indices: set[int] | None = None) -> int:
+        """Reject the selected proposals (a person's decision; the history keeps them)."""
+        if indices is None:
+            indices = set(self.proposals.selected_data)
+        if not indices:
+            self.on_change("Select proposals to reject (click them in the proposals layer).")
+            return 0
+        changes = []
+        for row in self._chosen_proposals(indices):
+            key = {"joint_id": row["joint_id"]}
+            changes.append(self._change("centre", key))
+            self.store.reject("centre", self.record.id, key, self.annotator)
+        self._push(changes)
+        self.reload()
+        self.on_change(f"rejected {len(changes)} proposal(s)")
+        return len(changes)
+
+    def rename(self, joint_id: str) -> bool:
+        """The selected committed point belongs to ``joint_id``: move the name, keep the point."""
+        selected = sorted(self.points.selected_data)
+        if len(selected) != 1:
+            self.on_change("Select exactly one point to rename.")
+            return False
+        old = str(self.points.features["joint_id"][selected[0]])
+        changes = rename_centre(self.store, self.record.id, old, joint_id, self.annotator)
+        self._push(changes)
+        self.reload()
+        self.on_change(f"renamed {get_joint(old).name} to {get_joint(joint_id).name}")
+        return True
+
+    def set_score(self, joint_id: str, score_type: str, value: float) -> None:
+        """A grade typed by the person (undoable)."""
+        key = {"joint_id": joint_id, "score_type": score_type}
+        change = self._change("score", key)
+        self.store.set_score(self.record.id, joint_id, score_type, value, self._human)
+        self._push([change])
+
+    def review_score(self, joint_id: str, score_type: str, accept: bool) -> None:
+        """Accept or reject the model's pending grade of one joint."""
+        key = {"joint_id": joint_id, "score_type": score_type}
+        change = self._change("score", key)
+        if accept:
+            self.store.confirm("score", self.record.id, key, self.annotator)
+        else:
+            self.store.reject("score", self.record.id, key, self.annotator)
+        self._push([change])
+
+    def accept_all_scores(self) -> int:
+        pending = self.store.proposals("score", self.record.id)
+        changes = []
+        for joint_id, score_type in pending:
+            key = {"joint_id": joint_id, "score_type": score_type}
+            changes.append(self._change("score", key))
+            self.store.confirm("score", self.record.id, key, self.annotator)
+        self._push(changes)
+        return len(changes)
+
+    def undo(self) -> bool:
+        return self._replay(self.undo_stack, self.redo_stack, "undone")
+
+    def redo(self) -> bool:
+        return self._replay(self.redo_stack, self.undo_stack, "redone")
+
+    def _replay(self, source: list, target: list, what: str) -> bool:
+        if not source:
+            self.on_change(f"Nothing to be {what}.")
+            return False
+        changes = source.pop()
+        with self.store.transaction():
+            inverse = [restore(self.store, c, self.annotator) for c in reversed(changes)]
+        target.append(inverse)
+        self.reload()
+        self.on_change(f"{what} {len(changes)} change(s) - {self.guide_text()}")
+        return True
 
     def centre_of(self, joint_id: str) -> tuple[float, float] | None:
-        """(row, column) of a joint's point, for centring the view."""
-        for j, yx in zip(self.points.features["joint_id"], self.points.data, strict=True):
-            if j == joint_id:
-                return float(yx[0]), float(yx[1])
+        """(row, column) of a joint's point (committed, else proposed), for centring the view."""
+        for layer in (self.points, self.proposals):
+            for j, yx in zip(layer.features.get("joint_id", []), layer.data, strict=True):
+                if j == joint_id:
+                    return float(yx[0]), float(yx[1])
         return None
 
     def close(self) -> None:
@@ -406,15 +686,85 @@ class UltrasoundSession(_Saving):
         self.roi_doppler = viewer.add_shapes(
             name=f"ROI {title} Doppler", translate=(0, self.offset), **ROI_STYLE
         )
+        self.heatmap_layers: list[Any] = []
         self.reload()
         for layer in (self.roi_grey, self.roi_doppler):
             layer.events.data.connect(self._roi_changed)
+        viewer.reset_view()  # both images in view (one canvas: zoom and pan move both)
+        record = self.latest_prediction()
+        if record is not None:
+            self.show_heatmaps(record, self.prediction_dir)
         viewer.layers.selection.active = self.roi_grey
         self.roi_grey.mode = "add_rectangle"
 
     @property
     def layers(self) -> list[Any]:
-        return [self.grey_layer, self.doppler_layer, self.roi_grey, self.roi_doppler]
+        return [
+            self.grey_layer,
+            self.doppler_layer,
+            self.roi_grey,
+            self.roi_doppler,
+            *self.heatmap_layers,
+        ]
+
+    @property
+    def image_id(self) -> int:
+        """The grey-scale image stands for the pair in the image list."""
+        return int(self.pair["greyscale_image_id"])
+
+    @property
+    def prediction_dir(self) -> Path:
+        """Where the dock keeps this pair's RATING output (grades, votes, heatmaps)."""
+        return self.store.root / "predictions" / "ultrasound" / f"pair{self.pair['id']}"
+
+    def latest_prediction(self) -> dict[str, Any] | None:
+        """The RATING record of this pair from its last prediction (votes, heatmap files)."""
+        import json
+
+        found = sorted(self.prediction_dir.glob(f"*_pair{self.pair['id']}.json"))
+        if not found:
+            return None
+        try:
+            return json.loads(found[-1].read_text())
+        except (OSError, ValueError):
+            return None
+
+    def grades(self) -> Any:
+        """The pair's grades as :class:`~annotation_tools.store.Resolved` (committed and
+        model proposal side by side)."""
+        from annotation_tools.store import Resolved
+
+        return self.store.resolved("us_score", self.pair["id"]).get(None, Resolved(None, None))
+
+    def show_heatmaps(self, record: dict[str, Any], out: Path) -> None:
+        """The integrated-gradients heatmaps of SH (on the grey-scale image) and vascularity
+        (on the Doppler image) over the ROI; the previous ones of this pair are replaced."""
+        for layer in self.heatmap_layers:
+            if layer in self.viewer.layers:
+                self.viewer.layers.remove(layer)
+        self.heatmap_layers = []
+        x0, y0, x1, y1 = record["roi"]
+        for grade, offset in (("synovial_hypertrophy", 0.0), ("vascularity", self.offset)):
+            path = record.get("heatmaps", {}).get(grade)
+            if not path or not (Path(out) / path).exists():
+                continue
+            heat = np.load(Path(out) / path)
+            self.heatmap_layers.append(
+                self.viewer.add_image(
+                    heat,
+                    name=f"IG {grade.replace('_', ' ')} {self.pair['patient_id']} "
+                    f"{self.pair['site']}",
+                    scale=((y1 - y0) / heat.shape[0], (x1 - x0) / heat.shape[1]),
+                    translate=(y0, x0 + offset),
+                    **HEATMAP_STYLE,
+                )
+            )
+        self.viewer.layers.selection.active = self.roi_grey
+
+    def accept_grades(self) -> None:
+        """Accept the model's grades of this pair as the person's."""
+        self.store.confirm("us_score", self.pair["id"], {}, self.annotator)
+        self.on_change("model grades accepted")
 
     def box(self) -> tuple[float, float, float, float] | None:
         """The ROI (x0, y0, x1, y1) in image pixels, from whichever layer holds one."""
@@ -481,7 +831,9 @@ def _empty_features() -> dict[str, Any]:
         "source": np.array([], dtype=object),
         "confidence": np.array([], dtype=float),
         "revision": np.array([], dtype=int),
+        "revision_id": np.array([], dtype=int),
         "label": np.array([], dtype=object),
+        "tooltip": np.array([], dtype=object),
     }
 
 

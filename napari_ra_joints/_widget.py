@@ -130,6 +130,16 @@ class RAJointsWidget(QWidget):
         self.message.setText(message)
         if session := self.radiograph_session():
             self.annotate_panel.guide.setText(session.guide_text())
+            self.annotate_panel.refresh_picker()
+
+    def changed(self, message: str) -> None:
+        """A session saved something: the message, and the lists that show status."""
+        self.say(message)
+        if message.startswith(("saved", "accepted", "rejected", "committed", "undone",
+                               "redone", "renamed")):  # fmt: skip
+            self.project_panel.refresh()
+            if self.radiograph_session() is not None:
+                self.scores_panel.fill()
 
     def guarded(self, action: Any) -> Any:
         """Run a store-changing action; a refusal (bad grade, locked store) is shown, not raised."""
@@ -171,21 +181,18 @@ class RAJointsWidget(QWidget):
             if kind == "radiograph":
                 record = self.store.image(ident)
                 self.session = RadiographSession(
-                    self.viewer, self.store, record, self.annotator, on_change=self.say
+                    self.viewer, self.store, record, self.annotator, on_change=self.changed
                 )
-                bind_keys(self.session.points, self.annotate_panel.actions())
-                self.annotate_panel.guide.setText(self.session.guide_text())
+                for layer in (self.session.points, self.session.proposals):
+                    bind_keys(layer, self.annotate_panel.actions())
+                self.annotate_panel.load(self.session)
                 self.scores_panel.fill()
             else:
                 pair = next(p for p in self.store.us_pairs() if p["id"] == ident)
                 self.session = UltrasoundSession(
-                    self.viewer, self.store, pair, self.annotator, on_change=self.say
+                    self.viewer, self.store, pair, self.annotator, on_change=self.changed
                 )
-                grades = self.store.us_score(ident)
-                if grades is not None:
-                    self.grades_panel.show_grades(
-                        grades.value["synovial_hypertrophy"], grades.value["vascularity"]
-                    )
+                self.grades_panel.load()
                 self.annotate_panel.guide.setText(f"Ultrasound {pair['patient_id']} {pair['site']}")
                 self.say("Draw the ROI box on either image; it is shown and saved on both.")
             self.tabs.setCurrentIndex(TABS.index("Annotate"))
@@ -203,6 +210,7 @@ class RAJointsWidget(QWidget):
                 show_error(f"Could not save the last changes: {exc}")
             self.session = None
         self.scores_panel.clear()
+        self.grades_panel.load()
 
     def closeEvent(self, event: Any) -> None:
         self.close_image()

@@ -130,7 +130,8 @@ def test_guided_session_saves_everything_and_reopens_it(make_napari_viewer, smal
         widget2.project_panel.image_list.item(i).text()
         for i in range(widget2.project_panel.image_list.count())
     ]
-    assert any(t.startswith("[done]") and " LH " in t for t in texts)
+    # every joint settled, but no grades yet: not done (done counts the scores too)
+    assert any(t.startswith("[corrected]") and " LH " in t and "centres 22/22" in t for t in texts)
     session2 = _open(widget2, "LH")
     assert len(session2.points.data) == 21 and session2.not_visible == {order[5]}
     assert list(session2.shapes.features["joint_id"]) == [first_outline]
@@ -151,19 +152,24 @@ def test_predictions_are_editable_model_revisions_and_export_takes_the_correctio
     session = _open(widget, "LH")
     result = _predict_patient(widget)
     widget.predict_panel.show_result(result)
-    assert len(session.points.data) >= 20
-    assert set(session.points.features["source"]) == {"model"}
+    # proposals come back in their own layer; nothing is committed yet
+    assert len(session.proposals.data) >= 20 and len(session.points.data) == 0
+    assert set(session.proposals.features["source"]) == {"model"}
     assert any(layer.name.startswith("SHAP") for layer in viewer.layers)
+    assert viewer.layers.selection.active is session.points  # the keys still work
     assert (
         widget.scores_panel.table.rowCount() == 22 and "Totals" in widget.scores_panel.totals.text()
     )
-    moved, accepted = session.points.features["joint_id"][:2]
-    # drag one point 6 px, accept another
-    data = session.points.data.copy()
+    moved, accepted = session.proposals.features["joint_id"][:2]
+    # drag one proposal 6 px (a correction), accept another
+    data = session.proposals.data.copy()
     data[0] += 6
-    session.points.data = data
-    session.points.selected_data = {1}
+    session.proposals.data = data
+    index = list(session.proposals.features["joint_id"]).index(accepted)
+    session.proposals.selected_data = {index}
     widget.annotate_panel.accept()
+    assert {moved, accepted} == set(session.points.features["joint_id"])
+    assert moved not in set(session.proposals.features["joint_id"])
     with AnnotationStore.open(project, create=False) as store:
         history = store.centre_history(session.record.id, moved)
         assert [r.source for r in history] == ["model", "human"]
@@ -251,7 +257,7 @@ def test_prediction_runs_in_a_worker_with_progress(
     )
     qtbot.waitUntil(lambda: widget.predict_panel.worker is None, timeout=120_000)
     assert widget.predict_panel.predict_button.isEnabled()
-    assert len(session.points.data) >= 5 and "Predicted" in widget.message.text()
+    assert len(session.proposals.data) >= 5 and "Predicted" in widget.message.text()
 
 
 def test_screenshot_shows_the_overlays(make_napari_viewer, small_cohort, tmp_path):
@@ -369,8 +375,8 @@ def test_multitask_pipeline_from_the_dock_gives_the_same_editable_layers(
     result = _predict_patient(widget, "multitask")
     assert "Multi-task U-Net" in result.message
     widget.predict_panel.show_result(result)
-    assert len(session.points.data) >= 15
-    assert set(session.points.features["source"]) == {"model"}
+    assert len(session.proposals.data) >= 15
+    assert set(session.proposals.features["source"]) == {"model"}
     assert not any(layer.name.startswith("SHAP") for layer in viewer.layers)
     assert (
         widget.scores_panel.table.rowCount() == 22 and "Totals" in widget.scores_panel.totals.text()
@@ -504,9 +510,9 @@ def test_registered_keys_drive_the_guide_with_real_key_presses(
     from qtpy.QtCore import Qt
 
     from annotation_tools.store import AnnotationStore
-    from napari_ra_joints._keybindings import KEYBINDINGS, shortcuts_text
+    from napari_ra_joints._keybindings import KEYBINDINGS, key_text, shortcuts_text
 
-    assert all(b.key.upper() in shortcuts_text() for b in KEYBINDINGS)
+    assert all(key_text(b.key) in shortcuts_text() for b in KEYBINDINGS)
     project = unannotated_project(small_cohort, tmp_path / "project")
     viewer = make_napari_viewer(show=True)
     widget = _widget(viewer)
@@ -557,3 +563,138 @@ def test_cancel_from_the_dock_stops_and_shows_what_was_done(
     assert panel.predict_button.isEnabled() and not panel.cancel_button.isEnabled()
     assert max(e.done for e in seen) < max(e.total for e in seen)  # it did not run to the end
     assert _count_revisions(project) == 0  # nothing half-written
+
+
+def test_predict_never_hides_the_annotators_work(make_napari_viewer, small_cohort, tmp_path):
+    """6 joints clicked, one marked not visible, grades typed -> Predict: the person's values
+    are what the layer, the Scores tab, the store and export-dream show; the model's
+    proposals wait beside them; re-predicting after a review changes none of it."""
+    import csv
+
+    from annotation_tools.cli import main
+    from annotation_tools.store import AnnotationStore
+
+    project = unannotated_project(small_cohort, tmp_path / "project")
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    widget.open_project(project)
+    widget.project_panel.annotator_edit.setText("ann1")
+    session = _open(widget, "LH")
+    truth = _truth(small_cohort, session.record.patient_id, "LH")
+    clicked = [j.id for j in session.joints[:6]]
+    for joint_id in clicked:
+        x, y = truth[joint_id]
+        session.points.add([[y + 2, x + 2]])
+    widget.annotate_panel.skip_joint()  # the 7th joint: not visible
+    hidden = session.joints[6].id
+    table = widget.scores_panel.table
+    row = next(r for r in range(table.rowCount()) if table.item(r, 0).data(0x0100) == clicked[1])
+    table.item(row, 1).setText("2")  # narrowing of MCP 1
+    table.item(row, 3).setText("3")  # erosion of MCP 1
+    status_before = widget.project_panel.image_list.item(0).text()
+    for _ in range(2):  # predict, then predict again after the review
+        widget.predict_panel.show_result(_predict_patient(widget))
+        assert sorted(session.points.features["joint_id"]) == sorted(clicked)
+        assert set(session.points.features["source"]) == {"human"}
+        assert hidden in session.not_visible
+        proposed = set(session.proposals.features["joint_id"])
+        assert proposed and not proposed & {*clicked, hidden}  # beside, never over
+        np.testing.assert_allclose(
+            session.points.data[list(session.points.features["joint_id"]).index(clicked[0])],
+            [truth[clicked[0]][1] + 2, truth[clicked[0]][0] + 2],
+        )
+        assert table.item(row, 1).text() == "2" and table.item(row, 3).text() == "3"
+        assert table.item(row, 2).text() != "" or table.item(row, 4).text() != ""
+        status = next(
+            widget.project_panel.image_list.item(i).text()
+            for i in range(widget.project_panel.image_list.count())
+            if " LH " in widget.project_panel.image_list.item(i).text()
+        )
+        assert status.startswith("[corrected]") and "centres 7/22" in status, status
+    assert status_before.startswith("[corrected]")
+    with AnnotationStore.open(project, create=False) as store:
+        scores = store.scores(session.record.id)
+        assert scores[(clicked[1], "narrowing")].value["value"] == 2
+        assert scores[(clicked[1], "erosion")].source == "human"
+    out = tmp_path / "all.csv"
+    assert main(["export-dream", "--project", str(project), "--out", str(out),
+                 "--all-sources"]) == 0  # fmt: skip
+    with open(out, newline="") as handle:
+        exported = next(csv.DictReader(handle))
+    assert float(exported["LH_mcp_J__1"]) == 2 and float(exported["LH_mcp_E__1"]) == 3
+
+
+def test_delete_rewinds_the_guide_undo_restores_and_the_picker_chooses(
+    make_napari_viewer, small_cohort, tmp_path, qtbot
+):
+    from qtpy.QtCore import Qt
+
+    from annotation_tools.store import AnnotationStore
+
+    project = unannotated_project(small_cohort, tmp_path / "project")
+    viewer = make_napari_viewer(show=True)
+    widget = _widget(viewer)
+    widget.open_project(project)
+    session = _open(widget, "LH")
+    truth = _truth(small_cohort, session.record.patient_id, "LH")
+    joints = [j.id for j in session.joints]
+    for joint_id in joints[:3]:
+        x, y = truth[joint_id]
+        session.points.add([[y, x]])
+    # delete the second point: the guide goes back to it and the next click is named for it
+    session.points.selected_data = {1}
+    session.points.remove_selected()
+    assert session.current().id == joints[1]
+    x, y = truth[joints[1]]
+    session.points.add([[y, x]])
+    assert sorted(session.points.features["joint_id"]) == sorted(joints[:3])
+    # Ctrl+Z (a real key press on the canvas) takes the click back, as a new revision
+    canvas = viewer.window._qt_viewer.canvas.native
+    canvas.setFocus()
+    qtbot.keyClick(canvas, Qt.Key_Z, Qt.ControlModifier)
+    assert joints[1] not in set(session.points.features["joint_id"])
+    qtbot.keyClick(canvas, Qt.Key_Z, Qt.ControlModifier | Qt.ShiftModifier)  # redo
+    assert joints[1] in set(session.points.features["joint_id"])
+    # the picker: choose a joint further on, the next click places it
+    picker = widget.annotate_panel.picker
+    target = next(i for i in range(picker.count()) if picker.item(i).data(0x0100) == joints[9])
+    picker.itemClicked.emit(picker.item(target))
+    assert "MCP 5" in widget.annotate_panel.guide.text()
+    x, y = truth[joints[9]]
+    session.points.add([[y, x]])
+    assert joints[9] in set(session.points.features["joint_id"])
+    assert picker.item(target).text().startswith("✓")
+    # rename: the point of joints[9] really belongs to joints[8]
+    session.points.selected_data = {list(session.points.features["joint_id"]).index(joints[9])}
+    picker.setCurrentRow(next(i for i in range(picker.count())
+                              if picker.item(i).data(0x0100) == joints[8]))  # fmt: skip
+    widget.annotate_panel.rename()
+    assert joints[8] in set(session.points.features["joint_id"])
+    assert joints[9] not in set(session.points.features["joint_id"])
+    with AnnotationStore.open(project, create=False) as store:
+        history = store.centre_history(session.record.id, joints[1])
+        assert [r.status for r in history] == ["present", "deleted", "present", "deleted",
+                                               "present"]  # fmt: skip
+
+
+def test_each_ultrasound_pair_opens_with_its_own_grades(make_napari_viewer, small_cohort, tmp_path):
+    project = unannotated_project(small_cohort, tmp_path / "project")
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    widget.open_project(project)
+    first, second = widget.store.us_pairs()[:2]
+    widget.open_entry("pair", first["id"])
+    panel = widget.grades_panel
+    panel.sh_spin.setValue(3)
+    panel.vasc_spin.setValue(2)
+    panel.save_grades()
+    assert "Committed" in panel.committed_label.text()
+    widget.open_entry("pair", second["id"])
+    assert (panel.sh_spin.value(), panel.vasc_spin.value()) == (0, 0)
+    assert "No grades" in panel.committed_label.text()
+    # both images are in view
+    grey, doppler = widget.session.grey_layer, widget.session.doppler_layer
+    left, right = viewer.camera.center[-1] - 1, viewer.camera.center[-1] + 1
+    assert left < doppler.translate[-1] + doppler.data.shape[1] and right > grey.translate[-1]
+    widget.open_entry("pair", first["id"])
+    assert (panel.sh_spin.value(), panel.vasc_spin.value()) == (3, 2)

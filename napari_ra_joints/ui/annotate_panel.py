@@ -1,22 +1,38 @@
-"""Annotate tab, radiograph part: the guide and the buttons that drive the guided order."""
+"""Annotate tab, radiograph part: the guide, the joint picker, and the buttons that drive the
+guided order and the review of model proposals."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtWidgets import QGridLayout, QGroupBox, QLabel, QPushButton, QVBoxLayout
+from qtpy.QtCore import Qt
+from qtpy.QtGui import QColor
+from qtpy.QtWidgets import (
+    QGridLayout,
+    QGroupBox,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QVBoxLayout,
+)
 
 from annotation_tools.vocabulary import get_joint
 
 from .._keybindings import shortcuts_text
+from .._layers import SOURCE_COLOURS
 
 if TYPE_CHECKING:
     from .._session import RadiographSession
     from .._widget import RAJointsWidget
 
+STATE_MARKS = {"placed": "✓", "not visible": "✗", "proposed": "◇", "open": "·"}
+STATE_COLOURS = {"proposed": SOURCE_COLOURS["model"], "not visible": "gray"}
+
 
 class AnnotatePanel(QGroupBox):
-    """Which joint to click next, and previous / next / not visible / accept / outlines."""
+    """Which joint to click next (the guide, or the person's choice in the picker), and the
+    buttons for the guided order, proposals, undo and outlines."""
 
     def __init__(self, dock: RAJointsWidget):
         super().__init__("Annotate")
@@ -36,7 +52,12 @@ class AnnotatePanel(QGroupBox):
             ("skip", "Not visible [V]", "This joint cannot be seen: mark it and move on",
              self.skip_joint),
             ("accept", "Accept [A]",
-             "Confirm the selected predicted points (all if none selected)", self.accept),
+             "Accept the selected model proposals (all if none selected)", self.accept),
+            ("reject", "Reject [R]", "Reject the selected model proposals", self.reject),
+            ("rename", "Rename point", "Give the selected point the joint chosen in the list",
+             self.rename),
+            ("undo", "Undo [Ctrl+Z]", "Undo the last change (a new revision)", self.undo),
+            ("redo", "Redo [Ctrl+Shift+Z]", "Redo what was undone", self.redo),
             ("outline", "Draw joint spaces",
              "Draw one polygon per narrowing joint, in the guided order", self.draw_outlines),
         ):  # fmt: skip
@@ -47,9 +68,18 @@ class AnnotatePanel(QGroupBox):
             index = len(self.buttons) - 1
             grid.addWidget(button, index // 3, index % 3)
         layout.addLayout(grid)
+        self.picker = QListWidget()
+        self.picker.setToolTip(
+            "Joints of this limb: ✓ placed, ◇ model proposal, ✗ not visible, · open. Click one "
+            "and the next click on the image places it (or moves its point)."
+        )
+        self.picker.setMaximumHeight(170)
+        self.picker.itemClicked.connect(self._picked)
+        layout.addWidget(QLabel("Joints (click one to place it next)"))
+        layout.addWidget(self.picker)
         shortcuts = QLabel(shortcuts_text())
         shortcuts.setWordWrap(True)
-        shortcuts.setToolTip("Keyboard shortcuts work while the joint-centre layer is selected")
+        shortcuts.setToolTip("Keyboard shortcuts work while a joint-centre layer is selected")
         layout.addWidget(shortcuts)
 
     def actions(self) -> dict[str, Any]:
@@ -59,10 +89,48 @@ class AnnotatePanel(QGroupBox):
             "previous_joint": self.previous_joint,
             "skip_joint": self.skip_joint,
             "accept": self.accept,
+            "reject": self.reject,
+            "undo": self.undo,
+            "redo": self.redo,
         }
 
     def _session(self) -> RadiographSession | None:
         return self.dock.radiograph_session()
+
+    def load(self, session: RadiographSession) -> None:
+        self.guide.setText(session.guide_text())
+        self.refresh_picker(session)
+
+    def refresh_picker(self, session: RadiographSession | None = None) -> None:
+        """One row per joint with its state; the guided joint is selected."""
+        session = session or self._session()
+        self.picker.blockSignals(True)
+        try:
+            self.picker.clear()
+            if session is None:
+                return
+            current = session.chosen_joint or (j.id if (j := session.current()) else None)
+            for joint_id, state in session.joint_states().items():
+                item = QListWidgetItem(f"{STATE_MARKS[state]} {get_joint(joint_id).name}")
+                item.setData(Qt.UserRole, joint_id)
+                item.setToolTip(f"{joint_id}: {state}")
+                if state in STATE_COLOURS:
+                    item.setForeground(QColor(STATE_COLOURS[state]))
+                self.picker.addItem(item)
+                if joint_id == current:
+                    self.picker.setCurrentItem(item)
+        finally:
+            self.picker.blockSignals(False)
+
+    def _picked(self, item: QListWidgetItem) -> None:
+        if session := self._session():
+            session.goto(item.data(Qt.UserRole))
+            self.dock.viewer.layers.selection.active = session.points
+            session.points.mode = "add"
+
+    def picked_joint(self) -> str | None:
+        item = self.picker.currentItem()
+        return item.data(Qt.UserRole) if item is not None else None
 
     def next_joint(self) -> None:
         if session := self._session():
@@ -78,9 +146,26 @@ class AnnotatePanel(QGroupBox):
 
     def accept(self) -> None:
         if session := self._session():
-            selected = set(session.points.selected_data)
+            selected = set(session.proposals.selected_data)
             self.dock.guarded(lambda: session.accept(selected))
-            self.dock.project_panel.refresh()
+
+    def reject(self) -> None:
+        if session := self._session():
+            selected = set(session.proposals.selected_data)
+            self.dock.guarded(lambda: session.reject(selected))
+
+    def rename(self) -> None:
+        session, joint_id = self._session(), self.picked_joint()
+        if session is not None and joint_id is not None:
+            self.dock.guarded(lambda: session.rename(joint_id))
+
+    def undo(self) -> None:
+        if session := self._session():
+            self.dock.guarded(session.undo)
+
+    def redo(self) -> None:
+        if session := self._session():
+            self.dock.guarded(session.redo)
 
     def draw_outlines(self) -> None:
         if session := self._session():
@@ -97,3 +182,6 @@ class AnnotatePanel(QGroupBox):
     def update_enabled(self, state: Any) -> None:
         for button in self.buttons.values():
             button.setEnabled(state.radiograph)
+        self.picker.setEnabled(state.radiograph)
+        if not state.radiograph:
+            self.picker.clear()

@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 from qtpy.QtWidgets import (
     QComboBox,
     QFormLayout,
@@ -31,8 +30,6 @@ from annotation_tools.predict import (
     Progress,
     UltrasoundPrediction,
 )
-
-from .._layers import HEATMAP_STYLE
 
 if TYPE_CHECKING:
     from .._widget import RAJointsWidget
@@ -58,19 +55,38 @@ def ultrasound_job(
     pair: dict[str, Any],
     steps: int = 50,
     copies: int = 8,
+    whole_patient: bool = False,
+    cancel: CancelToken | None = None,
 ) -> Any:
-    """Worker: the RATING bundle on the pair's patient through the prediction service; grades
-    become model revisions; heatmaps from one member (RATING's 50 steps x 8 noisy copies)."""
-    yield Progress(0, 1, "grading the ultrasound pair (integrated gradients take a few seconds)")
-    out = Path(project) / "predictions" / "ultrasound" / f"pair{pair['id']}"
-    return service.grade_ultrasound(
-        out,
-        project=project,
-        patient_id=pair["patient_id"],
-        explain_steps=steps,
-        explain_copies=copies,
-        progress=False,  # the dock shows its own progress bar
-    )
+    """Worker: the RATING bundle on the open pair (or all the patient's pairs) through the
+    prediction service; grades become model proposals; heatmaps from one member (RATING's 50
+    steps x 8 noisy copies). Each pair's output goes to its own folder, so that reopening a
+    pair shows its own heatmaps and votes."""
+    pairs = [pair]
+    if whole_patient:
+        from annotation_tools.store import AnnotationStore
+
+        with AnnotationStore.open(project, create=False) as store:
+            pairs = store.us_pairs(pair["patient_id"])
+    result = None
+    for done, one in enumerate(pairs):
+        if cancel is not None and cancel.cancelled:
+            return None  # the pairs graded so far keep their proposals
+        yield Progress(done, len(pairs), f"grading {one['patient_id']} {one['site']} "
+                       "(integrated gradients take a few seconds)")  # fmt: skip
+        out = Path(project) / "predictions" / "ultrasound" / f"pair{one['id']}"
+        graded = service.grade_ultrasound(
+            out,
+            project=project,
+            pair_id=int(one["id"]),
+            explain_steps=steps,
+            explain_copies=copies,
+            progress=False,  # the dock shows its own progress bar
+        )
+        if int(one["id"]) == int(pair["id"]):
+            result = graded
+    yield Progress(len(pairs), len(pairs), "done")
+    return result
 
 
 class PredictPanel(QGroupBox):
@@ -90,6 +106,11 @@ class PredictPanel(QGroupBox):
             "them (symmetry stage, SHAP); ultrasound: grade the pair with integrated gradients"
         )
         self.predict_button.clicked.connect(self.predict)
+        self.patient_pairs_button = QPushButton("Grade all pairs of the patient")
+        self.patient_pairs_button.setToolTip(
+            "Ultrasound: grade every pair of this patient (Predict grades the open pair only)"
+        )
+        self.patient_pairs_button.clicked.connect(lambda: self.predict(whole_patient=True))
         self.cancel_button = QPushButton("Cancel")
         self.cancel_button.setToolTip(
             "Stop the running radiograph prediction before its next image (the images done "
@@ -97,6 +118,7 @@ class PredictPanel(QGroupBox):
         )
         self.cancel_button.clicked.connect(self.cancel)
         row.addWidget(self.predict_button)
+        row.addWidget(self.patient_pairs_button)
         row.addWidget(self.cancel_button)
         layout.addLayout(row)
         self.pipeline_box = QComboBox()
@@ -136,8 +158,9 @@ class PredictPanel(QGroupBox):
             )
         return self._services[key]
 
-    def predict(self) -> None:
-        """Run the bundles for the open image's patient (or pair) in a worker thread."""
+    def predict(self, whole_patient: bool = False) -> None:
+        """Run the bundles for the open image's patient (or the open pair, or all the patient's
+        pairs) in a worker thread."""
         from napari.qt.threading import create_worker
         from napari.utils.notifications import show_warning
 
@@ -151,9 +174,16 @@ class PredictPanel(QGroupBox):
             self.cancel_token = CancelToken()
             args = (self.service(self.pipeline), project, session.record.patient_id)
             self.worker = create_worker(radiograph_job, *args, self.cancel_token)
-        else:  # one pair is one step: nothing to stop between
+        else:
+            self.cancel_token = CancelToken() if whole_patient else None
             pair = dock.ultrasound_session().pair
-            self.worker = create_worker(ultrasound_job, self.service("two-stage"), project, pair)
+            self.worker = create_worker(
+                ultrasound_job,
+                self.service("two-stage"),
+                project,
+                pair,
+                whole_patient=whole_patient,
+            )
         self.worker.yielded.connect(self.show_progress)
         self.worker.returned.connect(self.show_result)
         self.worker.errored.connect(self._failed)
@@ -212,18 +242,19 @@ class PredictPanel(QGroupBox):
             message = result.message
             if result.shap_png:
                 self._show_shap(result.shap_png)
+            dock.annotate_panel.load(radiograph)
         elif ultrasound is not None and isinstance(result, UltrasoundPrediction):
             ultrasound.reload()
             record = result.records.get(int(ultrasound.pair["id"]))
             if record is None:
                 message = "This pair could not be graded (see the warnings)."
             else:
-                self._show_heatmaps(record, result.output_dir)
-                dock.grades_panel.show_grades(record["synovial_hypertrophy"], record["vascularity"])
+                ultrasound.show_heatmaps(record, result.output_dir)
+                dock.grades_panel.load()
                 message = (
-                    f"SH {record['synovial_hypertrophy']}, vascularity {record['vascularity']}, "
-                    f"combined {record['combined']} (uncertainty {record['uncertainty']:.2f}); "
-                    "a model revision - save grades to correct it"
+                    f"Model proposal: SH {record['synovial_hypertrophy']}, vascularity "
+                    f"{record['vascularity']}, combined {record['combined']} (uncertainty "
+                    f"{record['uncertainty']:.2f}); accept it or save your own grades"
                 )
         dock.project_panel.refresh()
         dock.say(message)
@@ -235,7 +266,7 @@ class PredictPanel(QGroupBox):
         pixels = read_image(png).pixels
         height, width = session.image_layer.data.shape[:2]
         scale = height / pixels.shape[0]
-        self.dock.viewer.add_image(
+        layer = self.dock.viewer.add_image(
             pixels,
             rgb=True,
             name=f"SHAP {session.record.patient_id}",
@@ -243,23 +274,11 @@ class PredictPanel(QGroupBox):
             translate=(0, width * 1.05),
             opacity=0.9,
         )
-
-    def _show_heatmaps(self, record: dict[str, Any], out: Path) -> None:
-        session = self.dock.ultrasound_session()
-        x0, y0, x1, y1 = record["roi"]
-        for grade, offset in (("synovial_hypertrophy", 0.0), ("vascularity", session.offset)):
-            path = record.get("heatmaps", {}).get(grade)
-            if not path:
-                continue
-            heat = np.load(Path(out) / path)
-            self.dock.viewer.add_image(
-                heat,
-                name=f"IG {grade.replace('_', ' ')}",
-                scale=((y1 - y0) / heat.shape[0], (x1 - x0) / heat.shape[1]),
-                translate=(y0, x0 + offset),
-                **HEATMAP_STYLE,
-            )
+        session.add_extra_layer(layer)  # removed with the image; keys stay on the centres
 
     def update_enabled(self, state: Any) -> None:
         self.predict_button.setEnabled(state.has_image and not state.busy)
+        self.predict_button.setText("Grade this pair" if state.ultrasound else "Predict patient")
+        self.patient_pairs_button.setVisible(state.ultrasound)
+        self.patient_pairs_button.setEnabled(state.ultrasound and not state.busy)
         self.cancel_button.setEnabled(self.worker is not None and self.cancel_token is not None)

@@ -18,7 +18,13 @@ from qtpy.QtWidgets import (
     QPushButton,
 )
 
-from annotation_tools.review import ImageStatus, annotation_queue, image_status
+from annotation_tools.review import (
+    QUEUE_STRATEGIES,
+    ImageStatus,
+    annotation_queue,
+    image_status,
+    queue_reason,
+)
 
 if TYPE_CHECKING:
     from .._widget import RAJointsWidget
@@ -63,13 +69,22 @@ class ProjectPanel(QGroupBox):
         )
         self.image_list.itemDoubleClicked.connect(self._open_item)
         form.addRow(self.image_list)
+        next_row = QHBoxLayout()
+        self.strategy_box = QComboBox()
+        self.strategy_box.addItems(list(QUEUE_STRATEGIES))
+        self.strategy_box.setToolTip(
+            "How Annotate next chooses: least confident model proposals first (active "
+            "learning), the first image not done, or at random"
+        )
         self.next_button = QPushButton("Annotate next")
         self.next_button.setToolTip(
-            "Open the next image that is not done: most uncertain predictions first when there "
-            "are predictions (active learning), list order otherwise"
+            "Open the next image that is not done (never the one already open), by the chosen "
+            "strategy; the message says why it was chosen"
         )
         self.next_button.clicked.connect(self.annotate_next)
-        form.addRow(self.next_button)
+        next_row.addWidget(self.strategy_box)
+        next_row.addWidget(self.next_button)
+        form.addRow(next_row)
 
     @property
     def annotator(self) -> str:
@@ -110,7 +125,7 @@ class ProjectPanel(QGroupBox):
             what = record.limb if kind == "radiograph" else "ultrasound"
             text = (
                 f"[{status.status}] {record.patient_id} {what} "
-                f"({status.annotated}/{status.total}) {Path(record.path).name}"
+                f"({status.counts_text()}) {Path(record.path).name}"
             )
             item = QListWidgetItem(text)
             item.setData(Qt.UserRole, (kind, ident))
@@ -120,19 +135,30 @@ class ProjectPanel(QGroupBox):
         kind, ident = item.data(Qt.UserRole)
         self.dock.open_entry(kind, ident)
 
-    def annotate_next(self) -> None:
+    def annotate_next(self) -> str | None:
+        """Open the next image by the chosen strategy and say why; returns that reason."""
         from napari.utils.notifications import show_info
 
         entries = self.entries()
-        queue = annotation_queue([s for _, _, s in entries])
-        if not queue:
-            show_info("Every image in the list is done.")
-            return
-        first = queue[0]
+        strategy = self.strategy_box.currentText()
+        open_now = self.dock.session.image_id if self.dock.session is not None else None
+        queue = annotation_queue([s for _, _, s in entries], strategy)
+        others = [s for s in queue if s.image.id != open_now]
+        if not others:
+            show_info(
+                "Every image in the list is done."
+                if not queue
+                else "The open image is the only one not done."
+            )
+            return None
+        first = others[0]
+        reason = queue_reason(first, strategy)
         for kind, ident, status in entries:
             if status.image.id == first.image.id:
                 self.dock.open_entry(kind, ident)
-                return
+                self.dock.say(f"Annotate next ({strategy}): {reason}")
+                return reason
+        return None
 
     def update_enabled(self, state: Any) -> None:
         self.next_button.setEnabled(state.has_project)

@@ -1,13 +1,34 @@
-"""Annotate tab, ultrasound part: EULAR-OMERACT grades of the open pair."""
+"""Annotate tab, ultrasound part: EULAR-OMERACT grades of the open pair - the person's, and
+the model's proposal beside them with the ensemble's votes."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from qtpy.QtWidgets import QGroupBox, QHBoxLayout, QLabel, QPushButton, QSpinBox
+from qtpy.QtWidgets import QGridLayout, QGroupBox, QLabel, QPushButton, QSpinBox
+
+from .._layers import SOURCE_COLOURS
 
 if TYPE_CHECKING:
     from .._widget import RAJointsWidget
+
+
+def _grades_text(value: dict[str, Any]) -> str:
+    return (
+        f"SH {value['synovial_hypertrophy']}, vascularity {value['vascularity']}, "
+        f"combined {value['combined']}"
+    )
+
+
+def votes_text(record: dict[str, Any] | None) -> str:
+    """The members' votes and the MULTITUDE decision of RATING's last prediction."""
+    if not record or "votes" not in record:
+        return ""
+    votes = record["votes"]
+    return (
+        f"votes SH {votes['synovial_hypertrophy']}, vascularity {votes['vascularity']} -> "
+        f"MULTITUDE SH {record['synovial_hypertrophy']}, vascularity {record['vascularity']}"
+    )
 
 
 class GradesPanel(QGroupBox):
@@ -16,7 +37,7 @@ class GradesPanel(QGroupBox):
     def __init__(self, dock: RAJointsWidget):
         super().__init__("Ultrasound grades (EULAR-OMERACT)")
         self.dock = dock
-        row = QHBoxLayout(self)
+        grid = QGridLayout(self)
         self.sh_spin, self.vasc_spin = QSpinBox(), QSpinBox()
         for spin, tip in (
             (self.sh_spin, "Synovial hypertrophy 0-3"),
@@ -26,14 +47,58 @@ class GradesPanel(QGroupBox):
             spin.setToolTip(tip)
         self.save_grades_button = QPushButton("Save grades")
         self.save_grades_button.setToolTip(
-            "Store SH and vascularity; the combined grade is derived"
+            "Store SH and vascularity as your grades; the combined grade is derived"
         )
         self.save_grades_button.clicked.connect(self.save_grades)
-        row.addWidget(QLabel("SH"))
-        row.addWidget(self.sh_spin)
-        row.addWidget(QLabel("Vascularity"))
-        row.addWidget(self.vasc_spin)
-        row.addWidget(self.save_grades_button)
+        grid.addWidget(QLabel("SH"), 0, 0)
+        grid.addWidget(self.sh_spin, 0, 1)
+        grid.addWidget(QLabel("Vascularity"), 0, 2)
+        grid.addWidget(self.vasc_spin, 0, 3)
+        grid.addWidget(self.save_grades_button, 0, 4)
+        self.committed_label = QLabel("")
+        self.committed_label.setWordWrap(True)
+        grid.addWidget(self.committed_label, 1, 0, 1, 5)
+        self.proposal_label = QLabel("")
+        self.proposal_label.setWordWrap(True)
+        self.proposal_label.setStyleSheet(f"color: {SOURCE_COLOURS['model']}")
+        grid.addWidget(self.proposal_label, 2, 0, 1, 4)
+        self.accept_button = QPushButton("Accept model grades")
+        self.accept_button.setToolTip("Take the model's proposal as your grades")
+        self.accept_button.clicked.connect(self.accept)
+        grid.addWidget(self.accept_button, 2, 4)
+
+    def load(self) -> None:
+        """Fill the boxes from the open pair's committed grades, or reset them: the previous
+        pair's grades must never be one Save away from this pair."""
+        session = self.dock.ultrasound_session()
+        self.sh_spin.setValue(0)
+        self.vasc_spin.setValue(0)
+        self.committed_label.setText("")
+        self.proposal_label.setText("")
+        self.accept_button.setEnabled(False)
+        if session is None:
+            return
+        grades = session.grades()
+        if grades.committed is not None and grades.committed.status != "deleted":
+            value = grades.committed.value
+            self.show_grades(value["synovial_hypertrophy"], value["vascularity"])
+            self.committed_label.setText(
+                f"Committed ({grades.committed.source} {grades.committed.author}): "
+                f"{_grades_text(value)}"
+            )
+        else:
+            self.committed_label.setText("No grades by a person yet for this pair.")
+        proposal = grades.proposal
+        if proposal is not None:
+            state = "waiting for you" if grades.pending is not None else "reviewed"
+            uncertainty = proposal.value.get("uncertainty")
+            extra = f", uncertainty {uncertainty:.2f}" if uncertainty is not None else ""
+            votes = votes_text(session.latest_prediction())
+            self.proposal_label.setText(
+                f"Model proposal ({state}): {_grades_text(proposal.value)}{extra}"
+                + (f"\n{votes}" if votes else "")
+            )
+            self.accept_button.setEnabled(grades.pending is not None)
 
     def show_grades(self, synovial_hypertrophy: int, vascularity: int) -> None:
         self.sh_spin.setValue(int(synovial_hypertrophy))
@@ -48,7 +113,16 @@ class GradesPanel(QGroupBox):
             return
         sh, vasc = self.sh_spin.value(), self.vasc_spin.value()
         self.dock.guarded(lambda: session.set_grades(sh, vasc))
+        self.load()
         self.dock.project_panel.refresh()
+
+    def accept(self) -> None:
+        if (session := self.dock.ultrasound_session()) is not None:
+            self.dock.guarded(session.accept_grades)
+            self.load()
+            self.dock.project_panel.refresh()
 
     def update_enabled(self, state: Any) -> None:
         self.save_grades_button.setEnabled(state.ultrasound)
+        if not state.ultrasound:
+            self.accept_button.setEnabled(False)
