@@ -174,10 +174,12 @@ def looks_like_image_file(path: str | Path) -> bool:
     """An image by its extension, or a DICOM without one (the ``DICM`` preamble); never a
     DICOMDIR or a hidden file. Reads at most 132 bytes of files with another extension."""
     path = Path(path)
-    if path.name.startswith(".") or path.name.upper() == "DICOMDIR" or not path.is_file():
+    if path.name.startswith(".") or path.name.upper() == "DICOMDIR":
         return False
     if path.suffix.lower() in IMAGE_EXTENSIONS:
         return True
+    if not path.is_file():
+        return False
     try:
         return sniff_format(path) == "dicom"
     except OSError:
@@ -530,10 +532,8 @@ def _read_raster(path: Path, kind: str, frame: int = 0, limit: int = MAX_PIXELS)
             # our own limit (checked below) replaces Pillow's decompression-bomb warning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             handle = Image.open(path)
-    except Image.DecompressionBombError as exc:
-        raise ImageReadError(
-            path, f"image is far above the size limit of {limit / 1e6:.0f} megapixels ({exc})"
-        ) from exc
+    except Image.DecompressionBombError as exc:  # Pillow's own guard (2 x MAX_IMAGE_PIXELS)
+        raise ImageReadError(path, _bomb_reason(exc, limit)) from exc
     except OSError as exc:
         raise ImageReadError(path, f"corrupt or not a {kind.upper()} file ({exc})") from exc
     with handle as image:
@@ -577,6 +577,18 @@ def _read_raster(path: Path, kind: str, frame: int = 0, limit: int = MAX_PIXELS)
         frame=frame,
         metadata={"exif_orientation": orientation, "n_frames": n_frames},
         warnings=notes,
+    )
+
+
+def _bomb_reason(exc: Exception, limit: int) -> str:
+    """Pillow refuses very large images at open, before we see the size; keep its count."""
+    import re
+
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(found.group(1)) / 1e6:.0f} megapixels" if found else "far too many pixels"
+    return (
+        f"image has {size}, above the limit of {limit / 1e6:.0f} megapixels; refused before "
+        f"decoding ({MAX_PIXELS_ENV} raises the limit up to Pillow's own guard)"
     )
 
 
