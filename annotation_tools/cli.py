@@ -58,6 +58,21 @@ def _cmd_bundles(args: argparse.Namespace) -> int:
     return 0 if rows else 1
 
 
+def _cmd_import(args: argparse.Namespace) -> int:
+    """Register a cohort's files in a project (created when missing); exit 3 when some were
+    skipped (each is listed with its reason on stderr)."""
+    from .intake import describe, import_sources
+
+    report = import_sources(args.project, args.sources, cases=args.cases)
+    if args.json:
+        print(json.dumps(report.to_json(), indent=2))
+    else:
+        print(describe(report))
+    for item in report.skipped:
+        print(f"skipped {item['path']}: {item['reason']}", file=sys.stderr)
+    return report.exit_code
+
+
 def _cmd_summary(args: argparse.Namespace) -> int:
     from .store import AnnotationStore
 
@@ -460,6 +475,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bundles", help="the MONAI bundles in use: folder, task, version, ready?")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=_cmd_bundles)
+
+    p = sub.add_parser(
+        "import",
+        help="register DICOM/PNG/JPEG/TIFF files or folders in a project (created if needed)",
+    )
+    p.add_argument("--project", type=Path, required=True, help="project folder")
+    p.add_argument("sources", nargs="+", type=Path, help="files or folders (searched recursively)")
+    p.add_argument(
+        "--cases",
+        type=Path,
+        help="CSV: path (or file), patient_id, limb, visit, modality, site, pair "
+        "(default: DICOM tags, then file names like P001_LH.dcm)",
+    )
+    p.add_argument("--json", action="store_true", help="print the full report as JSON")
+    p.set_defaults(func=_cmd_import)
 
     p = sub.add_parser("summary", help="what a project folder holds")
     p.add_argument("--project", required=True, type=Path)

@@ -6,13 +6,30 @@ RGB, palette colour expanded), the pixel spacing and the metadata that decides w
 :class:`ImageReadError` naming the file and the reason: nothing half-read is returned.
 
 DICOM goes through pydicom (with pylibjpeg/openjpeg for compressed transfer syntaxes) and falls
-back to SimpleITK/GDCM for syntaxes pydicom cannot decode; PNG, JPEG and TIFF go through
-SimpleITK.
+back to SimpleITK/GDCM for compressed data pydicom cannot decode. GDCM applies its own display
+conversion (MONOCHROME1 inverted, rescale slope/intercept, YBR and palette to RGB); the fallback
+undoes the grey-scale part so that the one conversion below is applied exactly once, and it
+refuses what it cannot give back exactly (colour above 8 bits). Before anything is decoded the
+PixelData length is checked against Rows x Columns x frames x samples x bits (native data) or
+the last JPEG fragment's end-of-image marker (compressed data): a file cut short gives one clear
+error, never a half-black image. ``tests/test_imageio_corpus.py`` runs pydicom's own test files
+through both paths and compares with pydicom's decoded arrays.
+
+PNG, JPEG and TIFF go through Pillow: the EXIF orientation is applied (``ImageOps.exif_transpose``)
+and the size is read from the header first.
+
+**Size limit.** An image of more than :data:`MAX_PIXELS` pixels (50 megapixels; the
+``RA_JOINTS_MAX_PIXELS`` environment variable or the ``max_pixels`` argument change it) is
+*refused* with a reason before its pixels are decoded (header size for PNG/JPEG/TIFF, Rows x
+Columns for DICOM). Refusing rather than downsampling keeps one rule for coordinates: every
+point in the store is a pixel of the original file, and no reader has to carry a scale factor.
+A hand radiograph at 0.1 mm/pixel is about 6 megapixels; 50 is far above any real one.
 """
 
 from __future__ import annotations
 
 import hashlib
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,11 +38,17 @@ from typing import Any
 import numpy as np
 
 __all__ = [
+    "DICOMDIR_SOP_CLASS",
     "DICOM_EXTENSIONS",
     "IMAGE_EXTENSIONS",
+    "MAX_PIXELS",
+    "MAX_PIXELS_ENV",
     "ImageData",
     "ImageReadError",
     "file_sha256",
+    "is_dicomdir",
+    "looks_like_image_file",
+    "max_pixels",
     "read_image",
     "sniff_format",
     "write_dicom",
@@ -35,6 +58,10 @@ __all__ = [
 DICOM_EXTENSIONS = (".dcm", ".dicom", ".dic")
 RASTER_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
 IMAGE_EXTENSIONS = DICOM_EXTENSIONS + RASTER_EXTENSIONS
+MAX_PIXELS = 50_000_000  # default size limit (pixels); see the module docstring
+MAX_PIXELS_ENV = "RA_JOINTS_MAX_PIXELS"
+DICOMDIR_SOP_CLASS = "1.2.840.10008.1.3.10"  # Media Storage Directory Storage
+_COLOUR_PHOTOMETRIC = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
 
 _SUPPORTED_PHOTOMETRIC = {
     "MONOCHROME1",
@@ -79,6 +106,7 @@ class ImageData:
     n_frames: int = 1
     frame: int = 0
     metadata: dict[str, Any] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # e.g. "frame 0 of 30 shown"
 
     @property
     def is_colour(self) -> bool:
@@ -126,6 +154,61 @@ def sniff_format(path: str | Path) -> str | None:
     return None
 
 
+def is_dicomdir(path: str | Path) -> bool:
+    """A DICOMDIR is the index of a DICOM folder (no pixels); read the folder instead."""
+    path = Path(path)
+    if path.name.upper() == "DICOMDIR":
+        return True
+    if sniff_format(path) != "dicom":
+        return False
+    import pydicom
+
+    try:
+        meta = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+    except Exception:
+        return False
+    return str(meta.file_meta.get("MediaStorageSOPClassUID", "")) == DICOMDIR_SOP_CLASS
+
+
+def looks_like_image_file(path: str | Path) -> bool:
+    """An image by its extension, or a DICOM without one (the ``DICM`` preamble); never a
+    DICOMDIR or a hidden file. Reads at most 132 bytes of files with another extension."""
+    path = Path(path)
+    if path.name.startswith(".") or path.name.upper() == "DICOMDIR":
+        return False
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return True
+    if not path.is_file():
+        return False
+    try:
+        return sniff_format(path) == "dicom"
+    except OSError:
+        return False
+
+
+def max_pixels(given: int | None = None) -> int:
+    """The size limit in pixels: the argument, else ``RA_JOINTS_MAX_PIXELS``, else 50 M."""
+    if given is not None:
+        return int(given)
+    env = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if env:
+        try:
+            return int(float(env))
+        except ValueError as exc:
+            raise ValueError(f"{MAX_PIXELS_ENV}={env!r} is not a number of pixels") from exc
+    return MAX_PIXELS
+
+
+def _check_size(path: Path, rows: int, cols: int, limit: int) -> None:
+    if rows * cols > limit:
+        raise ImageReadError(
+            path,
+            f"image is {cols}x{rows} px ({rows * cols / 1e6:.0f} megapixels), above the limit "
+            f"of {limit / 1e6:.0f} megapixels; refused before decoding (raise {MAX_PIXELS_ENV} "
+            "or pass max_pixels if this is really one radiograph)",
+        )
+
+
 def _format_from_extension(path: Path) -> str | None:
     suffix = path.suffix.lower()
     if suffix in DICOM_EXTENSIONS:
@@ -135,16 +218,21 @@ def _format_from_extension(path: Path) -> str | None:
     )
 
 
-def read_image(path: str | Path, frame: int = 0) -> ImageData:
+def read_image(path: str | Path, frame: int = 0, *, max_pixels: int | None = None) -> ImageData:
     """Read one radiograph or ultrasound frame.
 
     Parameters
     ----------
     path:
-        A DICOM, PNG, JPEG or TIFF file. The content must agree with the extension: a PNG named
-        ``.dcm`` is refused, because such a file usually means a mix-up in the data export.
+        A DICOM (with or without extension), PNG, JPEG or TIFF file. The content must agree with
+        the extension: a PNG named ``.dcm`` is refused, because such a file usually means a
+        mix-up in the data export. A DICOMDIR is refused (it is an index, not an image).
     frame:
-        For multi-frame (cine) DICOM, the frame to return (0 = first).
+        For multi-frame (cine) DICOM or multi-page TIFF, the frame to return (0 = first); the
+        count is in ``n_frames`` and a note in ``warnings``.
+    max_pixels:
+        Refuse larger images before decoding (default :func:`max_pixels`: 50 megapixels or
+        ``RA_JOINTS_MAX_PIXELS``).
     """
     path = Path(path)
     if not path.exists():
@@ -169,10 +257,11 @@ def read_image(path: str | Path, frame: int = 0) -> ImageData:
             path, f"named as {claimed.upper()} but the file content is {actual.upper()}"
         )
     kind = actual or claimed
+    limit = globals()["max_pixels"](max_pixels)
     try:
         if kind == "dicom":
-            return _read_dicom(path, frame)
-        return _read_raster(path, kind)
+            return _read_dicom(path, frame, limit)
+        return _read_raster(path, kind, frame, limit)
     except ImageReadError:
         raise
     except Exception as exc:  # any decoder failure becomes one clear error
@@ -182,7 +271,7 @@ def read_image(path: str | Path, frame: int = 0) -> ImageData:
 # ------------------------------------------------------------------------------ DICOM
 
 
-def _read_dicom(path: Path, frame: int) -> ImageData:
+def _read_dicom(path: Path, frame: int, limit: int = MAX_PIXELS) -> ImageData:
     import pydicom
     from pydicom.errors import InvalidDicomError
 
@@ -192,6 +281,12 @@ def _read_dicom(path: Path, frame: int) -> ImageData:
         raise ImageReadError(path, f"not a DICOM file ({exc})") from exc
     except Exception as exc:
         raise ImageReadError(path, f"corrupt or truncated DICOM ({exc})") from exc
+    meta = getattr(ds, "file_meta", None)
+    sop_class = str(meta.get("MediaStorageSOPClassUID", "")) if meta is not None else ""
+    if sop_class == DICOMDIR_SOP_CLASS or "DirectoryRecordSequence" in ds:
+        raise ImageReadError(
+            path, "is a DICOMDIR (the index of a DICOM folder), not an image; read the folder"
+        )
     if "PixelData" not in ds and "FloatPixelData" not in ds:
         raise ImageReadError(path, "DICOM file has no pixel data (is it a report or a DICOMDIR?)")
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
@@ -201,11 +296,17 @@ def _read_dicom(path: Path, frame: int) -> ImageData:
             f"unsupported photometric interpretation {photometric or '(missing)'!r}; "
             f"supported: {', '.join(sorted(_SUPPORTED_PHOTOMETRIC))}",
         )
-    n_frames = int(ds.get("NumberOfFrames", 1) or 1)
+    try:
+        n_frames = int(str(ds.get("NumberOfFrames", 1) or 1).strip())
+        rows, cols = int(ds.Rows), int(ds.Columns)
+    except (AttributeError, ValueError, TypeError) as exc:
+        raise ImageReadError(path, f"DICOM header is inconsistent ({exc})") from exc
     if not 0 <= frame < n_frames:
         raise ImageReadError(path, f"frame {frame} requested but the file has {n_frames} frame(s)")
+    _check_size(path, rows, cols, limit)
+    _check_pixel_data_length(ds, path, n_frames)
     pixels = _dicom_pixels(ds, path, frame, n_frames)
-    pixels = _to_display(ds, pixels, photometric)
+    notes = [f"multi-frame DICOM: frame {frame} of {n_frames} shown"] if n_frames > 1 else []
     return ImageData(
         pixels=pixels,
         path=path,
@@ -220,38 +321,109 @@ def _read_dicom(path: Path, frame: int) -> ImageData:
         n_frames=n_frames,
         frame=frame,
         metadata={
-            "transfer_syntax": str(ds.file_meta.get("TransferSyntaxUID", "")),
+            "transfer_syntax": str(meta.get("TransferSyntaxUID", "")) if meta is not None else "",
             "series_description": str(ds.get("SeriesDescription", "")),
+            "series_uid": str(ds.get("SeriesInstanceUID", "")),
             "view_position": str(ds.get("ViewPosition", "")),
             "study_date": str(ds.get("StudyDate", "")),
+            "accession_number": str(ds.get("AccessionNumber", "")),
+            "n_frames": n_frames,
         },
+        warnings=notes,
     )
 
 
+_JPEG_FAMILY = ("1.2.840.10008.1.2.4.",)  # JPEG, JPEG-LS, JPEG 2000: codestreams end in FFD9
+
+
+def _check_pixel_data_length(ds: Any, path: Path, n_frames: int) -> None:
+    """A file cut short (a copy still being written) is refused before anything decodes it.
+
+    Native data: ``len(PixelData)`` against Rows x Columns x frames x samples x bits (pydicom's
+    own ``get_expected_length``, which knows YBR_FULL_422 and 1-bit data). Compressed data: the
+    last fragment must end with the end-of-image marker.
+    """
+    from pydicom.pixels.utils import get_expected_length
+
+    meta = getattr(ds, "file_meta", None)
+    syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+    if "PixelData" not in ds:
+        return
+    data = ds.PixelData
+    if syntax is not None and syntax.is_encapsulated:
+        if not str(syntax).startswith(_JPEG_FAMILY):
+            return
+        from pydicom.encaps import generate_fragments
+
+        try:
+            fragments = list(generate_fragments(data))
+        except Exception as exc:
+            raise ImageReadError(path, f"compressed pixel data is damaged ({exc})") from exc
+        if not fragments or b"\xff\xd9" not in bytes(fragments[-1][-8:]):
+            raise ImageReadError(
+                path,
+                "compressed pixel data is truncated (the last fragment has no end-of-image "
+                "marker); the file was cut short or is still being written",
+            )
+        return
+    try:
+        expected = int(get_expected_length(ds, "bytes"))
+    except Exception as exc:
+        raise ImageReadError(path, f"DICOM header is inconsistent ({exc})") from exc
+    if len(data) < expected:
+        raise ImageReadError(
+            path,
+            f"pixel data is truncated: {len(data)} of {expected} bytes "
+            f"({ds.Rows} rows x {ds.Columns} columns x {n_frames} frame(s) x "
+            f"{ds.get('SamplesPerPixel', 1)} sample(s) x {ds.BitsAllocated} bits); the file "
+            "was cut short or is still being written",
+        )
+
+
 def _dicom_pixels(ds: Any, path: Path, frame: int, n_frames: int) -> np.ndarray:
-    """Decode one frame, with GDCM (through SimpleITK) as a second chance for odd syntaxes."""
+    """Decode one frame in display form, with GDCM (through SimpleITK) as a second chance for
+    compressed data pydicom cannot decode. Either way the display conversion runs once."""
     from pydicom.pixels import pixel_array
 
+    photometric = str(ds.PhotometricInterpretation).strip().upper()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            arr = pixel_array(ds, index=frame if n_frames > 1 else None, raw=True)
+            # raw=False: pydicom converts YBR to RGB itself (JPEG's own YBR included)
+            arr = pixel_array(ds, index=frame if n_frames > 1 else None)
     except Exception as first:
+        meta = getattr(ds, "file_meta", None)
+        syntax = meta.get("TransferSyntaxUID") if meta is not None else None
+        if syntax is None or not syntax.is_encapsulated:  # native data pydicom refuses is broken
+            raise ImageReadError(
+                path, f"pixel data cannot be decoded ({_last_line(first)})"
+            ) from first
         try:
-            arr = _sitk_dicom_frame(path, frame)
+            return _gdcm_display(ds, path, frame, n_frames)
+        except ImageReadError:
+            raise
         except Exception as second:
             raise ImageReadError(
                 path,
                 f"pixel data cannot be decoded ({_last_line(first)}); "
                 f"SimpleITK/GDCM also failed ({_last_line(second)})",
             ) from second
-        return arr
+    _check_shape(arr, ds, path)
+    if photometric == "PALETTE COLOR":
+        from pydicom.pixels import apply_color_lut
+
+        return _rgb_to_uint8(apply_color_lut(arr, ds), 16)
+    if arr.ndim == 3:
+        return _rgb_to_uint8(arr, int(ds.get("BitsStored", 8)))
+    return _grey_display(arr, ds, photometric)
+
+
+def _check_shape(arr: np.ndarray, ds: Any, path: Path) -> None:
     expected_rows, expected_cols = int(ds.Rows), int(ds.Columns)
     if arr.shape[0] != expected_rows or arr.shape[1] != expected_cols:
         raise ImageReadError(
             path, f"decoded {arr.shape} but the header says {expected_rows}x{expected_cols}"
         )
-    return arr
 
 
 def _last_line(exc: BaseException) -> str:
@@ -260,47 +432,76 @@ def _last_line(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def _sitk_dicom_frame(path: Path, frame: int) -> np.ndarray:
+def _gdcm_display(ds: Any, path: Path, frame: int, n_frames: int) -> np.ndarray:
+    """GDCM's pixels brought back to pydicom's, then the one display conversion.
+
+    GDCM (ITK's GDCMImageIO) gives ``slope * (2**BitsStored - 1 - stored) + intercept`` for
+    MONOCHROME1 and ``slope * stored + intercept`` otherwise, and RGB for YBR and palette
+    colour (measured on pydicom's test files). The grey-scale mapping is undone exactly;
+    colour above 8 bits does not survive GDCM's RLE path and is refused.
+    """
     import SimpleITK as sitk
 
+    photometric = str(ds.PhotometricInterpretation).strip().upper()
+    bits_allocated = int(ds.get("BitsAllocated", 8))
+    if photometric in _COLOUR_PHOTOMETRIC and photometric != "PALETTE COLOR" and bits_allocated > 8:
+        raise ImageReadError(
+            path,
+            f"{bits_allocated}-bit colour in a transfer syntax pydicom cannot decode; the GDCM "
+            "fallback cannot decode it exactly, so it is refused",
+        )
     arr = sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
-    if arr.ndim == 4 or (arr.ndim == 3 and arr.shape[-1] not in (3, 4)):
-        arr = arr[frame]
-    return arr
-
-
-def _to_display(ds: Any, arr: np.ndarray, photometric: str) -> np.ndarray:
-    """MONOCHROME1 -> MONOCHROME2, YBR -> RGB, palette -> RGB, modality LUT on grey-scale."""
-    from pydicom.pixels import apply_color_lut, apply_modality_lut, convert_color_space
-
-    if photometric == "PALETTE COLOR":
-        rgb = apply_color_lut(arr, ds)
-        return _rgb_to_uint8(rgb)
-    if photometric.startswith("YBR") and photometric not in ("YBR_ICT", "YBR_RCT"):
-        # raw=True leaves YBR untouched, so convert here (JPEG baseline YBR_FULL_422 included).
-        return convert_color_space(arr, photometric, "RGB")
-    if arr.ndim == 3:
-        return _rgb_to_uint8(arr)
-    if "RescaleSlope" in ds or "RescaleIntercept" in ds:
-        arr = apply_modality_lut(arr, ds)
+    rows, cols = int(ds.Rows), int(ds.Columns)
+    colour = photometric in _COLOUR_PHOTOMETRIC
+    per_frame = rows * cols * (3 if colour else 1)
+    if arr.size != per_frame * n_frames:
+        raise ImageReadError(
+            path, f"GDCM decoded {arr.shape} but the header says {n_frames} x {rows} x {cols}"
+        )
+    arr = arr.reshape((n_frames, rows, cols, 3) if colour else (n_frames, rows, cols))[frame]
+    if colour:
+        return _rgb_to_uint8(arr, 8)
+    slope = float(ds.get("RescaleSlope", 1) or 1)
+    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    stored = (arr.astype(np.float64) - intercept) / slope
     if photometric == "MONOCHROME1":
-        arr = _invert(arr, ds)
-    return arr
+        stored = ((1 << int(ds.get("BitsStored", bits_allocated))) - 1) - stored
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    dtype = np.dtype(f"{'i' if signed else 'u'}{max(1, bits_allocated // 8)}")
+    info = np.iinfo(dtype)
+    rounded = np.rint(stored)
+    if np.abs(stored - rounded).max(initial=0) > 1e-3 or rounded.min(initial=0) < info.min:
+        raise ImageReadError(path, "GDCM's pixels do not map back to stored values; refused")
+    return _grey_display(rounded.clip(info.min, info.max).astype(dtype), ds, photometric)
 
 
-def _invert(arr: np.ndarray, ds: Any) -> np.ndarray:
-    if np.issubdtype(arr.dtype, np.unsignedinteger):
-        top = (1 << int(ds.get("BitsStored", arr.dtype.itemsize * 8))) - 1
-        return (top - arr.astype(np.int64)).clip(0, top).astype(arr.dtype)
-    return (arr.max() + arr.min() - arr).astype(arr.dtype)
+def _grey_display(arr: np.ndarray, ds: Any, photometric: str) -> np.ndarray:
+    """Stored grey values -> display: the modality LUT (rescale) once, then MONOCHROME1 inverted
+    once over the range the stored bits can hold (a fixed mapping, not the image's min/max)."""
+    from pydicom.pixels import apply_modality_lut
+
+    has_lut = "RescaleSlope" in ds or "RescaleIntercept" in ds or "ModalityLUTSequence" in ds
+    out = apply_modality_lut(arr, ds) if has_lut else arr
+    if photometric != "MONOCHROME1":
+        return out
+    bits = int(ds.get("BitsStored", arr.dtype.itemsize * 8))
+    signed = int(ds.get("PixelRepresentation", 0)) == 1
+    lo, hi = (-(1 << (bits - 1)), (1 << (bits - 1)) - 1) if signed else (0, (1 << bits) - 1)
+    if has_lut:
+        ends = apply_modality_lut(np.array([lo, hi], dtype=np.int64), ds).astype(np.float64)
+        lo, hi = float(ends.min()), float(ends.max())
+        return (lo + hi) - out.astype(np.float64)
+    return (lo + hi - arr.astype(np.int64)).astype(arr.dtype)
 
 
-def _rgb_to_uint8(rgb: np.ndarray) -> np.ndarray:
+def _rgb_to_uint8(rgb: np.ndarray, bits: int | None = None) -> np.ndarray:
+    """Colour to uint8 by the bit depth the file declares (not by the image's own maximum)."""
     if rgb.dtype == np.uint8:
         return rgb
-    top = float(rgb.max()) or 1.0
-    scale = 255.0 / (65535.0 if top > 255 else 255.0)
-    return np.clip(rgb.astype(np.float32) * scale, 0, 255).astype(np.uint8)
+    if bits is None or bits <= 8:
+        bits = 8 if float(rgb.max(initial=0)) <= 255 else 8 * rgb.dtype.itemsize
+    scale = 255.0 / float((1 << bits) - 1)
+    return np.clip(np.rint(rgb.astype(np.float64) * scale), 0, 255).astype(np.uint8)
 
 
 def _dicom_spacing(ds: Any) -> tuple[float, float] | None:
@@ -322,35 +523,94 @@ def _dicom_laterality(ds: Any) -> str | None:
 # ------------------------------------------------------------------------------ raster
 
 
-def _read_raster(path: Path, kind: str) -> ImageData:
-    import SimpleITK as sitk
+def _read_raster(path: Path, kind: str, frame: int = 0, limit: int = MAX_PIXELS) -> ImageData:
+    """PNG/JPEG/TIFF through Pillow: size checked from the header, EXIF orientation applied."""
+    from PIL import Image, ImageOps
 
     try:
-        image = sitk.ReadImage(str(path))
-    except RuntimeError as exc:
-        raise ImageReadError(
-            path, f"corrupt or truncated {kind.upper()} ({_last_line(exc)})"
-        ) from exc
-    arr = sitk.GetArrayFromImage(image)
-    if arr.ndim == 3 and arr.shape[-1] == 4:
-        arr = arr[..., :3]  # drop alpha
-    if arr.ndim == 3 and arr.shape[-1] == 2:
-        arr = arr[..., 0]  # grey + alpha
-    if arr.ndim == 3 and arr.shape[-1] != 3:
-        raise ImageReadError(path, f"{arr.shape[0]} pages/frames in one {kind.upper()} file")
+        with warnings.catch_warnings():
+            # our own limit (checked below) replaces Pillow's decompression-bomb warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            handle = Image.open(path)
+    except Image.DecompressionBombError as exc:  # Pillow's own guard (2 x MAX_IMAGE_PIXELS)
+        raise ImageReadError(path, _bomb_reason(exc, limit)) from exc
+    except OSError as exc:
+        raise ImageReadError(path, f"corrupt or not a {kind.upper()} file ({exc})") from exc
+    with handle as image:
+        cols, rows = image.size
+        _check_size(path, rows, cols, limit)
+        n_frames = int(getattr(image, "n_frames", 1) or 1)
+        if not 0 <= frame < n_frames:
+            raise ImageReadError(path, f"frame {frame} requested but the file has {n_frames}")
+        if n_frames > 1:
+            image.seek(frame)
+        orientation = int(image.getexif().get(0x0112, 1) or 1)
+        dpi = image.info.get("dpi")
+        try:
+            image.load()
+            oriented = ImageOps.exif_transpose(image) if orientation != 1 else image
+            arr = _pillow_array(oriented, path)
+        except ImageReadError:
+            raise
+        except (OSError, SyntaxError, ValueError) as exc:
+            raise ImageReadError(path, f"corrupt or truncated {kind.upper()} ({exc})") from exc
     if arr.ndim == 3:
         arr = _rgb_to_uint8(arr)
         if np.array_equal(arr[..., 0], arr[..., 1]) and np.array_equal(arr[..., 0], arr[..., 2]):
             arr = arr[..., 0]  # an RGB file of a grey image
-    spacing = tuple(float(s) for s in image.GetSpacing()[::-1][:2])
+    spacing = None
+    if dpi and all(float(d) > 0 for d in dpi[:2]):
+        spacing = (25.4 / float(dpi[1]), 25.4 / float(dpi[0]))
+        if np.allclose(spacing, (1.0, 1.0), atol=1e-3):
+            spacing = None  # "1 mm" is what writers put when they know nothing
+    notes = [f"multi-page {kind.upper()}: page {frame} of {n_frames} shown"] if n_frames > 1 else []
+    if orientation != 1:
+        notes.append(f"EXIF orientation {orientation} applied")
     return ImageData(
         pixels=np.ascontiguousarray(arr),
         path=path,
         format=kind,
-        spacing=None if spacing == (1.0, 1.0) else spacing,  # type: ignore[arg-type]
+        spacing=spacing,
         photometric="RGB" if arr.ndim == 3 else "MONOCHROME2",
         bits_stored=8 * arr.dtype.itemsize,
+        n_frames=n_frames,
+        frame=frame,
+        metadata={"exif_orientation": orientation, "n_frames": n_frames},
+        warnings=notes,
     )
+
+
+def _bomb_reason(exc: Exception, limit: int) -> str:
+    """Pillow refuses very large images at open, before we see the size; keep its count."""
+    import re
+
+    found = re.search(r"\((\d+) pixels\)", str(exc))
+    size = f"{int(found.group(1)) / 1e6:.0f} megapixels" if found else "far too many pixels"
+    return (
+        f"image has {size}, above the limit of {limit / 1e6:.0f} megapixels; refused before "
+        f"decoding ({MAX_PIXELS_ENV} raises the limit up to Pillow's own guard)"
+    )
+
+
+def _pillow_array(image: Any, path: Path) -> np.ndarray:
+    """Pillow modes -> grey ``(H, W)`` (uint8/uint16/float32) or ``(H, W, 3)`` uint8."""
+    mode = image.mode
+    if mode in ("1", "L", "RGB"):
+        return np.asarray(image.convert("L") if mode == "1" else image)
+    if mode in ("LA", "La"):
+        return np.asarray(image.getchannel(0))
+    if mode in ("P", "PA", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr", "LAB", "HSV"):
+        return np.asarray(image.convert("RGB"))
+    if mode.startswith("I;16"):
+        return np.asarray(image).astype(np.uint16)
+    if mode == "I":
+        arr = np.asarray(image)
+        if arr.min(initial=0) >= 0 and arr.max(initial=0) <= 65535:
+            return arr.astype(np.uint16)
+        return arr.astype(np.float32)
+    if mode == "F":
+        return np.asarray(image, dtype=np.float32)
+    raise ImageReadError(path, f"unsupported pixel mode {mode!r}")
 
 
 # ------------------------------------------------------------------------------ writers

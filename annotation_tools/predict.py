@@ -32,7 +32,7 @@ from .imageio import ImageData, ImageReadError, read_image
 from .joint_decoding import LocatorResult, write_to_store
 from .locator import JointLocator
 from .multitask import MultitaskModel
-from .radiograph import image_files
+from .radiograph import radiograph_files
 from .scoring import (
     JointScorer,
     PatchSet,
@@ -457,10 +457,13 @@ class PredictionService:
         out = Path(out)
         (out / "joints").mkdir(parents=True, exist_ok=True)
         table = CaseTable.read(case_table, images) if case_table else None
-        paths = image_files(images)
+        # what cannot be a hand/foot radiograph (ultrasound, colour, cine, ...) is listed with
+        # its reason and never read, so it forms no patient
+        paths, refused = radiograph_files(images)
         if shard is not None:
             paths = shard_by_patient(paths, shard[0], shard[1], table)
-        failures: list[tuple[str, str]] = []
+            refused = refused if shard[0] == 0 else []  # listed once, by rank 0
+        failures: list[tuple[str, str]] = list(refused)
         started = time.perf_counter()
         suffix = f".rank{shard[0]}" if shard is not None else ""
         patch_set = PatchSet(scorer.patch_size) if multitask is None else None

@@ -8,14 +8,17 @@ exported training input of an image and the inference input of the same image ar
 pixels (``tests/test_radiograph.py`` checks it) and targets land where the network looks.
 
 Also here: which limb a radiograph shows (given > DICOM tags > file name), which files of a
-folder are images, and the MONAI transform :class:`LoadRadiographd` that reads and prepares a
-radiograph for the locator and the multi-task U-Net (with the facts their decoder needs).
+folder are images, which of them cannot be a hand or foot radiograph and why
+(:func:`radiograph_refusal`, :func:`radiograph_files`), and the MONAI transform
+:class:`LoadRadiographd` that reads and prepares a radiograph for the locator and the
+multi-task U-Net (with the facts their decoder needs).
 """
 
 from __future__ import annotations
 
 import json
 import re
+import warnings as _warnings
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +29,14 @@ import torch
 from monai.config import KeysCollection
 from monai.transforms import MapTransform
 
-from .imageio import IMAGE_EXTENSIONS, ImageData, ImageReadError, read_image
+from .imageio import (
+    ImageData,
+    ImageReadError,
+    looks_like_image_file,
+    max_pixels,
+    read_image,
+    sniff_format,
+)
 from .targets import (
     CropBox,
     edge_crop_box,
@@ -41,6 +51,7 @@ from .vocabulary import Limb
 __all__ = [
     "LIMB_TOKEN",
     "MIN_SIDE",
+    "RADIOGRAPH_MODALITIES",
     "UNREADABLE",
     "GridGeometry",
     "LoadRadiographd",
@@ -52,12 +63,27 @@ __all__ = [
     "network_input",
     "prepare_input",
     "prepare_radiograph",
+    "radiograph_files",
+    "radiograph_refusal",
     "resolve_limb",
+    "ultrasound_hint",
     "unreadable",
 ]
 
 MIN_SIDE = 64  # below this a radiograph holds too little to find joints in
 LIMB_TOKEN = re.compile(r"(?:^|[^A-Za-z])(LH|RH|LF|RF)(?:$|[^A-Za-z])", re.IGNORECASE)
+# DICOM Modality values a hand/foot radiograph can carry ("" = not said; OT = secondary capture,
+# e.g. a scanned film): anything else (US, CT, MR, NM, ...) is refused with its name.
+RADIOGRAPH_MODALITIES = ("CR", "DX", "DR", "RG", "OT", "")
+# How ultrasound frames are named (the phantoms write <patient>_US<k>_<site>_gs.png and
+# ..._doppler.png into an "ultrasound" folder; exports name B-mode/Doppler frames likewise):
+# a token between separators in the file name, or the file's own folder being "ultrasound"/"us".
+US_TOKEN = re.compile(
+    r"(?:^|[^A-Za-z0-9])(US\d*|doppler|greyscale|grayscale|gs|b-?mode|cdi|pdi)(?:$|[^A-Za-z0-9])",
+    re.IGNORECASE,
+)
+US_FOLDERS = ("ultrasound", "us", "sonography")
+_COLOUR_PHOTOMETRIC = ("RGB", "YBR_FULL", "YBR_FULL_422", "YBR_ICT", "YBR_RCT", "PALETTE COLOR")
 
 
 def limb_from_filename(path: str | Path) -> Limb | None:
@@ -89,15 +115,145 @@ def resolve_limb(path: str | Path, image: ImageData, given: str | None) -> tuple
 
 
 def image_files(folder: str | Path) -> list[Path]:
-    """Radiograph files of a folder (sorted; hidden files and non-images left out)."""
+    """Image files under a folder, recursively (sorted): by extension, plus DICOM files without
+    one (the ``DICM`` preamble); hidden files, DICOMDIR and non-images left out."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder} is not a folder")
-    return sorted(
-        p
-        for p in folder.rglob("*")
-        if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith(".")
-    )
+    return sorted(p for p in folder.rglob("*") if p.is_file() and looks_like_image_file(p))
+
+
+def ultrasound_hint(path: str | Path) -> str | None:
+    """Why a file's name says it is an ultrasound frame (see ``US_TOKEN``), or None."""
+    path = Path(path)
+    match = US_TOKEN.search(path.stem)
+    if match:
+        return f"file name token {match.group(1)!r}"
+    if path.parent.name.lower() in US_FOLDERS:
+        return f"in a folder named {path.parent.name!r}"
+    return None
+
+
+def radiograph_refusal(path: str | Path, *, limit: int | None = None) -> str | None:
+    """Why a file cannot be a hand or foot radiograph, or None when it can.
+
+    Decided from the header wherever possible (DICOM without pixels, Pillow's lazy open), so a
+    folder is sorted without decoding it: DICOM Modality not in ``RADIOGRAPH_MODALITIES``;
+    colour (RGB/YBR/palette; a raster in a colour mode is decoded once to see whether its
+    channels differ - a grey image saved as RGB is fine); multi-frame; smaller than
+    ``MIN_SIDE``; above the size limit; a DICOMDIR; unreadable header; named like an
+    ultrasound frame (``ultrasound_hint``). The aspect ratio is not used: foot radiographs are
+    often landscape, like ultrasound frames.
+    """
+    path = Path(path)
+    limit = max_pixels(limit)
+    try:
+        kind = sniff_format(path)
+    except OSError as exc:
+        return f"unreadable ({exc})"
+    if kind == "dicom" or (kind is None and path.suffix.lower() in (".dcm", ".dicom", ".dic")):
+        return _dicom_refusal(path, limit)
+    if kind is None:
+        return "not an image file (no DICOM, PNG, JPEG or TIFF signature)"
+    hint = ultrasound_hint(path)
+    if hint:
+        return f"ultrasound frame ({hint}), not a radiograph"
+    return _raster_refusal(path, limit)
+
+
+def _dicom_refusal(path: Path, limit: int) -> str | None:
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception as exc:
+        return f"unreadable DICOM header ({type(exc).__name__}: {exc})"
+    meta = getattr(ds, "file_meta", None)
+    if (
+        path.name.upper() == "DICOMDIR"
+        or "DirectoryRecordSequence" in ds
+        or (
+            meta is not None
+            and str(meta.get("MediaStorageSOPClassUID", "")) == "1.2.840.10008.1.3.10"
+        )
+    ):
+        return "a DICOMDIR (the index of a DICOM folder), not an image"
+    modality = str(ds.get("Modality", "")).strip().upper()
+    if modality not in RADIOGRAPH_MODALITIES:
+        what = "ultrasound" if modality == "US" else "not a radiograph"
+        return f"DICOM Modality {modality} ({what}); a radiograph is CR, DX or DR"
+    if not modality:
+        hint = ultrasound_hint(path)
+        if hint:
+            return f"ultrasound frame ({hint}; no DICOM Modality), not a radiograph"
+    photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
+    if photometric in _COLOUR_PHOTOMETRIC:
+        return f"colour image ({photometric}); a radiograph is grey-scale"
+    try:
+        frames = int(str(ds.get("NumberOfFrames", 1) or 1).strip())
+        rows, cols = int(ds.Rows), int(ds.Columns)
+    except (AttributeError, ValueError, TypeError) as exc:
+        return f"DICOM header without a usable image size ({exc})"
+    if frames > 1:
+        return f"multi-frame DICOM ({frames} frames, a cine loop); a radiograph has one frame"
+    return _size_refusal(rows, cols, limit)
+
+
+def _size_refusal(rows: int, cols: int, limit: int) -> str | None:
+    if min(rows, cols) < MIN_SIDE:
+        return f"too small ({cols}x{rows} px; a radiograph needs >= {MIN_SIDE} px a side)"
+    if rows * cols > limit:
+        return (
+            f"too large ({cols}x{rows} px, {rows * cols / 1e6:.0f} megapixels; the limit is "
+            f"{limit / 1e6:.0f}, RA_JOINTS_MAX_PIXELS)"
+        )
+    return None
+
+
+def _raster_refusal(path: Path, limit: int) -> str | None:
+    from PIL import Image
+
+    try:
+        with _warnings.catch_warnings():
+            _warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            handle = Image.open(path)
+    except Image.DecompressionBombError as exc:
+        from .imageio import _bomb_reason
+
+        return f"too large: {_bomb_reason(exc, limit)}"
+    except OSError as exc:
+        return f"unreadable ({exc})"
+    with handle as image:
+        cols, rows = image.size
+        frames = int(getattr(image, "n_frames", 1) or 1)
+        mode = image.mode
+    if frames > 1:
+        return f"{frames} pages/frames in one file; a radiograph has one"
+    refusal = _size_refusal(rows, cols, limit)
+    if refusal or mode in ("1", "L", "LA", "I", "F") or mode.startswith("I;16"):
+        return refusal
+    try:
+        image = read_image(path, max_pixels=limit)
+    except ImageReadError as exc:
+        return f"unreadable ({exc.reason})"
+    return f"colour image ({mode}); a radiograph is grey-scale" if image.is_colour else None
+
+
+def radiograph_files(
+    folder: str | Path, *, limit: int | None = None
+) -> tuple[list[Path], list[tuple[str, str]]]:
+    """The files under ``folder`` that can be radiographs, and every other image file with the
+    reason it was left out (``ra-joints predict --images`` lists them; no patient is formed
+    from a skipped file)."""
+    accepted: list[Path] = []
+    skipped: list[tuple[str, str]] = []
+    for path in image_files(folder):
+        reason = radiograph_refusal(path, limit=limit)
+        if reason is None:
+            accepted.append(path)
+        else:
+            skipped.append((str(path), reason))
+    return accepted, skipped
 
 
 @dataclass(frozen=True)

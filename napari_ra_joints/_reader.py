@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from annotation_tools.evaluation import present_centres
-from annotation_tools.imageio import IMAGE_EXTENSIONS, read_image
+from annotation_tools.imageio import looks_like_image_file, read_image
 from annotation_tools.store import STORE_FILENAME, AnnotationStore
 
 from ._layers import centres_layer_data, image_layer_data, polygons_layer_data
@@ -16,12 +16,14 @@ LayerData = tuple[Any, dict, str]
 
 
 def get_reader(path: str | list[str]) -> Callable[[str | list[str]], list[LayerData]] | None:
-    """Claim the file types annotation_tools can read, and project folders (a folder holding
-    the annotation store); leave everything else to other readers."""
+    """Claim the file types annotation_tools can read (DICOM without an extension too: the
+    manifest's ``*`` pattern sends every file here and the ``DICM`` preamble decides), and
+    project folders (a folder holding the annotation store); leave everything else, a DICOMDIR
+    included, to other readers."""
     paths = [path] if isinstance(path, str) else list(path)
     if len(paths) == 1 and (Path(paths[0]) / STORE_FILENAME).is_file():
         return read_project
-    if not paths or any(Path(p).suffix.lower() not in IMAGE_EXTENSIONS for p in paths):
+    if not paths or not all(looks_like_image_file(p) for p in paths):
         return None
     return read_images
 

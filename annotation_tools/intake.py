@@ -1,0 +1,318 @@
+"""Bring a clinician's cohort into a project: ``ra-joints import --project DIR SOURCE...``.
+
+A cohort arrives as nested DICOM folders (files with or without extension, a DICOMDIR), PNG,
+JPEG or TIFF exports, ultrasound frames mixed with radiographs and the odd broken file.
+:func:`import_sources` walks every source recursively and registers each usable image in the
+project's store (created when missing). Images are **referenced, not copied** - the store keeps
+a path relative to the project root when the file lies inside it, else the absolute path (the
+convention of ``AnnotationStore.add_image`` and of ``ra-joints phantoms``).
+
+For each file, first match wins:
+
+* **modality**: the cases table's ``modality`` > DICOM Modality ``US`` > an ultrasound file
+  name (``radiograph.ultrasound_hint``: ``_US1_``, ``doppler``, ``gs``, an ``ultrasound``
+  folder); ultrasound frames are registered as ``us_greyscale`` / ``us_doppler`` (by the table,
+  a ``doppler``/``gs`` name token, else colour = Doppler) and never as radiographs. Anything
+  else must pass ``radiograph.radiograph_refusal`` (Modality CR/DX/DR/unknown, grey-scale, one
+  frame, sane size) or it is skipped with the reason;
+* **patient**: the table > DICOM PatientID > the file name (``P001_LH.png`` -> ``P001``,
+  ``P001_US1_mcp_2_gs.png`` -> ``P001``) > the file's stem;
+* **limb**: the table > DICOM laterality + BodyPartExamined > an ``LH/RH/LF/RF`` file-name
+  token. When none says, the file is *not* registered and is reported as "limb unknown - needs
+  a decision" (nothing is guessed; the locator's hand/foot decision is not used here);
+* **visit**: the table > DICOM StudyDate > AccessionNumber > none;
+* **ultrasound pairs**: the table's ``pair`` column > the file name without its ``gs``/
+  ``doppler`` token (the phantom naming) > the DICOM series; a key with exactly one grey-scale
+  and one Doppler frame becomes a pair (``AnnotationStore.add_us_pair``) with its ``site``
+  (table, file name, or the series description).
+
+Idempotent: a file whose content (SHA-256) is already in the project, or was seen earlier in
+the same run, is a duplicate and adds nothing, so importing a folder twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .imageio import ImageReadError, file_sha256, is_dicomdir, read_image, sniff_format
+from .radiograph import (
+    LIMB_TOKEN,
+    image_files,
+    radiograph_refusal,
+    resolve_limb,
+    ultrasound_hint,
+)
+from .vocabulary import Limb
+
+__all__ = ["LIMB_UNKNOWN", "ImportReport", "describe", "import_sources", "read_cases"]
+
+LIMB_UNKNOWN = "limb unknown - needs a decision"
+_US_MODALITIES = {"us_greyscale", "us_doppler", "us", "ultrasound"}
+_US_PATIENT = re.compile(r"^(?P<patient>.+?)[_\-. ]US\d*(?:$|[^A-Za-z0-9])", re.IGNORECASE)
+_KIND_TOKEN = re.compile(
+    r"(?:^|[_\-. ])(?P<kind>doppler|cdi|pdi|gs|greyscale|grayscale|b-?mode)(?=$|[_\-. ])",
+    re.IGNORECASE,
+)
+
+
+@dataclass
+class CaseRow:
+    patient_id: str | None = None
+    limb: str | None = None
+    visit: str | None = None
+    modality: str | None = None
+    site: str | None = None
+    pair: str | None = None
+
+
+@dataclass
+class ImportReport:
+    """What an import did, file by file (``ra-joints import --json`` prints it)."""
+
+    project: str
+    imported: list[dict[str, Any]] = field(default_factory=list)
+    duplicates: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, str]] = field(default_factory=list)
+    pairs: list[dict[str, Any]] = field(default_factory=list)
+    unpaired: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        """0: every file imported (or already there); 3: some files were skipped."""
+        return 3 if self.skipped else 0
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "exit_code": self.exit_code}
+
+
+def read_cases(path: str | Path) -> dict[str, CaseRow]:
+    """A cases table (``path`` or ``file``, ``patient_id``, ``limb``, ``visit``, ``modality``,
+    ``site``, ``pair``; all but the path optional), keyed by resolved file path."""
+    path = Path(path)
+    rows: dict[str, CaseRow] = {}
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        columns = set(reader.fieldnames or [])
+        key = "path" if "path" in columns else "file" if "file" in columns else None
+        if key is None:
+            raise ValueError(f"{path}: the cases table needs a 'path' (or 'file') column")
+        for line, row in enumerate(reader, start=2):
+            values = {k: (row.get(k) or "").strip() or None for k in asdict(CaseRow())}
+            if values["limb"]:
+                try:
+                    values["limb"] = Limb.parse(values["limb"]).value
+                except ValueError as exc:
+                    raise ValueError(f"{path}, line {line}: {exc}") from exc
+            if values["modality"]:
+                values["modality"] = values["modality"].lower()
+                if values["modality"] not in _US_MODALITIES | {"radiograph"}:
+                    raise ValueError(
+                        f"{path}, line {line}: modality {values['modality']!r} is not "
+                        "radiograph, us_greyscale or us_doppler"
+                    )
+            target = Path((row.get(key) or "").strip())
+            resolved = target if target.is_absolute() else path.parent / target
+            rows[str(resolved.resolve())] = CaseRow(**values)
+    return rows
+
+
+def _walk(sources: Iterable[str | Path]) -> tuple[list[Path], list[dict[str, str]]]:
+    """Every image file under the sources (a DICOMDIR stands for its folder)."""
+    found: list[Path] = []
+    skipped: list[dict[str, str]] = []
+    for source in sources:
+        source = Path(source).expanduser()
+        if source.is_file() and is_dicomdir(source):
+            source = source.parent
+        if source.is_dir():
+            found += image_files(source)
+        elif source.is_file():
+            found.append(source)
+        else:
+            skipped.append({"path": str(source), "reason": "does not exist"})
+    unique = sorted({p.resolve() for p in found})
+    return unique, skipped
+
+
+def _patient_from_name(path: Path, ultrasound: bool) -> str:
+    stem = path.stem
+    match = (_US_PATIENT if ultrasound else LIMB_TOKEN).search(stem)
+    if ultrasound and match:
+        return match.group("patient")
+    if match and match.start() > 0:
+        return stem[: match.start()].rstrip("_- .")
+    return stem
+
+
+def _us_name_parts(path: Path) -> tuple[str | None, str | None, str | None]:
+    """(kind, site, pair key) from a phantom-style name ``P001_US1_mcp_2_gs``."""
+    stem = path.stem
+    kind_match = _KIND_TOKEN.search(stem)
+    kind = None
+    if kind_match:
+        kind = (
+            "us_doppler"
+            if kind_match.group("kind").lower() in ("doppler", "cdi", "pdi")
+            else ("us_greyscale")
+        )
+        stem = stem[: kind_match.start()] + stem[kind_match.end() :]
+    site = None
+    us = re.search(r"(?:^|[_\-. ])US\d*[_\-. ](?P<site>.+)$", stem, re.IGNORECASE)
+    if us:
+        site = us.group("site").strip("_- .") or None
+    return kind, site, stem if kind_match else None
+
+
+def import_sources(
+    project: str | Path,
+    sources: Sequence[str | Path],
+    *,
+    cases: str | Path | None = None,
+) -> ImportReport:
+    """Register every usable image under ``sources`` in the project (module docstring)."""
+    from .store import AnnotationStore, StoreError
+
+    table = read_cases(cases) if cases else {}
+    with AnnotationStore.open(project, create=True) as store:
+        report = ImportReport(project=str(store.root))
+        known = {r.sha256: r.path for r in store.images()}
+        files, report.skipped = _walk(sources)
+        groups: dict[tuple[str, str], dict[str, Any]] = {}
+        for path in files:
+            row = table.get(str(path), CaseRow())
+            try:
+                digest = file_sha256(path)
+            except OSError as exc:
+                report.skipped.append({"path": str(path), "reason": f"unreadable ({exc})"})
+                continue
+            if digest in known:
+                report.duplicates.append({"path": str(path), "same_as": known[digest]})
+                continue
+            outcome = _register(store, path, row, digest, groups)
+            if isinstance(outcome, str):
+                report.skipped.append({"path": str(path), "reason": outcome})
+                continue
+            known[digest] = store.image(outcome["image_id"]).path
+            report.imported.append(outcome)
+        for (patient, key), group in sorted(groups.items()):
+            grey, doppler = group.get("us_greyscale", []), group.get("us_doppler", [])
+            if len(grey) == 1 and len(doppler) == 1:
+                site = group.get("site") or key
+                try:
+                    pair_id = store.add_us_pair(grey[0], doppler[0], site=site)
+                except (StoreError, ValueError) as exc:
+                    report.unpaired.append({"key": key, "reason": str(exc)})
+                    continue
+                report.pairs.append(
+                    {"pair_id": pair_id, "patient_id": patient, "site": site, "key": key}
+                )
+            else:
+                report.unpaired.append(
+                    {
+                        "key": key,
+                        "reason": f"{len(grey)} grey-scale and {len(doppler)} Doppler frame(s) "
+                        "share this key; pair them in a cases table (column 'pair')",
+                    }
+                )
+    return report
+
+
+def _register(
+    store: Any, path: Path, row: CaseRow, digest: str, groups: dict[tuple[str, str], dict]
+) -> dict[str, Any] | str:
+    """Register one file; its record, or the reason it was not registered."""
+    from .store import StoreError
+
+    header = _dicom_header(path)
+    modality_tag = str(header.get("Modality", "")).strip().upper() if header is not None else ""
+    name_hint = ultrasound_hint(path)
+    if row.modality:
+        ultrasound = row.modality in _US_MODALITIES
+        why = "cases table"
+    elif modality_tag == "US":
+        ultrasound, why = True, "DICOM Modality US"
+    elif not modality_tag and name_hint:
+        ultrasound, why = True, name_hint
+    else:
+        ultrasound, why = False, ""
+    if not ultrasound:
+        refusal = radiograph_refusal(path)
+        if refusal:
+            return refusal
+    try:
+        image = read_image(path)
+    except ImageReadError as exc:
+        return exc.reason
+    patient = row.patient_id or image.patient_id or _patient_from_name(path, ultrasound)
+    visit = (
+        row.visit
+        or image.metadata.get("study_date")
+        or image.metadata.get("accession_number")
+        or ""
+    )
+    height, width = image.shape
+    record: dict[str, Any] = {"path": str(path), "patient_id": patient, "visit": visit}
+    try:
+        if ultrasound:
+            kind, site, key = _us_name_parts(path)
+            if row.modality in ("us_greyscale", "us_doppler"):
+                kind = row.modality
+            kind = kind or ("us_doppler" if image.is_colour else "us_greyscale")
+            site = row.site or site or image.metadata.get("series_description") or ""
+            key = row.pair or key or image.metadata.get("series_uid") or path.stem
+            image_id = store.add_image(
+                path, patient_id=patient, modality=kind, visit=visit, width=width,
+                height=height, sha256=digest,
+            )  # fmt: skip
+            group = groups.setdefault((patient, key), {})
+            group.setdefault(kind, []).append(image_id)
+            group["site"] = group.get("site") or site
+            record.update(modality=kind, image_id=image_id, why=why, site=site)
+            return record
+        limb, source = resolve_limb(path, image, row.limb)
+        if limb is None:
+            return (
+                f"{LIMB_UNKNOWN} (no cases-table limb, no DICOM laterality + body part, "
+                "no LH/RH/LF/RF token in the file name)"
+            )
+        image_id = store.add_image(
+            path, patient_id=patient, limb=limb, visit=visit, width=width, height=height,
+            sha256=digest,
+        )  # fmt: skip
+    except (StoreError, ValueError) as exc:
+        return f"not registered: {exc}"
+    record.update(modality="radiograph", image_id=image_id, limb=limb.value, limb_source=source)
+    return record
+
+
+def _dicom_header(path: Path) -> Any:
+    """The DICOM header without pixels, or None for other files and unreadable headers."""
+    try:
+        if sniff_format(path) != "dicom" and path.suffix.lower() not in (".dcm", ".dicom"):
+            return None
+        import pydicom
+
+        return pydicom.dcmread(path, stop_before_pixels=True)
+    except Exception:
+        return None
+
+
+def describe(report: ImportReport) -> str:
+    """A short human summary (the CLI prints it)."""
+    lines = [
+        f"project {report.project}: imported {len(report.imported)} image(s), "
+        f"{len(report.pairs)} ultrasound pair(s); {len(report.duplicates)} already there "
+        f"(same content); {len(report.skipped)} skipped"
+    ]
+    radiographs = [r for r in report.imported if r["modality"] == "radiograph"]
+    if radiographs:
+        patients = sorted({r["patient_id"] for r in radiographs})
+        lines.append(f"  radiographs of {len(patients)} patient(s): {', '.join(patients[:10])}")
+    for item in report.unpaired:
+        lines.append(f"  ultrasound not paired ({item['key']}): {item['reason']}")
+    return "\n".join(lines)

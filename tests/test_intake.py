@@ -1,0 +1,111 @@
+"""``ra-joints import``: a nested PACS-style folder (DICOM with and without extension, a
+DICOMDIR, ultrasound frames, a broken file) imported twice gives each patient and limb once."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pydicom
+
+from annotation_tools.cli import main
+from annotation_tools.imageio import write_dicom, write_png
+from annotation_tools.phantoms import generate_patient
+from annotation_tools.store import AnnotationStore
+
+
+def _cohort(root):
+    """Two phantom patients as a PACS export: nested folders, numbered files without
+    extension, DICOM US frames and PNG ultrasound frames, plus what must be skipped."""
+    expected = {}
+    for index in range(2):
+        patient = generate_patient(5, index, height=256, us_pairs=1)
+        pid = patient.patient_id
+        study = root / pid / "STUDY1"
+        for k, (limb, phantom) in enumerate(sorted(patient.limbs.items())):
+            series = study / f"SE{k}"
+            series.mkdir(parents=True)
+            name = f"IM{k:05d}" if k % 2 == 0 else f"{pid}_{limb}.dcm"
+            write_dicom(
+                series / name, phantom.image, patient_id=pid, modality="DX",
+                laterality=limb[0], body_part="HAND" if limb[1] == "H" else "FOOT",
+                bits_stored=12, uid_seed=f"{pid}-{limb}",
+            )  # fmt: skip
+            ds = pydicom.dcmread(series / name)
+            ds.StudyDate = "20240131"
+            ds.save_as(series / name)
+            expected[(pid, limb)] = series / name
+        us = patient.ultrasound[0]
+        if index == 0:  # DICOM US, no extension, one series per frame
+            (study / "US").mkdir()
+            write_dicom(study / "US" / "IM1", us.greyscale, patient_id=pid, modality="US",
+                        uid_seed=f"{pid}-g")  # fmt: skip
+            write_dicom(study / "US" / "IM2", us.doppler, patient_id=pid, modality="US",
+                        uid_seed=f"{pid}-d")  # fmt: skip
+        else:  # phantom-named PNG frames
+            (root / "ultrasound").mkdir()
+            write_png(root / "ultrasound" / f"{pid}_US1_{us.site}_gs.png", us.greyscale)
+            write_png(root / "ultrasound" / f"{pid}_US1_{us.site}_doppler.png", us.doppler)
+    first = expected[sorted(expected)[0]]
+    shutil.copy(first, root / "DICOMDIR")  # an index by name: never read as an image
+    (root / "README.txt").write_text("export notes")
+    data = first.read_bytes()
+    (root / "broken.dcm").write_bytes(data[: len(data) // 2])
+    nolimb = (np.ones((128, 96)) * 500).astype(np.uint16)
+    write_png(root / "scan0001.png", nolimb)  # no table, no tags, no token: needs a decision
+    return expected
+
+
+def test_import_twice_finds_each_patient_and_limb_once(tmp_path, capsys):
+    cohort = tmp_path / "export"
+    expected = _cohort(cohort)
+    project = tmp_path / "project"
+    status = main(["import", "--project", str(project), str(cohort), "--json"])
+    report = json.loads(capsys.readouterr().out)
+    assert status == 3  # broken.dcm and scan0001.png were skipped
+    reasons = {item["path"].rsplit("/", 1)[-1]: item["reason"] for item in report["skipped"]}
+    assert set(reasons) == {"broken.dcm", "scan0001.png"}
+    assert "truncated" in reasons["broken.dcm"]
+    assert "limb unknown - needs a decision" in reasons["scan0001.png"]
+    with AnnotationStore.open(project, create=False) as store:
+        radiographs = store.images(modality="radiograph")
+        got = {(r.patient_id, r.limb) for r in radiographs}
+        assert got == set(expected)
+        assert all(r.visit == "20240131" for r in radiographs)
+        assert all(store.resolve(r).samefile(expected[(r.patient_id, r.limb)]) for r in radiographs)
+        assert len(store.images(modality="us_greyscale")) == 2
+        assert len(store.images(modality="us_doppler")) == 2
+        pairs = store.us_pairs()
+        assert len(pairs) == 1  # the PNG pair by name; the DICOM frames are in two series
+        assert pairs[0]["site"] and "US1" not in pairs[0]["site"]
+        before = store.summary()
+    assert len(report["unpaired"]) == 2
+    # second import: nothing new, every image found by its content
+    status = main(["import", "--project", str(project), str(cohort), "--json"])
+    again = json.loads(capsys.readouterr().out)
+    assert again["imported"] == [] and len(again["duplicates"]) == len(report["imported"])
+    with AnnotationStore.open(project, create=False) as store:
+        assert store.summary() == before
+    assert status == 3  # the same two files are still skipped, and say so
+
+
+def test_cases_table_pairs_dicom_ultrasound_and_sets_limbs(tmp_path):
+    from annotation_tools.intake import import_sources
+
+    cohort = tmp_path / "export"
+    _cohort(cohort)
+    table = cohort / "cases.csv"
+    table.write_text(
+        "path,patient_id,limb,visit,modality,site,pair\n"
+        "scan0001.png,X9,RF,v1,radiograph,,\n"
+        "S5-P0001/STUDY1/US/IM1,,,,us_greyscale,mcp_2,A\n"
+        "S5-P0001/STUDY1/US/IM2,,,,us_doppler,mcp_2,A\n"
+    )
+    report = import_sources(tmp_path / "project", [cohort], cases=table)
+    assert [item["path"].rsplit("/", 1)[-1] for item in report.skipped] == ["broken.dcm"]
+    with AnnotationStore.open(tmp_path / "project", create=False) as store:
+        [x9] = store.images(patient_id="X9")
+        assert (x9.limb, x9.visit) == ("RF", "v1")
+        assert {p["site"] for p in store.us_pairs()} == {"mcp_2", report.pairs[-1]["site"]}
+        assert len(store.us_pairs()) == 2
