@@ -184,6 +184,36 @@ def _write_overlays(
             )
 
 
+def _registered_in(
+    store: Any, paths: Sequence[Path], failures: list[tuple[str, str]]
+) -> list[Path]:
+    """The images a ``--store`` run may predict: registered, with the content registered.
+
+    A changed file goes to ``failures`` (left out until re-registered); an unregistered one is
+    still predicted to the output files (its scores cannot be stored). When the store would
+    take none of them, nothing is written and the error says why.
+    """
+    from .store import AnnotationStore
+
+    kept, registered = [], 0
+    with AnnotationStore.using(store) as db:
+        for path in paths:
+            record = db.find_image(path)
+            problem = db.content_problem(record) if record is not None else None
+            if problem:
+                failures.append((str(path), problem))
+                continue
+            registered += record is not None
+            kept.append(path)
+        if paths and not registered:
+            raise ValueError(
+                f"none of the {len(paths)} image(s) is registered in {db.path} with its "
+                "current content, so nothing would be stored (paths are compared after "
+                "resolving against the working directory); register them, or leave out --store"
+            )
+    return kept
+
+
 def _add_failures_to_summary(summary: Path, failures: Sequence[tuple[str, str]]) -> None:
     """Failures found after ``summary.json`` was written (overlays) join its list."""
     if not failures or not summary.exists():
@@ -269,7 +299,10 @@ class PredictionService:
         weights: Mapping[str, str | Path | None] | None = None,
         device: str | None = None,
         members: int | None = None,
+        trusted: bool = False,
     ) -> None:
+        from .bundles import check_device
+
         if pipeline not in PIPELINES:
             raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
         if members is not None and pipeline != "multitask":
@@ -278,8 +311,9 @@ class PredictionService:
         self.bundles_dir = Path(bundles_dir) if bundles_dir else None
         self.bundles = {k: Path(v) for k, v in (bundles or {}).items() if v}
         self.weights = {k: Path(v) for k, v in (weights or {}).items() if v}
-        self.device = device
+        self.device = check_device(device) if device else None
         self.members = members
+        self.trusted = trusted  # user-supplied bundles may run (their configs are code)
         self.skipped: list[str] = []
         self._models: dict[str, Any] | None = None
 
@@ -296,10 +330,12 @@ class PredictionService:
         return service
 
     def bundle(self, task: str) -> Any:
-        from .bundles import BundleInfo, bundle_for
+        from .bundles import BundleInfo, bundle_for, check_trusted
 
         given = self.bundles.get(task)
-        return BundleInfo.read(given) if given else bundle_for(task, self.bundles_dir)
+        info = BundleInfo.read(given) if given else bundle_for(task, self.bundles_dir)
+        check_trusted(info.root, self.trusted)  # before any of its configs is parsed
+        return info
 
     def _load(self, task: str) -> Any:
         from .bundles import BundleNotFound
@@ -316,15 +352,22 @@ class PredictionService:
         chosen = self.weights.get(task)
         runner = info.runner_object()  # the class the bundle's metadata names
         if task == "multitask":  # an ensemble: a list of member weights, and how many to use
-            return runner.from_bundle(
+            model = runner.from_bundle(
                 info.root,
                 device=self.device,
                 members=self.members,
                 weights=[chosen] if chosen else None,
             )
-        return runner.from_bundle(
-            info.root, device=self.device, weights=str(chosen) if chosen else None
-        )
+        else:
+            model = runner.from_bundle(
+                info.root, device=self.device, weights=str(chosen) if chosen else None
+            )
+        info_of_model = getattr(model, "model_info", None)
+        if isinstance(info_of_model, dict):  # provenance names the bundle actually used
+            info_of_model["bundle"] = info.name
+            if info.version and not info_of_model.get("version"):
+                info_of_model["version"] = info.version
+        return model
 
     def models(self) -> dict[str, Any]:
         """``{"locator", "scorer", "multitask"}`` -> loaded model or None, loaded once."""
@@ -369,6 +412,10 @@ class PredictionService:
                 path = str(store.resolve(record))
                 yield Progress(done, total, f"{Path(path).name}: reading")
                 _check(cancel)  # a cancel heard at this image stops before it
+                changed = store.content_problem(record)
+                if changed:  # its annotations belong to other pixels: left out, named
+                    failures.append((path, changed))
+                    continue
                 with isolated(failures, path):  # one image's error costs that image only
                     read[path] = read_image(path)
                 if path not in read:
@@ -470,12 +517,15 @@ class PredictionService:
         locator, scorer, multitask = models["locator"], models["scorer"], models["multitask"]
         out = Path(out)
         (out / "joints").mkdir(parents=True, exist_ok=True)
+        images = Path(images).expanduser().resolve()  # relative to the working directory
         table = CaseTable.read(case_table, images) if case_table else None
         paths = image_files(images)
         if shard is not None:
             paths = shard_by_patient(paths, shard[0], shard[1], table)
         names = path_names(paths, images)  # one output name per input, unique in the run
         failures: list[tuple[str, str]] = []
+        if store:  # before anything is written: which images the store will take
+            paths = _registered_in(store, paths, failures)
         started = time.perf_counter()
         suffix = f".rank{shard[0]}" if shard is not None else ""
         patch_set = PatchSet(scorer.patch_size) if multitask is None else None
@@ -601,8 +651,10 @@ class PredictionService:
             overrides["patient_id"] = patient_id
         if chosen is not None:  # a retrained ensemble: its folder holds the manifest
             overrides["models_dir"] = str(Path(chosen).parent)
-        if self.device:
-            overrides["device"] = f"$torch.device('{self.device}')"
+        if self.device:  # an object through the parser's overrides, never an expression
+            import torch
+
+            overrides["device"] = torch.device(self.device)
         out = Path(out)
         summary = run_bundle_inference(info.root, out, **overrides)
         records: dict[int, dict[str, Any]] = {}

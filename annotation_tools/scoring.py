@@ -238,6 +238,9 @@ def add_store_cases(
             if patient_id is not None and record.patient_id != patient_id:
                 continue
             path = db.resolve(record)
+            if images is None and (changed := db.content_problem(record)):
+                patch_set.failures.append((str(path), changed))
+                continue
             image = images.get(str(path)) if images is not None else _read(path, patch_set.failures)
             if image is None:
                 continue
