@@ -1113,7 +1113,7 @@ def _inspect(path: Path) -> int:
         header = handle.read(len(_SQLITE_MAGIC))
     if header != _SQLITE_MAGIC:
         raise StoreError(
-            f"{path} is not an annotation store (not an SQLite file); it was not changed"
+            f"{path} is not a readable annotation store (not an SQLite file); it was not changed"
         )
     try:
         conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=10.0)
