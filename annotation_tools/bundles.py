@@ -19,6 +19,8 @@ import hashlib
 import importlib
 import json
 import os
+import pickle
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -33,16 +35,22 @@ __all__ = [
     "ENSEMBLE_MANIFEST",
     "BundleInfo",
     "BundleNotFound",
+    "BundleNotTrusted",
+    "WeightsRefused",
     "bundle_for",
     "bundle_parser",
     "bundle_path",
     "bundles_dir",
+    "check_device",
+    "check_trusted",
     "ensemble_manifest",
+    "is_shipped",
     "load_bundle_network",
     "load_weights",
     "registry",
     "save_rank_weights",
     "share_of_hits",
+    "shipped_bundles_dir",
     "weights_hash",
 ]
 
@@ -52,6 +60,54 @@ CLINICAL_NOTE = "phantom-trained weights: not for clinical use"  # on every pred
 
 class BundleNotFound(LookupError):
     """No bundle of that task or name in the bundles folder."""
+
+
+class BundleNotTrusted(BundleNotFound):
+    """A bundle from a folder the person supplied, not trusted explicitly.
+
+    A bundle's configs are code (MONAI ``_target_`` and ``$`` expressions run when parsed), so a
+    bundle received from elsewhere runs only when the person says so (``--trust-bundle``,
+    ``trusted=True``). A subclass of :class:`BundleNotFound`, so every caller that reports an
+    unavailable bundle and goes on does the same here.
+    """
+
+
+_DEVICE = re.compile(r"cpu|cuda|cuda:\d{1,2}|mps")
+
+
+def check_device(text: str) -> str:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``mps``, else ``ValueError``: a device name reaches
+    torch only as a validated plain string."""
+    value = str(text).strip()
+    if not _DEVICE.fullmatch(value):
+        raise ValueError(f"device must be cpu, cuda, cuda:N or mps, got {text!r}")
+    return value
+
+
+def shipped_bundles_dir() -> Path:
+    """The bundles installed with the package (trusted: they come with the code)."""
+    from importlib.resources import files
+
+    return Path(str(files("monai_bundles"))).resolve()
+
+
+def is_shipped(root: str | Path) -> bool:
+    """Whether a bundle folder is one of the shipped ones (not a copy elsewhere)."""
+    return Path(root).resolve().parent == shipped_bundles_dir()
+
+
+def check_trusted(root: str | Path, trusted: bool) -> None:
+    """Raise :class:`BundleNotTrusted` for a user-supplied bundle unless ``trusted``.
+
+    Called before any of the bundle's configs is parsed.
+    """
+    if trusted or is_shipped(root):
+        return
+    raise BundleNotTrusted(
+        f"{Path(root)} is not a shipped bundle: its configs are executable code (MONAI "
+        "_target_ and $ expressions run when they are read); run it only if you trust its "
+        "source, with --trust-bundle (library: trusted=True)"
+    )
 
 
 def bundles_dir() -> Path:
@@ -193,6 +249,10 @@ def share_of_hits(hits: int, total: int) -> float:
     return hits / total if total else 0.0
 
 
+class WeightsRefused(ValueError):
+    """A weights file that is not a plain state dict (pickled code or objects)."""
+
+
 def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     """A state dict from a weights file, never running pickled code (``weights_only=True``).
 
@@ -202,7 +262,13 @@ def load_weights(path: str | Path) -> dict[str, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no weights at {path}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:  # a pickle with code or objects: never run it
+        raise WeightsRefused(
+            f"{path} is not a plain weights file (it holds pickled objects that "
+            "weights_only loading refuses); it was not loaded"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict):
         state = state["model"]
     return state

@@ -20,6 +20,13 @@ from . import __version__
 def _cmd_phantoms(args: argparse.Namespace) -> int:
     from .phantoms import generate_cohort
 
+    if args.out.exists() and not args.out.is_dir():
+        raise FileExistsError(f"--out {args.out} is an existing file, not a folder")
+    if not 64 <= args.height <= MAX_PHANTOM_HEIGHT:
+        raise ValueError(f"--height must be 64-{MAX_PHANTOM_HEIGHT} pixels, got {args.height}")
+    if args.patients < 1 or args.us_pairs < 0:
+        raise ValueError("--patients must be at least 1 and --us-pairs at least 0")
+
     info = generate_cohort(
         args.out,
         args.patients,
@@ -342,6 +349,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         },
         device=args.device,
         members=args.members,
+        trusted=args.trust_bundle,
     )
     status = 0
     shard = _torchrun_shard()
@@ -448,6 +456,33 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _device(text: str) -> str:
+    """argparse type of ``--device``: validated here, passed on as a plain string."""
+    from .bundles import check_device
+
+    try:
+        return check_device(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+MAX_PHANTOM_HEIGHT = 4096  # pixels; a phantom cohort beyond this is a typo, not a study
+
+
+def _cmd_reregister(args: argparse.Namespace) -> int:
+    from .store import AnnotationStore
+
+    with AnnotationStore.open(args.project, create=False) as store:
+        record = store.find_image(args.image)
+        if record is None:
+            raise FileNotFoundError(f"{args.image} is not registered in {store.path}")
+        before = record.sha256
+        record = store.reregister_image(record.id)
+    state = "unchanged" if before == record.sha256 else "new content accepted"
+    print(f"{record.path}: {state} (sha256 {record.sha256[:12]}...)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ra-joints",
@@ -515,6 +550,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True, type=Path)
     p.add_argument("--out", type=Path)
     p.set_defaults(func=_cmd_image_json)
+
+    p = sub.add_parser(
+        "reregister",
+        help="accept an image's changed file content (its sha256) after checking that its "
+        "annotations still fit; until then export and predict leave it out",
+    )
+    p.add_argument("--project", required=True, type=Path)
+    p.add_argument("--image", required=True, type=Path, help="the image's path")
+    p.set_defaults(func=_cmd_reregister)
 
     p = sub.add_parser("export", help="write a MONAI dataset + datalist for a bundle")
     p.add_argument("--store", required=True, type=Path, help="project folder or .sqlite file")
@@ -614,7 +658,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--patients", type=int, default=None, help="default: 40 (radiographs), 60 (ultrasound)"
     )
     p.add_argument("--seed", type=int, default=None, help="default: 2000, ultrasound 2100")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--device", type=_device, default=None, help="cpu, cuda, cuda:N or mps")
     p.add_argument(
         "--compare",
         type=Path,
@@ -644,6 +688,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "predict",
         help="locate and score every radiograph of a folder (RA2-DREAM CSV, JSON, SHAP PNGs)",
+        description="Locate and score every radiograph of a folder. One file that cannot be "
+        "used (unreadable, no hand or foot, changed since it was registered) is listed with "
+        "its reason in summary.json and on stderr; the rest is written as if it were not "
+        "there (a patient missing one image keeps its other limbs, with patch scores).",
+        epilog="exit status: 0 everything was predicted; 3 some files, pairs or patients were "
+        "skipped or failed (listed), the rest was written; 2 nothing could run (bad options, "
+        "no usable bundle, an untrusted bundle, an unreadable store, no image the store takes).",
     )
     p.add_argument("--images", type=Path, help="folder of DICOM/PNG/JPEG/TIFF radiographs")
     p.add_argument(
@@ -680,7 +731,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="skip the SHAP and integrated-gradients heatmaps",
     )
     p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument(
+        "--device",
+        type=_device,
+        default=None,
+        help="cpu, cuda, cuda:N or mps (default: cuda when present)",
+    )
+    p.add_argument(
+        "--trust-bundle",
+        action="store_true",
+        help="allow bundles from a folder you supplied (--*-bundle, --bundles, "
+        "RA_JOINTS_BUNDLES): their configs are executable code; the shipped ones need no flag",
+    )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_predict)
 

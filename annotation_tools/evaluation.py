@@ -30,6 +30,7 @@ def read_dream_table(path: str | Path) -> dict[str, dict[str, float]]:
         if not reader.fieldnames or "Patient_ID" not in reader.fieldnames:
             raise ValueError(f"{path} has no Patient_ID column: not an RA2-DREAM score table")
         table = {}
+        first_line: dict[str, int] = {}
         for line, row in enumerate(reader, start=2):
             values = {}
             for column, text in row.items():
@@ -40,11 +41,37 @@ def read_dream_table(path: str | Path) -> dict[str, dict[str, float]]:
                 ):
                     continue
                 try:
-                    values[column] = float(text)
+                    value = float(text)
                 except ValueError as exc:
                     raise ValueError(f"{path}:{line} {column}: {text!r} is not a number") from exc
-            table[row["Patient_ID"].strip()] = values
+                _check_grade(path, line, column, value)
+                values[column] = value
+            patient = (row["Patient_ID"] or "").strip()
+            if not patient:
+                raise ValueError(f"{path}:{line}: empty Patient_ID")
+            if patient in first_line:  # merging two rows would score a patient that is not there
+                raise ValueError(
+                    f"{path}:{line}: Patient_ID {patient!r} appears again (first on line "
+                    f"{first_line[patient]}); one row per patient (and visit)"
+                )
+            first_line[patient] = line
+            table[patient] = values
     return table
+
+
+def _check_grade(path: Path, line: int, column: str, value: float) -> None:
+    """A grade on its joint's scale (totals: finite and not negative), else the cell named."""
+    if not np.isfinite(value):
+        raise ValueError(f"{path}:{line} {column}: {value} is not a finite number")
+    if column in DREAM_TOTAL_COLUMNS:
+        if value < 0:
+            raise ValueError(f"{path}:{line} {column}: a total cannot be negative ({value})")
+        return
+    joint, score_type = parse_dream_column(column)
+    try:
+        joint.validate_score(score_type, value)
+    except ValueError as exc:
+        raise ValueError(f"{path}:{line} {column}: {exc}") from None
 
 
 def with_ci(fn: Any, truth: np.ndarray, pred: np.ndarray, n_resamples: int, seed: int) -> dict:

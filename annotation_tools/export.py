@@ -27,6 +27,7 @@ import numpy as np
 from . import __version__
 from .imageio import ImageData, ImageReadError, read_image
 from .metrics import patient_folds
+from .paths import path_names, safe_name
 from .radiograph import GridGeometry, prepare_radiograph
 from .store import TRAINING_SOURCES, AnnotationStore, ImageRecord
 from .targets import (
@@ -197,11 +198,22 @@ def _iter(items: list[Any], progress: bool, desc: str) -> Iterable[Any]:
     return tqdm(items, desc=desc)
 
 
+def _export_name(store: AnnotationStore, image: ImageRecord) -> str:
+    """The file name of one image's exported arrays: unique per image even when two visits
+    share a stem (``v1/P1_LH.dcm``, ``v2/P1_LH.png`` -> ``v1__P1_LH``, ``v2__P1_LH``)."""
+    names = path_names(str(store.resolve(r)) for r in store.images(modality=image.modality))
+    return names.get(str(store.resolve(image))) or safe_name(Path(image.path).stem)
+
+
 def _load(store: AnnotationStore, image: ImageRecord, report: ExportReport) -> ImageData | None:
     """Read an image, or record in the report why it cannot be used."""
     path = store.resolve(image)
     if not path.exists():
         report.problems.append(ExportProblem(image.path, "image", "file is missing on disk"))
+        return None
+    changed = store.content_problem(image)  # the labels belong to the registered pixels
+    if changed:
+        report.problems.append(ExportProblem(image.path, "image", changed))
         return None
     try:
         return read_image(path)
@@ -300,7 +312,7 @@ def _export_locator(
             get_joint(joint_id).site: _grid_point(geometry, xy) for joint_id, xy in centres.items()
         }
         targets = locator_targets(grid_centres, limb, grid, scale=scale, mode=options.target_mode)
-        stem = Path(image.path).stem
+        stem = _export_name(store, image)
         np.save(out / "images" / f"{stem}.npy", resized.astype(np.float32))
         np.savez_compressed(out / "labels" / f"{stem}.npz", label=targets)
         lists[f"datalist_{limb.kind}.json"].append(
@@ -345,7 +357,7 @@ def _export_scorer(
         scores = _scores_by_joint(store, image, options)
         polygons = store.polygons(image.id, sources=options.sources)
         pixels = normalise_intensity(data.grey())
-        stem = Path(image.path).stem
+        stem = _export_name(store, image)
         mirrored = options.mirror and Limb.parse(image.limb).side == "right"
         for joint in joints_for_limb(image.limb):
             xy = centres.get(joint.id)
@@ -438,7 +450,7 @@ def _export_multitask(
             radius=options.radius,
             ignore_radius=options.ignore_radius,
         )
-        stem = Path(image.path).stem
+        stem = _export_name(store, image)
         np.save(out / "images" / f"{stem}.npy", pixels.astype(np.float32))
         np.savez_compressed(out / "labels" / f"{stem}.npz", label=label)
         items.append(
@@ -497,7 +509,7 @@ def _export_ultrasound(
         except UltrasoundInputError as exc:
             report.problems.append(ExportProblem(dop_rec.path, label, str(exc)))
             continue
-        stem = f"{pair['patient_id']}_pair{pair['id']}"
+        stem = f"{safe_name(pair['patient_id'])}_pair{pair['id']}"
         np.save(out / "greyscale" / f"{stem}.npy", prepared.greyscale)
         np.save(out / "doppler" / f"{stem}.npy", np.moveaxis(prepared.doppler, -1, 0))
         np.save(out / "doppler_mask" / f"{stem}.npy", prepared.doppler_mask.astype(np.uint8))

@@ -15,6 +15,7 @@ with the training export).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Hashable, Iterable, Mapping, Sequence
@@ -356,9 +357,22 @@ class JointLocator:
 
     @torch.no_grad()
     def predict_images(
-        self, items: Iterable[tuple[str | Path, ImageData, str | None]], batch_size: int = 8
+        self,
+        items: Iterable[tuple[str | Path, ImageData, str | None]],
+        batch_size: int = 8,
+        failures: list[tuple[str, str]] | None = None,
     ) -> list[LocatorResult]:
-        """``(path, image, limb or None)`` triples -> one result each, in order."""
+        """``(path, image, limb or None)`` triples -> one result each, in order.
+
+        With ``failures`` an image that cannot be prepared or decoded (e.g. the shape prior
+        refuses an image that is no hand or foot) is left out and listed there as
+        ``(path, reason)``, so one odd image costs only its own result.
+        """
+        from .isolation import isolated
+
+        def guard(path: Any) -> Any:
+            return isolated(failures, path) if failures is not None else contextlib.nullcontext()
+
         results: list[LocatorResult] = []
         batch: list[dict[str, Any]] = []
 
@@ -371,28 +385,30 @@ class JointLocator:
             prob = torch.sigmoid(self.network(x)).float().cpu().numpy()
             per_item = (time.perf_counter() - started) / len(batch)
             for b, p in zip(batch, prob, strict=True):
-                res = decode_result(
-                    p,
-                    limb=b["limb"],
-                    limb_source=b["limb_source"],
-                    original_shape=b["original_shape"],
-                    mirrored=b["mirrored"],
-                    path=b["path"],
-                    warnings=json.loads(b["warnings"]),
-                    threshold=self.threshold,
-                    shape_priors=self.shape_priors,
-                )
-                res.seconds = b["prep_seconds"] + per_item
-                results.append(res)
+                with guard(b["path"]):
+                    res = decode_result(
+                        p,
+                        limb=b["limb"],
+                        limb_source=b["limb_source"],
+                        original_shape=b["original_shape"],
+                        mirrored=b["mirrored"],
+                        path=b["path"],
+                        warnings=json.loads(b["warnings"]),
+                        threshold=self.threshold,
+                        shape_priors=self.shape_priors,
+                    )
+                    res.seconds = b["prep_seconds"] + per_item
+                    results.append(res)
             batch.clear()
 
         for path, image, limb in items:
             started = time.perf_counter()
-            prepared = prepare_input(image, limb, self.spatial_size, path)
-            prepared["prep_seconds"] = (
-                time.perf_counter() - started + float(image.metadata.get("read_seconds", 0.0))
-            )
-            batch.append(prepared)
+            with guard(path):
+                prepared = prepare_input(image, limb, self.spatial_size, path)
+                prepared["prep_seconds"] = (
+                    time.perf_counter() - started + float(image.metadata.get("read_seconds", 0.0))
+                )
+                batch.append(prepared)
             if len(batch) >= batch_size:
                 flush()
         flush()

@@ -24,6 +24,7 @@ the benchmark take either pipeline.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Hashable, Mapping, Sequence
@@ -501,19 +502,23 @@ def write_predictions(
     store: str | Path | None = None,
     failures: Sequence[tuple[str, str]] = (),
     suffix: str = "",
+    names: Mapping[str, str] | None = None,
 ) -> list[Any]:
-    """Joints JSON per image, then the scorer's writers (and the store) for the scores."""
+    """Joints JSON per image, then the scorer's writers (and the store) for the scores.
+
+    ``names``: image path -> output name (default: :func:`annotation_tools.paths.path_names`
+    of the predictions' paths)."""
     from .joint_decoding import write_to_store
+    from .paths import path_names
     from .scoring import write_outputs, write_scores_to_store
 
     out = Path(out)
     (out / "joints").mkdir(parents=True, exist_ok=True)
     failures = list(failures)
+    names = names or path_names(p.located.path for p in predictions)
     for pred in predictions:
         doc = pred.located.to_json(model_info)
-        (out / "joints" / f"{Path(pred.located.path).stem}.json").write_text(
-            json.dumps(doc, indent=1)
-        )
+        (out / "joints" / f"{names[pred.located.path]}.json").write_text(json.dumps(doc, indent=1))
     patients = patients_of(predictions, patient_ids)
     if store:
         for pred in predictions:
@@ -522,7 +527,7 @@ def write_predictions(
             except (ValueError, KeyError) as exc:  # that image only; say so in the outputs
                 pred.located.warnings.append(f"not written to the store: {exc}")
         write_scores_to_store(store, patients, model_info)
-    write_outputs(patients, failures, out, model_info, suffix=suffix)
+    write_outputs(patients, failures, out, model_info, suffix=suffix, names=names)
     return patients
 
 
@@ -593,33 +598,48 @@ class MultitaskModel:
         items: Sequence[tuple[str, ImageData, str | None]],
         batch_size: int = 4,
         report: Callable[[int], None] = lambda done: None,
+        failures: list[tuple[str, str]] | None = None,
     ) -> list[MultitaskPrediction]:
-        """``(path, image, limb or None)`` -> one prediction per item, in order."""
+        """``(path, image, limb or None)`` -> one prediction per item, in order.
+
+        With ``failures`` an image that cannot be prepared or decoded is left out and listed
+        there as ``(path, reason)``; the others are predicted as if it were not there.
+        """
+        from .isolation import isolated
+
+        def guard(path: Any) -> Any:
+            return isolated(failures, path) if failures is not None else contextlib.nullcontext()
+
         out: list[MultitaskPrediction] = []
         for start in range(0, len(items), batch_size):
             chunk = items[start : start + batch_size]
             started = time.perf_counter()
-            prepared = [
-                prepare_input(image, limb, self.spatial_size, path, crop_edges=True)
-                for path, image, limb in chunk
-            ]
+            prepared = []
+            for path, image, limb in chunk:
+                with guard(path):
+                    prepared.append(
+                        prepare_input(image, limb, self.spatial_size, path, crop_edges=True)
+                    )
+            if not prepared:
+                continue
             inputs = [network_input(p["pixels"], self.coordconv) for p in prepared]
             batch = torch.stack(inputs).to(self.device)
             probs = self.network(batch).float().cpu().numpy()
             for prob, prep in zip(probs, prepared, strict=True):
-                pred = decode_multitask(
-                    prob,
-                    limb=prep["limb"],
-                    limb_source=prep["limb_source"],
-                    original_shape=prep["original_shape"],
-                    crop_box=prep["crop_box"],
-                    mirrored=prep["mirrored"],
-                    path=prep["path"],
-                    warnings=json.loads(prep["warnings"]),
-                    threshold=self.threshold,
-                )
-                pred.located.seconds = (time.perf_counter() - started) / len(chunk)
-                out.append(pred)
+                with guard(prep["path"]):
+                    pred = decode_multitask(
+                        prob,
+                        limb=prep["limb"],
+                        limb_source=prep["limb_source"],
+                        original_shape=prep["original_shape"],
+                        crop_box=prep["crop_box"],
+                        mirrored=prep["mirrored"],
+                        path=prep["path"],
+                        warnings=json.loads(prep["warnings"]),
+                        threshold=self.threshold,
+                    )
+                    pred.located.seconds = (time.perf_counter() - started) / len(chunk)
+                    out.append(pred)
             report(len(out))
         return out
 

@@ -28,7 +28,8 @@ from typing import Any, TypeVar
 
 from .bundles import CLINICAL_NOTE
 from .cases import CaseTable, identify, shard_by_patient
-from .imageio import ImageData, ImageReadError, read_image
+from .imageio import ImageData, read_image
+from .isolation import Cancelled, isolated
 from .joint_decoding import LocatorResult, write_to_store
 from .locator import JointLocator
 from .multitask import MultitaskModel
@@ -69,13 +70,6 @@ class Progress:
     done: int
     total: int
     message: str
-
-
-class Cancelled(Exception):
-    """The job was cancelled between two images; what was written before stays.
-
-    Not a ``RuntimeError``: Qt workers (superqt) take those for a deleted worker and drop
-    them silently."""
 
 
 class CancelToken:
@@ -163,23 +157,70 @@ def predict_images(
 
 
 def _write_overlays(
-    patients: Sequence[PatientScores], located: Sequence[LocatorResult], out: Path
+    patients: Sequence[PatientScores],
+    located: Sequence[LocatorResult],
+    out: Path,
+    names: Mapping[str, str] | None = None,
+    failures: list[tuple[str, str]] | None = None,
 ) -> None:
+    """``overlays/<name>.png`` per scored image; one overlay that fails is listed, not fatal."""
     from dataclasses import asdict
 
     from .overlays import radiograph_overlay
+    from .paths import path_names
 
     centres = {r.path: r.present() for r in located}
     images = [image for patient in patients for image in patient.images]
+    names = names or path_names(image.case.path for image in images)
     for image in images:
-        radiograph_overlay(
-            image.case.path,
-            out / "overlays" / f"{Path(image.case.path).stem}.png",
-            centres=centres.get(image.case.path, {}),
-            joints={k: asdict(v) for k, v in image.joints.items()},
-            title=f"{image.case.patient_id} {image.case.limb} (phantom-trained model)",
-            labels=True,
-        )
+        with isolated(failures, image.case.path, "overlay not written"):
+            radiograph_overlay(
+                image.case.path,
+                out / "overlays" / f"{names[image.case.path]}.png",
+                centres=centres.get(image.case.path, {}),
+                joints={k: asdict(v) for k, v in image.joints.items()},
+                title=f"{image.case.patient_id} {image.case.limb} (phantom-trained model)",
+                labels=True,
+            )
+
+
+def _registered_in(
+    store: Any, paths: Sequence[Path], failures: list[tuple[str, str]]
+) -> list[Path]:
+    """The images a ``--store`` run may predict: registered, with the content registered.
+
+    A changed file goes to ``failures`` (left out until re-registered); an unregistered one is
+    still predicted to the output files (its scores cannot be stored). When the store would
+    take none of them, nothing is written and the error says why.
+    """
+    from .store import AnnotationStore
+
+    kept, registered = [], 0
+    with AnnotationStore.using(store) as db:
+        for path in paths:
+            record = db.find_image(path)
+            problem = db.content_problem(record) if record is not None else None
+            if problem:
+                failures.append((str(path), problem))
+                continue
+            registered += record is not None
+            kept.append(path)
+        if paths and not registered:
+            raise ValueError(
+                f"none of the {len(paths)} image(s) is registered in {db.path} with its "
+                "current content, so nothing would be stored (paths are compared after "
+                "resolving against the working directory); register them, or leave out --store"
+            )
+    return kept
+
+
+def _add_failures_to_summary(summary: Path, failures: Sequence[tuple[str, str]]) -> None:
+    """Failures found after ``summary.json`` was written (overlays) join its list."""
+    if not failures or not summary.exists():
+        return
+    doc = json.loads(summary.read_text())
+    doc.setdefault("failed_files", []).extend({"file": f, "reason": r} for f, r in failures)
+    summary.write_text(json.dumps(doc, indent=1))
 
 
 def merge_shards(out: str | Path) -> dict[str, Any]:
@@ -258,7 +299,10 @@ class PredictionService:
         weights: Mapping[str, str | Path | None] | None = None,
         device: str | None = None,
         members: int | None = None,
+        trusted: bool = False,
     ) -> None:
+        from .bundles import check_device
+
         if pipeline not in PIPELINES:
             raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
         if members is not None and pipeline != "multitask":
@@ -267,8 +311,9 @@ class PredictionService:
         self.bundles_dir = Path(bundles_dir) if bundles_dir else None
         self.bundles = {k: Path(v) for k, v in (bundles or {}).items() if v}
         self.weights = {k: Path(v) for k, v in (weights or {}).items() if v}
-        self.device = device
+        self.device = check_device(device) if device else None
         self.members = members
+        self.trusted = trusted  # user-supplied bundles may run (their configs are code)
         self.skipped: list[str] = []
         self._models: dict[str, Any] | None = None
 
@@ -285,10 +330,12 @@ class PredictionService:
         return service
 
     def bundle(self, task: str) -> Any:
-        from .bundles import BundleInfo, bundle_for
+        from .bundles import BundleInfo, bundle_for, check_trusted
 
         given = self.bundles.get(task)
-        return BundleInfo.read(given) if given else bundle_for(task, self.bundles_dir)
+        info = BundleInfo.read(given) if given else bundle_for(task, self.bundles_dir)
+        check_trusted(info.root, self.trusted)  # before any of its configs is parsed
+        return info
 
     def _load(self, task: str) -> Any:
         from .bundles import BundleNotFound
@@ -305,15 +352,22 @@ class PredictionService:
         chosen = self.weights.get(task)
         runner = info.runner_object()  # the class the bundle's metadata names
         if task == "multitask":  # an ensemble: a list of member weights, and how many to use
-            return runner.from_bundle(
+            model = runner.from_bundle(
                 info.root,
                 device=self.device,
                 members=self.members,
                 weights=[chosen] if chosen else None,
             )
-        return runner.from_bundle(
-            info.root, device=self.device, weights=str(chosen) if chosen else None
-        )
+        else:
+            model = runner.from_bundle(
+                info.root, device=self.device, weights=str(chosen) if chosen else None
+            )
+        info_of_model = getattr(model, "model_info", None)
+        if isinstance(info_of_model, dict):  # provenance names the bundle actually used
+            info_of_model["bundle"] = info.name
+            if info.version and not info_of_model.get("version"):
+                info_of_model["version"] = info.version
+        return model
 
     def models(self) -> dict[str, Any]:
         """``{"locator", "scorer", "multitask"}`` -> loaded model or None, loaded once."""
@@ -358,23 +412,28 @@ class PredictionService:
                 path = str(store.resolve(record))
                 yield Progress(done, total, f"{Path(path).name}: reading")
                 _check(cancel)  # a cancel heard at this image stops before it
-                try:
-                    read[path] = image = read_image(path)
-                except ImageReadError as exc:
-                    failures.append((path, exc.reason))
+                changed = store.content_problem(record)
+                if changed:  # its annotations belong to other pixels: left out, named
+                    failures.append((path, changed))
                     continue
-                item = [(path, image, record.limb)]
+                with isolated(failures, path):  # one image's error costs that image only
+                    read[path] = read_image(path)
+                if path not in read:
+                    continue
+                item = [(path, read[path], record.limb)]
                 if multitask is not None:
                     yield Progress(done, total, f"{Path(path).name}: locating and scoring")
-                    pred = multitask.predict_images(item)[0]
-                    write_to_store(store, pred.located, multitask.model_info)
-                    located.append(pred.located)
-                    preds.append(pred)
+                    for pred in multitask.predict_images(item, failures=failures):
+                        with isolated(failures, path, "not written to the store"):
+                            write_to_store(store, pred.located, multitask.model_info)
+                            located.append(pred.located)
+                            preds.append(pred)
                 elif locator is not None:
                     yield Progress(done, total, f"{Path(path).name}: locating joints")
-                    result = locator.predict_images(item)[0]
-                    write_to_store(store, result, locator.model_info)
-                    located.append(result)
+                    for result in locator.predict_images(item, failures=failures):
+                        with isolated(failures, path, "not written to the store"):
+                            write_to_store(store, result, locator.model_info)
+                            located.append(result)
             if multitask is not None:
                 from .multitask import patients_of
 
@@ -450,12 +509,15 @@ class PredictionService:
         :func:`shard_by_patient`) and writes ``scores_ra2dream.rank<r>.csv`` and
         ``summary.rank<r>.json``; :func:`merge_shards` joins them when every rank is done.
         """
+        from .paths import path_names
+
         models = self.models()
         if self.skipped:
             raise FileNotFoundError("; ".join(self.skipped))
         locator, scorer, multitask = models["locator"], models["scorer"], models["multitask"]
         out = Path(out)
         (out / "joints").mkdir(parents=True, exist_ok=True)
+        images = Path(images).expanduser().resolve()  # relative to the working directory
         table = CaseTable.read(case_table, images) if case_table else None
         # what cannot be a hand/foot radiograph (ultrasound, colour, cine, ...) is listed with
         # its reason and never read, so it forms no patient
@@ -463,7 +525,10 @@ class PredictionService:
         if shard is not None:
             paths = shard_by_patient(paths, shard[0], shard[1], table)
             refused = refused if shard[0] == 0 else []  # listed once, by rank 0
+        names = path_names(paths, images)  # one output name per input, unique in the run
         failures: list[tuple[str, str]] = list(refused)
+        if store:  # before anything is written: which images the store will take
+            paths = _registered_in(store, paths, failures)
         started = time.perf_counter()
         suffix = f".rank{shard[0]}" if shard is not None else ""
         patch_set = PatchSet(scorer.patch_size) if multitask is None else None
@@ -475,49 +540,66 @@ class PredictionService:
         for start in range(0, len(paths), chunk):
             yield Progress(start, total, desc)
             _check(cancel)
-            batch: list[tuple[str, ImageData]] = []
+            batch: list[tuple[str, ImageData, Any]] = []
             for path in paths[start : start + chunk]:
-                try:
-                    batch.append((str(path), read_image(path)))
-                except ImageReadError as exc:
-                    failures.append((str(path), exc.reason))
-            cases = [identify(p, im, table) for p, im in batch]
-            items = [(p, im, c.limb) for (p, im), c in zip(batch, cases, strict=True)]
+                with isolated(failures, path):  # unreadable, no patient or limb: this file only
+                    image = read_image(path)
+                    batch.append((str(path), image, identify(path, image, table)))
+            items = [(p, im, c.limb) for p, im, c in batch]
+            by_path = {p: (im, c) for p, im, c in batch}
             if multitask is not None:
-                chunk_preds = multitask.predict_images(items)
+                chunk_preds = multitask.predict_images(items, failures=failures)
                 predictions += chunk_preds
-                patient_ids += [c.patient_id for c in cases]
+                patient_ids += [by_path[p.located.path][1].patient_id for p in chunk_preds]
                 located += [p.located for p in chunk_preds]
-            else:
-                results = locator.predict_images(items)
-                for (path, image), case, result in zip(batch, cases, results, strict=True):
+                continue
+            for result in locator.predict_images(items, failures=failures):
+                image, case = by_path[result.path]
+                with isolated(failures, result.path, "patches not cut"):
                     doc = result.to_json(locator.model_info)
-                    (out / "joints" / f"{Path(path).stem}.json").write_text(
+                    radiograph = cases_from_locator(doc, image, case.patient_id)
+                    patch_set.add(radiograph, image)
+                    (out / "joints" / f"{names[result.path]}.json").write_text(
                         json.dumps(doc, indent=1)
                     )
-                    patch_set.add(cases_from_locator(doc, image, case.patient_id), image)
-                located += results
+                    located.append(result)
         if multitask is not None:
             from .multitask import write_predictions
 
             patients = write_predictions(
-                predictions, patient_ids, out, multitask.model_info, store, failures, suffix
+                predictions,
+                patient_ids,
+                out,
+                multitask.model_info,
+                store,
+                failures,
+                suffix,
+                names=names,
             )
         else:
             yield Progress(len(paths), total, "scoring patches")
             _check(cancel)
             patch_set.failures += failures
             patients = scorer.score(patch_set, explain=explain)
+            failures = patch_set.failures
             info = {
                 **locator.model_info,
                 **{f"scorer_{k}": v for k, v in scorer.model_info.items()},
             }
-            write_outputs(patients, patch_set.failures, out, info, suffix=suffix)
+            write_outputs(patients, patch_set.failures, out, info, suffix=suffix, names=names)
             if store:
                 write_scores_to_store(store, patients, scorer.model_info)
+        failures += [  # already in summary.json as the patient's note
+            (f"patient {p.patient_id}", p.note)
+            for p in patients
+            if p.note.startswith("symmetry stage failed")
+        ]
         if overlays:
             yield Progress(total, total, "overlay PNGs")
-            _write_overlays(patients, located, out)
+            late: list[tuple[str, str]] = []
+            _write_overlays(patients, located, out, names, late)
+            _add_failures_to_summary(out / f"summary{suffix}.json", late)
+            failures += late
         yield Progress(total, total, "done")
         return PipelineResult(patients, located, failures, time.perf_counter() - started)
 
@@ -576,8 +658,10 @@ class PredictionService:
             overrides["pair_id"] = int(pair_id)
         if chosen is not None:  # a retrained ensemble: its folder holds the manifest
             overrides["models_dir"] = str(Path(chosen).parent)
-        if self.device:
-            overrides["device"] = f"$torch.device('{self.device}')"
+        if self.device:  # an object through the parser's overrides, never an expression
+            import torch
+
+            overrides["device"] = torch.device(self.device)
         out = Path(out)
         summary = run_bundle_inference(info.root, out, **overrides)
         records: dict[int, dict[str, Any]] = {}

@@ -21,6 +21,7 @@ from . import metrics
 from .evaluation import PHANTOM_NOTE, present_centres, read_dream_table, score_figures
 from .imageio import read_image
 from .overlays import radiograph_overlay
+from .paths import safe_name
 from .store import TRAINING_SOURCES, AnnotationStore
 from .vocabulary import get_joint
 
@@ -374,12 +375,15 @@ def _patient_section(
         + "".join(pictures)
     )
     parts.append(_score_table(rows))
-    shap_png = predicted / "shap" / f"{patient}.png"
+    shap_png = predicted / "shap" / f"{safe_name(patient)}.png"
     if shap_png.exists():
         parts.append("<h3>Symmetry stage: SHAP</h3>" + _img(shap_png, "SHAP", 900))
     for record in (r for r in us_rows if r.get("patient_id") == patient):
         png = _pair_png(
-            record, predicted / "ultrasound", project, figures / f"us_{record['case']}.png"
+            record,
+            predicted / "ultrasound",
+            project,
+            figures / f"us_{safe_name(record['case'])}.png",
         )
         parts.append(_img(png, f"ultrasound {record['case']}", 1000))
     return "\n".join(parts), rows

@@ -96,15 +96,16 @@ class PatchSet:
         pixels = normalise_intensity(image.grey())
         mirrored = Limb.parse(case.limb).side == "right"
         case_index = len(self.cases)
-        self.cases.append(case)
-        for joint in joints_for_limb(case.limb):
+        items: list[dict[str, Any]] = []
+        meta: list[dict[str, Any]] = []
+        for joint in joints_for_limb(case.limb):  # all patches first: an error adds nothing
             xy = case.centres.get(joint.id)
             if xy is None:
                 continue
             patch = joint_patch(pixels, joint, xy, size=self.patch_size, mirror=mirrored)
-            index = len(self.meta)
-            self.items.append({"image": patch.image[None].astype(np.float32), "index": index})
-            self.meta.append(
+            index = len(self.meta) + len(meta)
+            items.append({"image": patch.image[None].astype(np.float32), "index": index})
+            meta.append(
                 {
                     "case": case_index,
                     "joint_id": joint.id,
@@ -115,6 +116,9 @@ class PatchSet:
                     "mirrored": mirrored,
                 }
             )
+        self.cases.append(case)
+        self.items += items
+        self.meta += meta
 
 
 def _check_centres(
@@ -234,6 +238,9 @@ def add_store_cases(
             if patient_id is not None and record.patient_id != patient_id:
                 continue
             path = db.resolve(record)
+            if images is None and (changed := db.content_problem(record)):
+                patch_set.failures.append((str(path), changed))
+                continue
             image = images.get(str(path)) if images is not None else _read(path, patch_set.failures)
             if image is None:
                 continue
@@ -460,35 +467,51 @@ def apply_symmetry(
 
     desc = "symmetry + SHAP" if explain else "symmetry"
     for patient in tqdm(patients, desc=desc, disable=not (progress and explain)):
-        limbs = patient.limbs()
-        duplicated = len(limbs) < len(patient.images)
-        missing = [lb.value for lb in LIMBS if lb.value not in limbs]
-        if model is None:
-            patient.note = "no symmetry model: patch scores"
-            continue
-        if missing or duplicated:
-            patient.note = (
-                FEWER_LIMBS.format(missing=", ".join(missing))
-                if missing
-                else "symmetry stage skipped: more than one radiograph of a limb; patch scores"
-            )
-            continue
-        x = patient_vector(patient.scores("patch"))[None]
-        pred, spread = model.predict(x)
-        for image in patient.images:
-            for joint_id, js in image.joints.items():
-                if js.stage == "missing":
-                    continue
-                for st in get_joint(joint_id).score_types:
-                    i = SCORE_INDEX[(joint_id, st.value)]
-                    if np.isfinite(pred[0, i]):
-                        setattr(js, st.value, float(pred[0, i]))
-                        setattr(js, f"{st.value}_sd", float(spread[0, i]))
-                js.stage = "symmetry"
-        patient.symmetry = True
-        patient.note = "symmetry stage applied"
-        if explain:
-            patient.shap, patient.shap_base = model.explain(x)
+        try:
+            _symmetry_of_patient(patient, model, explain)
+        except Exception as exc:  # that patient keeps its patch scores; the others go on
+            from .isolation import Cancelled, reason_of
+
+            if isinstance(exc, Cancelled):
+                raise
+            patient.note = f"symmetry stage failed ({reason_of(exc)}); patch scores"
+
+
+def _symmetry_of_patient(
+    patient: PatientScores, model: SymmetryModel | None, explain: bool
+) -> None:
+    """One patient's symmetry stage; everything is computed before anything is changed, so a
+    failure leaves the patch scores as they were."""
+    limbs = patient.limbs()
+    duplicated = len(limbs) < len(patient.images)
+    missing = [lb.value for lb in LIMBS if lb.value not in limbs]
+    if model is None:
+        patient.note = "no symmetry model: patch scores"
+        return
+    if missing or duplicated:
+        patient.note = (
+            FEWER_LIMBS.format(missing=", ".join(missing))
+            if missing
+            else "symmetry stage skipped: more than one radiograph of a limb; patch scores"
+        )
+        return
+    x = patient_vector(patient.scores("patch"))[None]
+    pred, spread = model.predict(x)
+    shap = model.explain(x) if explain else None
+    for image in patient.images:
+        for joint_id, js in image.joints.items():
+            if js.stage == "missing":
+                continue
+            for st in get_joint(joint_id).score_types:
+                i = SCORE_INDEX[(joint_id, st.value)]
+                if np.isfinite(pred[0, i]):
+                    setattr(js, st.value, float(pred[0, i]))
+                    setattr(js, f"{st.value}_sd", float(spread[0, i]))
+            js.stage = "symmetry"
+    patient.symmetry = True
+    patient.note = "symmetry stage applied"
+    if shap is not None:
+        patient.shap, patient.shap_base = shap
 
 
 # ------------------------------------------------------------------------------ writing
@@ -541,26 +564,35 @@ def write_outputs(
     model_info: Mapping[str, str],
     *,
     suffix: str = "",
+    names: Mapping[str, str] | None = None,
 ) -> dict[str, Any]:
-    """``scores/<stem>.json`` per image, ``scores_ra2dream.csv``, ``shap/<patient>.png``,
+    """``scores/<name>.json`` per image, ``scores_ra2dream.csv``, ``shap/<patient>.png``,
     ``summary.json`` (patients, notes, totals, failed files with reasons). ``suffix`` names the
-    table and summary of one rank of a sharded run (``.rank0``)."""
+    table and summary of one rank of a sharded run (``.rank0``).
+
+    ``names``: image path -> output name (:func:`annotation_tools.paths.path_names` of the
+    run's inputs); by default made from the images here. Patient ids pass through
+    :func:`~annotation_tools.paths.safe_name`, so no id writes outside ``out``."""
+    from .paths import path_names, safe_name, unique_name
+
     (out / "scores").mkdir(parents=True, exist_ok=True)
+    if names is None:
+        names = path_names(im.case.path for p in patients for im in p.images)
     rows, summary_patients = [], []
+    shap_names: set[str] = set()
     for patient in patients:
         for image in patient.images:
             doc = image.to_json(model_info)
             doc["patient_note"] = patient.note
-            (out / "scores" / f"{Path(image.case.path).stem}.json").write_text(
-                json.dumps(doc, indent=1)
-            )
+            name = names.get(image.case.path) or safe_name(Path(image.case.path).stem)
+            (out / "scores" / f"{name}.json").write_text(json.dumps(doc, indent=1))
         row = dream_row(patient.patient_id, patient.scores())
         rows.append(row)
         shap_png = None
         if patient.shap is not None:
             shap_png = plot_shap(
                 patient.shap,
-                out / "shap" / f"{patient.patient_id}.png",
+                out / "shap" / f"{unique_name(safe_name(patient.patient_id), shap_names)}.png",
                 title=f"Symmetry model SHAP values - patient {patient.patient_id}",
                 note=CLINICAL_NOTE,
             )

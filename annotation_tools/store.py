@@ -308,17 +308,32 @@ class AnnotationStore:
     between threads; writes are serialised, and each process should hold its own object.
     """
 
-    def __init__(self, path: str | Path, *, create: bool = True, timeout: float = 10.0):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        create: bool = True,
+        timeout: float = 10.0,
+        synchronous: str | None = None,
+    ):
         path = Path(path).expanduser().resolve()
         if path.is_dir() or (not path.suffix and not path.exists()):
             path = path / STORE_FILENAME
         self.path = path
         self.root = path.parent  # absolute, so resolve() gives paths valid from any cwd
-        if not path.exists() and not create:
-            raise StoreError(f"no annotation store at {path}")
-        path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.RLock()
         self._depth = 0
+        self._content: dict[int, tuple[tuple[int, int], str | None]] = {}
+        sync = _synchronous(synchronous)
+        if not path.exists() and not create:
+            raise StoreError(f"no annotation store at {path}")
+        if path.exists() and path.stat().st_size > 0:
+            _inspect(path)  # read-only: a foreign, newer or damaged file is refused unchanged
+        elif path.exists() and not create:
+            raise StoreError(
+                f"{path} is an empty file, not an annotation store (it was left as it is)"
+            )
+        path.parent.mkdir(parents=True, exist_ok=True)
         try:
             self._conn = sqlite3.connect(
                 str(path), timeout=timeout, isolation_level=None, check_same_thread=False
@@ -327,9 +342,10 @@ class AnnotationStore:
             self._conn.execute(f"PRAGMA busy_timeout = {int(timeout * 1000)}")
             self._conn.execute("PRAGMA foreign_keys = ON")
             mode = self._conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            self._conn.execute(
-                "PRAGMA synchronous = NORMAL" if mode == "wal" else "PRAGMA synchronous = FULL"
-            )
+            # NORMAL in WAL mode: a killed process loses nothing committed; a power cut may
+            # lose the last commits (never corrupts). FULL also survives a power cut.
+            level = sync or ("NORMAL" if mode == "wal" else "FULL")
+            self._conn.execute(f"PRAGMA synchronous = {level}")
             self._migrate()
         except sqlite3.DatabaseError as exc:
             with contextlib.suppress(Exception):
@@ -337,8 +353,10 @@ class AnnotationStore:
             raise self._translate(exc, "open") from exc
 
     @classmethod
-    def open(cls, path: str | Path, *, create: bool = True) -> AnnotationStore:
-        return cls(path, create=create)
+    def open(
+        cls, path: str | Path, *, create: bool = True, synchronous: str | None = None
+    ) -> AnnotationStore:
+        return cls(path, create=create, synchronous=synchronous)
 
     @classmethod
     @contextlib.contextmanager
@@ -373,8 +391,11 @@ class AnnotationStore:
                 f"{self.path} is locked by another process ({action}); "
                 "close the other napari/ra-joints session or try again"
             )
-        if "not a database" in text or "malformed" in text:
-            return StoreError(f"{self.path} is not a readable annotation store ({text})")
+        if "not a database" in text or "malformed" in text or "corrupt" in text:
+            return StoreError(
+                f"{self.path} is damaged ({text}); restore it from a backup "
+                "(or try: sqlite3 <file> .recover)"
+            )
         return StoreError(f"{self.path}: {action} failed ({text})")
 
     @contextlib.contextmanager
@@ -411,7 +432,7 @@ class AnnotationStore:
         with self._lock:
             try:
                 return self._conn.execute(sql, params).fetchall()
-            except sqlite3.OperationalError as exc:
+            except sqlite3.DatabaseError as exc:  # locked, or a damaged page met while reading
                 raise self._translate(exc, "read") from exc
 
     @property
@@ -577,6 +598,47 @@ class AnnotationStore:
         if patient_id is not None:
             sql, params = sql + " WHERE patient_id = ?", [patient_id]
         return [dict(r) for r in self._query(sql + " ORDER BY patient_id, id", params)]
+
+    def content_problem(self, image: ImageRecord | int) -> str | None:
+        """Why an image's file no longer matches the store (missing, or other content), else None.
+
+        The sha256 recorded at registration is compared with the file; annotations of a file
+        whose pixels were swapped would train or score the wrong patient. Hashed once per
+        image per open store (again only if the file's size or mtime changes).
+        """
+        record = image if isinstance(image, ImageRecord) else self.image(image)
+        path = self.resolve(record)
+        try:
+            stat = path.stat()
+        except OSError:
+            return f"{path} is missing on disk (registered as {record.path})"
+        key = (stat.st_size, stat.st_mtime_ns)
+        cached = self._content.get(record.id)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        problem = None
+        if file_sha256(path) != record.sha256:
+            problem = (
+                f"{path} changed since it was registered (sha256 differs): left out until it "
+                f"is re-registered (AnnotationStore.reregister_image({record.id}) or "
+                f"ra-joints reregister --project {self.root} --image {record.path})"
+            )
+        self._content[record.id] = (key, problem)
+        return problem
+
+    def reregister_image(self, image_id: int) -> ImageRecord:
+        """Accept an image's current content: record its new sha256 (annotations are kept).
+
+        For a file that was re-saved or re-exported with the same pixels, or whose annotations
+        a person has checked against the new content; until then it is left out of export and
+        prediction.
+        """
+        record = self.image(image_id)
+        digest = file_sha256(self.resolve(record))
+        with self.transaction() as conn:
+            conn.execute("UPDATE images SET sha256 = ? WHERE id = ?", (digest, record.id))
+        self._content.pop(record.id, None)
+        return self.image(record.id)
 
     # ------------------------------------------------------------------ revisions (generic)
 
@@ -1161,6 +1223,73 @@ class AnnotationStore:
 
     def integrity_check(self) -> str:
         return str(self._query("PRAGMA integrity_check")[0][0])
+
+
+SYNCHRONOUS_ENV = "RA_JOINTS_SYNCHRONOUS"
+_SYNCHRONOUS_LEVELS = ("NORMAL", "FULL", "EXTRA")
+_SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
+def _synchronous(given: str | None) -> str | None:
+    """The ``PRAGMA synchronous`` level asked for (argument, else ``$RA_JOINTS_SYNCHRONOUS``)."""
+    import os
+
+    value = (given or os.environ.get(SYNCHRONOUS_ENV, "")).strip().upper()
+    if not value:
+        return None
+    if value not in _SYNCHRONOUS_LEVELS:
+        raise StoreError(
+            f"synchronous must be one of {', '.join(_SYNCHRONOUS_LEVELS)}, got {value!r} "
+            f"(argument or {SYNCHRONOUS_ENV})"
+        )
+    return value
+
+
+def _inspect(path: Path) -> int:
+    """Schema version of an existing store, read without changing a byte of it.
+
+    Refuses (with the file named) what is not ours: not SQLite at all, someone else's SQLite
+    database, a store of a newer napari-ra-joints, a damaged file. Opening read-only keeps a
+    rollback-journal store in its mode; only a store we may write is switched to WAL later.
+    """
+    from urllib.parse import quote
+
+    with open(path, "rb") as handle:
+        header = handle.read(len(_SQLITE_MAGIC))
+    if header != _SQLITE_MAGIC:
+        raise StoreError(
+            f"{path} is not a readable annotation store (not an SQLite file); it was not changed"
+        )
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path))}?mode=ro", uri=True, timeout=10.0)
+    except sqlite3.DatabaseError as exc:
+        raise StoreError(f"{path} cannot be opened ({exc}); it was not changed") from exc
+    try:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        if "schema_version" not in tables or (
+            tables - {"schema_version"} and "images" not in tables
+        ):
+            raise StoreError(
+                f"{path} is an SQLite database but not a napari-ra-joints annotation store "
+                "(no schema_version/images tables); it was not changed"
+            )
+        version = int(conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] or 0)
+    except sqlite3.DatabaseError as exc:
+        text = str(exc)
+        if "locked" in text or "busy" in text:
+            raise StoreLockedError(f"{path} is locked by another process (open)") from exc
+        raise StoreError(
+            f"{path} is damaged ({text}); restore it from a backup (or try: sqlite3 <file> "
+            ".recover); it was not changed"
+        ) from exc
+    finally:
+        conn.close()
+    if version > SCHEMA_VERSION:
+        raise StoreVersionError(
+            f"{path} has schema version {version}, but this napari-ra-joints understands up "
+            f"to {SCHEMA_VERSION}; upgrade napari-ra-joints to open it (the file was not changed)"
+        )
+    return version
 
 
 def _split_sql(script: str) -> list[str]:

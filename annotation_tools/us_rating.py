@@ -25,6 +25,8 @@ from torch import nn
 
 from .bundles import ensemble_manifest, load_weights, weights_hash
 from .imageio import ImageReadError, read_image
+from .isolation import Cancelled, reason_of
+from .paths import safe_name, unique_name
 from .rating import (
     GRADES,
     OUTPUTS,
@@ -124,6 +126,13 @@ def _prepare(
     return prepare_pair(grey, dop, roi, doppler_roi, size).network_input()
 
 
+def _reason(exc: BaseException) -> str:
+    """Our own errors as they are; anything else with its type (a decoder bug, say)."""
+    if isinstance(exc, (ImageReadError, UltrasoundInputError)):
+        return str(exc)
+    return reason_of(exc)
+
+
 def load_us_cases(
     dataset_dir: str | Path | None = None,
     *,
@@ -147,10 +156,14 @@ def load_us_cases(
         return _cases_from_store(Path(store), sources, size, out, patient_id, pair_id)
     table = Path(pairs_table) if pairs_table else _default_table(Path(dataset_dir or "."))
     rows = _read_pairs_table(table)
+    taken: set[str] = set()
     for line, row in enumerate(rows, start=2):
         if patient_id is not None and row.get("patient_id") != patient_id:
             continue
-        case_id = f"{row.get('patient_id') or 'unknown'}_{row.get('site') or f'row{line}'}"
+        case_id = unique_name(  # a file name: no id or site may climb out of the output folder
+            safe_name(f"{row.get('patient_id') or 'unknown'}_{row.get('site') or f'row{line}'}"),
+            taken,
+        )
         try:
             roi, doppler_roi = _box(row, "roi_"), _box(row, "doppler_roi_")
             image = _prepare(
@@ -160,9 +173,11 @@ def load_us_cases(
                 doppler_roi,
                 size,
             )
-        except (ImageReadError, UltrasoundInputError) as exc:
+        except Cancelled:
+            raise
+        except Exception as exc:  # any error in one pair costs that pair only
             where = f"{table} pairs[{line - 2}]" if table.suffix == ".json" else f"{table}:{line}"
-            out.failed.append({"case": case_id, "file": where, "reason": str(exc)})
+            out.failed.append({"case": case_id, "file": where, "reason": _reason(exc)})
             continue
         out.cases.append(
             UsCase(
@@ -238,15 +253,21 @@ def _cases_from_store(
                 st.image(pair["greyscale_image_id"]),
                 st.image(pair["doppler_image_id"]),
             )
-            case_id = f"{pair['patient_id']}_{pair['site']}_pair{pair['id']}"
+            case_id = safe_name(f"{pair['patient_id']}_{pair['site']}_pair{pair['id']}")
             roi_rev = st.roi(grey_rec.id, sources=sources) or st.roi(dop_rec.id, sources=sources)
             dop_rev = st.roi(dop_rec.id, sources=sources)
             roi = [roi_rev.value[k] for k in ("x0", "y0", "x1", "y1")] if roi_rev else None
             dop_roi = [dop_rev.value[k] for k in ("x0", "y0", "x1", "y1")] if dop_rev else None
+            changed = st.content_problem(grey_rec) or st.content_problem(dop_rec)
+            if changed:
+                out.failed.append({"case": case_id, "file": grey_rec.path, "reason": changed})
+                continue
             try:
                 image = _prepare(st.resolve(grey_rec), st.resolve(dop_rec), roi, dop_roi, size)
-            except (ImageReadError, UltrasoundInputError) as exc:
-                out.failed.append({"case": case_id, "file": grey_rec.path, "reason": str(exc)})
+            except Cancelled:
+                raise
+            except Exception as exc:  # any error in one pair costs that pair only
+                out.failed.append({"case": case_id, "file": grey_rec.path, "reason": _reason(exc)})
                 continue
             truth_rev = st.us_score(pair["id"], sources=TRAINING_SOURCES)
             out.cases.append(
