@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import json
 import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -747,6 +748,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser(
+        "retrain",
+        help="train a bundle on the project's reviewed annotations: a job of its own that "
+        "registers a new model version when it ends (closing napari does not stop it)",
+    )
+    p.add_argument("--project", type=Path, required=True)
+    p.add_argument("--bundle", required=True, help="bundle name or task (ra-joints bundles)")
+    p.add_argument("--full", action="store_true", help="the full configuration (GPU)")
+    p.add_argument("--folds", type=int, default=None, help="default: the bundle's recipe")
+    p.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="override a training config value, e.g. --set epochs=5 (repeatable)",
+    )
+    p.add_argument("--detach", action="store_true", help="start the job and return")
+    p.add_argument("--verbose", action="store_true", help="show library warnings too")
+    p.set_defaults(func=_cmd_retrain)
+
+    p = sub.add_parser("jobs", help="the retraining jobs of a project and how far they are")
+    p.add_argument("--project", type=Path, required=True)
+    p.add_argument("--cancel", metavar="JOB_ID", help="stop a running job and its training")
+    p.set_defaults(func=_cmd_jobs)
+
+    p = sub.add_parser(
         "report", help="self-contained HTML report of predictions against a phantom project"
     )
     p.add_argument("--project", type=Path, required=True, help="the project holding the truth")
@@ -756,6 +781,62 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-patients", type=int, default=None, help="patients shown in detail")
     p.set_defaults(func=_cmd_report)
     return parser
+
+
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    """Retrain one bundle on the project's reviewed annotations, as a job of the project."""
+    from .bundles import bundle_for
+    from .jobs import start_retrain
+
+    info = bundle_for(args.bundle)
+    overrides = []
+    for item in args.set or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key.isidentifier():
+            raise ValueError(f"--set takes KEY=VALUE with a config key, got {item!r}")
+        overrides += [f"--{key}", value]
+    job = start_retrain(
+        args.project, info.root, quick=not args.full, folds=args.folds, overrides=overrides
+    )
+    print(f"job {job.id}: {job.path} (log {job.log_path})")
+    if args.detach:
+        print("running on its own; follow it with: ra-joints jobs --project", args.project)
+        return 0
+    shown = 0
+    try:
+        while True:
+            job = job.refresh()
+            lines = job.tail(100_000, filtered=not args.verbose)
+            for line in lines[shown:]:
+                print(line)
+            shown = len(lines)
+            if not job.active:
+                break
+            time.sleep(1.0)
+    except KeyboardInterrupt:
+        job.cancel()
+        print("cancelled", file=sys.stderr)
+        return 130
+    print(job.summary())
+    return 0 if job.finished_ok else 1
+
+
+def _cmd_jobs(args: argparse.Namespace) -> int:
+    from .jobs import jobs
+
+    found = jobs(args.project)
+    if args.cancel:
+        chosen = [j for j in found if j.id == args.cancel]
+        if not chosen:
+            raise ValueError(f"no job {args.cancel!r} in {args.project}")
+        chosen[0].cancel()
+        print(f"cancel sent to {args.cancel}")
+        return 0
+    if not found:
+        print(f"no retraining jobs in {args.project}")
+    for job in found:
+        print(f"{job.id}  {job.summary()}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -24,6 +24,9 @@ from .store import AnnotationStore
 DEFAULT_FOLDS = 5
 
 __all__ = [
+    "CHOICE_FILE",
+    "choose_version",
+    "chosen_version",
     "iter_retrain",
     "model_versions",
     "retrain",
@@ -42,6 +45,47 @@ def model_versions(project: str | Path, bundle: str) -> list[Path]:
     """Trained versions of a bundle in a project, oldest first."""
     root = Path(project) / "models" / bundle
     return sorted(p for p in root.glob("*") if (p / "train_info.json").is_file())
+
+
+CHOICE_FILE = "chosen_versions.json"  # PROJECT/models/: which version Predict uses, per bundle
+
+
+def chosen_version(project: str | Path, bundle: str) -> str:
+    """The version a person chose for Predict (``shipped`` until someone chooses): a new
+    version is listed when training ends, but never used before a person says so."""
+    path = Path(project) / "models" / CHOICE_FILE
+    try:
+        chosen = json.loads(path.read_text()).get(bundle, "shipped")
+    except (OSError, ValueError, AttributeError):
+        return "shipped"
+    names = {v.name for v in model_versions(project, bundle)}
+    return chosen if chosen in names else "shipped"
+
+
+def choose_version(project: str | Path, bundle: str, version: str) -> None:
+    """Record the person's choice of version (``shipped`` or a folder name) for Predict."""
+    if version != "shipped" and version not in {v.name for v in model_versions(project, bundle)}:
+        raise ValueError(f"{bundle} has no version {version!r} in {project}")
+    path = Path(project) / "models" / CHOICE_FILE
+    try:
+        choices = json.loads(path.read_text())
+    except (OSError, ValueError):
+        choices = {}
+    choices[bundle] = version
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(choices, indent=1))
+
+
+def validation_figure(project: str | Path, bundle: str, version: str) -> float | None:
+    """The best validation figure recorded when a version was trained (None: not known)."""
+    if version == "shipped":
+        return None
+    info = Path(project) / "models" / bundle / version / "train_info.json"
+    try:
+        value = json.loads(info.read_text()).get("validation", {}).get("value")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return float(value) if value is not None else None
 
 
 def weights_for(project: str | Path, bundle: str, version: str | None = None) -> Path | None:

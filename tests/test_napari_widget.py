@@ -327,8 +327,8 @@ def test_bad_input_is_reported_and_changes_nothing(
 
 
 def _short_timeout(init):
-    def wrapped(self, path, *, create=True, timeout=10.0):
-        init(self, path, create=create, timeout=0.2)
+    def wrapped(self, path, *, timeout=10.0, **options):
+        init(self, path, timeout=0.2, **options)
 
     return wrapped
 
@@ -462,11 +462,14 @@ def test_predict_uses_the_chosen_model_version(make_napari_viewer, small_cohort,
     widget.open_project(project)
     combo = widget.retrain_panel.version_boxes["ra_joint_locator"]
     assert [combo.itemText(i) for i in range(combo.count())] == ["shipped", version.name]
-    assert combo.currentText() == version.name  # the newest version is used by default
-    assert widget.retrain_panel.chosen_weights()["ra_joint_locator"] == version / "model.pt"
-    combo.setCurrentText("shipped")
+    assert combo.currentText() == "shipped"  # a new version waits until a person chooses it
     assert widget.retrain_panel.chosen_weights()["ra_joint_locator"] is None
     combo.setCurrentText(version.name)
+    combo.activated.emit(combo.currentIndex())  # the person's choice is kept in the project
+    assert widget.retrain_panel.chosen_weights()["ra_joint_locator"] == version / "model.pt"
+    widget.open_project(project)  # reopened: still the chosen version
+    combo = widget.retrain_panel.version_boxes["ra_joint_locator"]
+    assert combo.currentText() == version.name
     session = _open(widget, "LF")
     widget.retrain_panel.version_boxes["ra_joint_scorer"].setCurrentText("shipped")
     _predict_patient(widget)
@@ -698,3 +701,86 @@ def test_each_ultrasound_pair_opens_with_its_own_grades(make_napari_viewer, smal
     assert left < doppler.translate[-1] + doppler.data.shape[1] and right > grey.translate[-1]
     widget.open_entry("pair", first["id"])
     assert (panel.sh_spin.value(), panel.vasc_spin.value()) == (3, 2)
+
+
+def _quick_jobs(monkeypatch):
+    """The dock's retraining, one epoch long (the quick recipe trains 30)."""
+    import napari_ra_joints.ui.retrain_panel as panel_module
+
+    real = panel_module.start_retrain
+
+    def one_epoch(*args, **kwargs):
+        return real(*args, overrides=["--epochs", "1", "--val_interval", "1"], folds=3, **kwargs)
+
+    monkeypatch.setattr(panel_module, "start_retrain", one_epoch)
+
+
+def test_retraining_outlives_the_viewer_and_its_version_is_listed_next_time(
+    make_napari_viewer, small_cohort, tmp_path, qtbot, monkeypatch
+):
+    from qtpy.QtCore import Qt
+
+    from annotation_tools.jobs import jobs
+
+    _quick_jobs(monkeypatch)
+    project = tmp_path / "project"
+    shutil.copytree(small_cohort, project)
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    widget.open_project(project)
+    panel = widget.retrain_panel
+    panel.retrain_bundle.setCurrentText("ra_joint_locator")
+    qtbot.mouseClick(panel.retrain_button, Qt.LeftButton)
+    assert panel.job is not None and panel.job.active
+    viewer.close()  # the person closes napari while it trains
+    (job,) = jobs(project)
+    job = job.wait(timeout=300)
+    assert job.state == "done" and job.version, job.summary()
+    assert job.metric_name == "val_hit_rate" and job.epochs == 1
+    assert not any("Warning" in line for line in job.tail())  # library chatter filtered
+    viewer2 = make_napari_viewer()
+    widget2 = _widget(viewer2)
+    widget2.open_project(project)
+    combo = widget2.retrain_panel.version_boxes["ra_joint_locator"]
+    assert [combo.itemText(i) for i in range(combo.count())] == ["shipped", job.version]
+    assert combo.currentText() == "shipped"  # listed, not switched to
+    assert "done" in widget2.retrain_panel.job_label.text()
+
+
+def test_cancelled_retraining_leaves_no_process_behind(
+    make_napari_viewer, small_cohort, tmp_path, qtbot, monkeypatch
+):
+    import os
+    import time
+
+    from annotation_tools.jobs import jobs
+
+    _quick_jobs(monkeypatch)
+    project = tmp_path / "project"
+    shutil.copytree(small_cohort, project)
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    widget.open_project(project)
+    panel = widget.retrain_panel
+    panel.retrain_bundle.setCurrentText("ra_joint_locator")
+    job = panel.retrain()
+    deadline = time.monotonic() + 120
+    while job.refresh().step < 1 and time.monotonic() < deadline:  # monai.bundle run started
+        time.sleep(0.2)
+    group = os.getpgid(job.pid)
+    panel.cancel()
+    job = job.wait(timeout=30)
+    assert job.state == "cancelled"
+    time.sleep(0.5)
+    alive = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(stat[2]) == group and stat[0] != "Z":  # process group, not a zombie
+                alive.append(pid)
+    assert alive == []  # the training processes went with the job
+    assert [j.state for j in jobs(project)] == ["cancelled"]
+    assert not (project / "models" / "ra_joint_locator").exists()
