@@ -39,7 +39,9 @@ from .scoring import (
     PatchSet,
     PatientScores,
     add_store_cases,
+    apply_symmetry,
     cases_from_locator,
+    group_patients,
     write_outputs,
     write_scores_to_store,
 )
@@ -266,6 +268,7 @@ class PatientPrediction:
     result: PipelineResult
     skipped: list[str] = field(default_factory=list)  # bundles not available, files not read
     shap_png: Path | None = None
+    shap_limbs: dict[str, Path] = field(default_factory=dict)  # one figure per limb
     message: str = ""
 
 
@@ -445,17 +448,25 @@ class PredictionService:
                 patch_set = PatchSet(scorer.patch_size)
                 add_store_cases(patch_set, store, None, patient_id, images=read)
                 failures += patch_set.failures
-                patients = scorer.score(patch_set, explain=explain)
+                collector = scorer.score_patches(patch_set)
+                yield Progress(
+                    len(records), total, "symmetry stage" + (" + SHAP" if explain else "")
+                )
+                _check(cancel)  # nothing of the scoring is written yet: a cancel loses no image
+                patients = group_patients(collector.image_scores())
+                apply_symmetry(patients, scorer.symmetry, explain=explain)
+                _check(cancel)
                 write_scores_to_store(store, patients, scorer.model_info)
             project_dir = store.root
         result = PipelineResult(patients, located, failures, time.perf_counter() - started)
-        shap_png = _shap_png(patients, project_dir / "predictions" / "shap")
+        shap_png, shap_limbs = _shap_png(patients, project_dir / "predictions" / "shap")
         yield Progress(total, total, "done")
         return PatientPrediction(
             patient_id,
             result,
             skipped=list(self.skipped) + [f"{path}: {reason}" for path, reason in failures],
             shap_png=shap_png,
+            shap_limbs=shap_limbs,
             message=self._patient_message(patient_id, result, models),
         )
 
@@ -674,20 +685,34 @@ class PredictionService:
         return UltrasoundPrediction(out, summary, records, skipped)
 
 
-def _shap_png(patients: Sequence[PatientScores], folder: Path) -> Path | None:
-    """The symmetry stage's SHAP heatmap of the (one) patient, when it was explained."""
-    from .symmetry import plot_shap
+def _shap_png(
+    patients: Sequence[PatientScores], folder: Path
+) -> tuple[Path | None, dict[str, Path]]:
+    """The symmetry stage's SHAP of the (one) patient, when it was explained: the overview of
+    all four limbs, and one figure per limb with the joints named on both axes."""
+    from .paths import safe_name
+    from .symmetry import plot_shap, plot_shap_limb
 
-    png = None
+    png, per_limb = None, {}
     for patient in patients:
-        if patient.shap is not None:
-            png = plot_shap(
+        if patient.shap is None:
+            continue
+        name = safe_name(patient.patient_id)
+        png = plot_shap(
+            patient.shap,
+            folder / f"{name}.png",
+            title=f"SHAP of the symmetry stage - {patient.patient_id}",
+            note=CLINICAL_NOTE,
+        )
+        for limb in patient.limbs():
+            per_limb[limb] = plot_shap_limb(
                 patient.shap,
-                folder / f"{patient.patient_id}.png",
-                title=f"SHAP of the symmetry stage - {patient.patient_id}",
+                folder / f"{name}_{limb}.png",
+                limb,
+                title=f"What the {limb} scores of {patient.patient_id} leaned on (SHAP)",
                 note=CLINICAL_NOTE,
             )
-    return png
+    return png, per_limb
 
 
 def predict_store_patient(

@@ -368,6 +368,79 @@ def limb_of(key: ScoreKey) -> str:
     return get_joint(key[0]).limb.value
 
 
+def score_label(key: ScoreKey) -> str:
+    """``MCP 2 E`` / ``PIP 3 J``: a joint score as the SHAP axes name it (J = narrowing)."""
+    joint_id, score_type = key
+    return f"{get_joint(joint_id).name} {'J' if score_type == 'narrowing' else 'E'}"
+
+
+def _opposite(limb: str) -> str:
+    return {"LH": "RH", "RH": "LH", "LF": "RF", "RF": "LF"}[limb]
+
+
+def _other_pair(limb: str) -> tuple[str, str]:
+    return ("LF", "RF") if limb in ("LH", "RH") else ("LH", "RH")
+
+
+def plot_shap_limb(
+    values: np.ndarray, path: str | Path, limb: str, *, title: str, note: str = ""
+) -> Path:
+    """SHAP of one limb's predicted scores, the RA2-DREAM winner's way: rows are this limb's
+    scores, named; the panels are the inputs of the same limb, of the other side (same
+    joints, so a mirrored pattern shows symmetric disease), and of the other limb pair. Every
+    axis names its joints, so a clinician can read "the left MCP 2 erosion leaned on the right
+    MCP 2 erosion" without a legend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    v = np.nan_to_num(values)
+    rows = [i for i, k in enumerate(SCORE_KEYS) if limb_of(k) == limb]
+    panels = [
+        (f"same limb ({limb})", [i for i, k in enumerate(SCORE_KEYS) if limb_of(k) == limb]),
+        (
+            f"other side ({_opposite(limb)})",
+            [i for i, k in enumerate(SCORE_KEYS) if limb_of(k) == _opposite(limb)],
+        ),
+        (
+            "other limb pair ({} + {})".format(*_other_pair(limb)),
+            [i for i, k in enumerate(SCORE_KEYS) if limb_of(k) in _other_pair(limb)],
+        ),
+    ]
+    block = v[np.ix_(rows, [i for _, cols in panels for i in cols])]
+    span = float(np.abs(block).max()) or 1.0
+    widths = [len(cols) for _, cols in panels]
+    height = 2.0 + 0.16 * len(rows)
+    fig, axes = plt.subplots(
+        1, 3, figsize=(3.2 + 0.16 * sum(widths), height), gridspec_kw={"width_ratios": widths}
+    )
+    image = None
+    for n, (ax, (name, cols)) in enumerate(zip(axes, panels, strict=True)):
+        image = ax.imshow(
+            v[np.ix_(rows, cols)], cmap="RdBu_r", vmin=-span, vmax=span, aspect="auto",
+            interpolation="nearest",
+        )  # fmt: skip
+        ax.set_title(name, fontsize=9)
+        names = [score_label(SCORE_KEYS[i]) for i in cols]
+        if n == 2:  # two limbs in one panel: say which
+            names = [f"{limb_of(SCORE_KEYS[i])} {t}" for i, t in zip(cols, names, strict=True)]
+        ax.set_xticks(range(len(cols)), names, rotation=90, fontsize=6)
+        ax.set_yticks(
+            range(len(rows)), [score_label(SCORE_KEYS[i]) for i in rows] if n == 0 else []
+        )
+        ax.tick_params(axis="y", labelsize=6)
+        ax.set_xlabel("input: patch score of", fontsize=8)
+    axes[0].set_ylabel(f"predicted score of ({limb})", fontsize=8)
+    fig.colorbar(image, ax=list(axes), fraction=0.02, label="SHAP value (grades)")
+    fig.suptitle(title + (f"\n{note}" if note else ""), fontsize=10)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
 def plot_shap(values: np.ndarray, path: str | Path, *, title: str, note: str = "") -> Path:
     """SHAP heatmap PNG of one patient.
 

@@ -57,6 +57,8 @@ def test_one_patient_reads_each_image_once_and_opens_the_store_once(
     assert [e.done for e in events] == sorted(e.done for e in events)
     assert prediction.patient_id == patient and len(prediction.result.located) == 4
     assert prediction.shap_png is not None and prediction.shap_png.exists()
+    assert set(prediction.shap_limbs) == {"LH", "RH", "LF", "RF"}  # one named figure per limb
+    assert all(png.exists() for png in prediction.shap_limbs.values())
     assert "joint centres" in prediction.message
     # every joint of a phantom project has its truth: no centre is proposed over it
     assert set(_model_centres(project, patient).values()) == {0}

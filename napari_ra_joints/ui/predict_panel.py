@@ -240,8 +240,9 @@ class PredictPanel(QGroupBox):
             radiograph.reload()
             dock.scores_panel.fill()
             message = result.message
-            if result.shap_png:
-                self._show_shap(result.shap_png)
+            shap = result.shap_limbs.get(radiograph.record.limb) or result.shap_png
+            if shap:
+                self._show_shap(shap)
             dock.annotate_panel.load(radiograph)
         elif ultrasound is not None and isinstance(result, UltrasoundPrediction):
             ultrasound.reload()
