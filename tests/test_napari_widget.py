@@ -784,3 +784,27 @@ def test_cancelled_retraining_leaves_no_process_behind(
     assert alive == []  # the training processes went with the job
     assert [j.state for j in jobs(project)] == ["cancelled"]
     assert not (project / "models" / "ra_joint_locator").exists()
+
+
+def test_the_joint_diagram_picks_the_joint_clicked(
+    make_napari_viewer, small_cohort, tmp_path, qtbot
+):
+    from qtpy.QtCore import QPoint, Qt
+
+    from napari_ra_joints.ui.joint_diagram import layout
+
+    project = unannotated_project(small_cohort, tmp_path / "project")
+    viewer = make_napari_viewer(show=True)
+    widget = _widget(viewer)
+    widget.open_project(project)
+    session = _open(widget, "RH")
+    assert set(layout("RH")) == {j.id for j in session.joints}
+    assert layout("RH")["RH_ip"][0] == -layout("LH")["LH_ip"][0]  # the right hand is mirrored
+    diagram = widget.annotate_panel.diagram
+    widget.tabs.setCurrentIndex(1)
+    qtbot.waitUntil(diagram.isVisible)
+    target = "RH_mcp_4"
+    point = diagram._screen()[target]
+    qtbot.mouseClick(diagram, Qt.LeftButton, pos=QPoint(int(point.x()), int(point.y())))
+    assert session.chosen_joint == target
+    assert "MCP 4" in widget.annotate_panel.guide.text()

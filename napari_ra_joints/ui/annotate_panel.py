@@ -10,6 +10,7 @@ from qtpy.QtGui import QColor
 from qtpy.QtWidgets import (
     QGridLayout,
     QGroupBox,
+    QHBoxLayout,
     QLabel,
     QListWidget,
     QListWidgetItem,
@@ -21,6 +22,7 @@ from annotation_tools.vocabulary import get_joint
 
 from .._keybindings import shortcuts_text
 from .._layers import SOURCE_COLOURS
+from .joint_diagram import JointDiagram
 
 if TYPE_CHECKING:
     from .._session import RadiographSession
@@ -76,7 +78,11 @@ class AnnotatePanel(QGroupBox):
         self.picker.setMaximumHeight(170)
         self.picker.itemClicked.connect(self._picked)
         layout.addWidget(QLabel("Joints (click one to place it next)"))
-        layout.addWidget(self.picker)
+        picking = QHBoxLayout()
+        picking.addWidget(self.picker, 3)
+        self.diagram = JointDiagram(self.pick)
+        picking.addWidget(self.diagram, 2)
+        layout.addLayout(picking)
         shortcuts = QLabel(shortcuts_text())
         shortcuts.setWordWrap(True)
         shortcuts.setToolTip("Keyboard shortcuts work while a joint-centre layer is selected")
@@ -108,9 +114,12 @@ class AnnotatePanel(QGroupBox):
         try:
             self.picker.clear()
             if session is None:
+                self.diagram.show_limb(None, {}, None)
                 return
             current = session.chosen_joint or (j.id if (j := session.current()) else None)
-            for joint_id, state in session.joint_states().items():
+            states = session.joint_states()
+            self.diagram.show_limb(session.record.limb, states, current)
+            for joint_id, state in states.items():
                 item = QListWidgetItem(f"{STATE_MARKS[state]} {get_joint(joint_id).name}")
                 item.setData(Qt.UserRole, joint_id)
                 item.setToolTip(f"{joint_id}: {state}")
@@ -123,10 +132,15 @@ class AnnotatePanel(QGroupBox):
             self.picker.blockSignals(False)
 
     def _picked(self, item: QListWidgetItem) -> None:
+        self.pick(item.data(Qt.UserRole))
+
+    def pick(self, joint_id: str) -> None:
+        """The person chose a joint (list or diagram): the next click on the image places it."""
         if session := self._session():
-            session.goto(item.data(Qt.UserRole))
+            session.goto(joint_id)
             self.dock.viewer.layers.selection.active = session.points
             session.points.mode = "add"
+            self.refresh_picker(session)
 
     def picked_joint(self) -> str | None:
         item = self.picker.currentItem()
@@ -185,3 +199,4 @@ class AnnotatePanel(QGroupBox):
         self.picker.setEnabled(state.radiograph)
         if not state.radiograph:
             self.picker.clear()
+            self.diagram.show_limb(None, {}, None)
