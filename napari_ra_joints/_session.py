@@ -217,8 +217,8 @@ class RadiographSession(_Saving):
             if (rev.key, t) in scores
         ]
         confidence = rev.value.get("confidence")
-        if rev.is_model and confidence is not None and confidence < 0.95:
-            parts.append(f"?{confidence:.2f}")  # a doubtful proposal says so on the image
+        if rev.is_model:  # a proposal's grades are in the Scores tab: its label stays short
+            parts = [f"?{confidence:.2f}"] if confidence is not None and confidence < 0.95 else []
         return {
             "joint_id": rev.key,
             "name": joint.name,

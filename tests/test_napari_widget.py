@@ -415,10 +415,11 @@ def test_guide_screenshots(make_napari_viewer, small_cohort, tmp_path, qtbot):
             str(out / "annotate_guided.png"), canvas_only=False, flash=False
         )
     }
+    centre, zoom = viewer.camera.center, viewer.camera.zoom  # fitted to the radiograph
     result = _predict_patient(widget)
     widget.predict_panel.show_result(result)
     widget.tabs.setCurrentIndex(3)
-    viewer.reset_view()
+    viewer.camera.center, viewer.camera.zoom = centre, zoom * 1.6  # the hand, SHAP beside it
     qtbot.wait(200)
     shots["review_predictions.png"] = viewer.screenshot(
         str(out / "review_predictions.png"), canvas_only=False, flash=False

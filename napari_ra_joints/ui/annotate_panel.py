@@ -77,16 +77,17 @@ class AnnotatePanel(QGroupBox):
         )
         self.picker.setMaximumHeight(170)
         self.picker.itemClicked.connect(self._picked)
-        layout.addWidget(QLabel("Joints (click one to place it next)"))
+        self.picker_label = QLabel("Joints (click one to place it next)")
+        layout.addWidget(self.picker_label)
         picking = QHBoxLayout()
         picking.addWidget(self.picker, 3)
         self.diagram = JointDiagram(self.pick)
         picking.addWidget(self.diagram, 2)
         layout.addLayout(picking)
-        shortcuts = QLabel(shortcuts_text())
-        shortcuts.setWordWrap(True)
-        shortcuts.setToolTip("Keyboard shortcuts work while a joint-centre layer is selected")
-        layout.addWidget(shortcuts)
+        self.shortcuts = QLabel(shortcuts_text())
+        self.shortcuts.setWordWrap(True)
+        self.shortcuts.setToolTip("Keyboard shortcuts work while a joint-centre layer is selected")
+        layout.addWidget(self.shortcuts)
 
     def actions(self) -> dict[str, Any]:
         """Action name -> callable, for the key-binding registry."""
@@ -196,7 +197,11 @@ class AnnotatePanel(QGroupBox):
     def update_enabled(self, state: Any) -> None:
         for button in self.buttons.values():
             button.setEnabled(state.radiograph)
+            button.setVisible(not state.ultrasound)  # an ultrasound pair has no joints to place
         self.picker.setEnabled(state.radiograph)
+        self.picker.setVisible(not state.ultrasound)
+        self.picker_label.setVisible(not state.ultrasound)
+        self.shortcuts.setVisible(not state.ultrasound)
         if not state.radiograph:
             self.picker.clear()
             self.diagram.show_limb(None, {}, None)
