@@ -24,11 +24,12 @@ import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from .bundles import CLINICAL_NOTE
 from .cases import CaseTable, identify, shard_by_patient
 from .imageio import ImageData, ImageReadError, read_image
+from .jobs import Progress, run_job
 from .joint_decoding import LocatorResult, write_to_store
 from .locator import JointLocator
 from .multitask import MultitaskModel
@@ -59,16 +60,6 @@ __all__ = [
 ]
 
 PIPELINES = ("two-stage", "multitask")
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One step of a job: ``done`` of ``total`` units (images, pairs) and what is happening."""
-
-    done: int
-    total: int
-    message: str
 
 
 class Cancelled(Exception):
@@ -94,19 +85,6 @@ class CancelToken:
     def check(self) -> None:
         if self._event.is_set():
             raise Cancelled("prediction cancelled; results written so far are kept")
-
-
-def run_job(
-    job: Generator[Progress, None, T], on_progress: Callable[[Progress], None] | None = None
-) -> T:
-    """Drive an ``iter_*`` job to its end, handing each :class:`Progress` to ``on_progress``."""
-    while True:
-        try:
-            event = next(job)
-        except StopIteration as stop:
-            return stop.value
-        if on_progress is not None:
-            on_progress(event)
 
 
 def _check(cancel: CancelToken | None) -> None:
