@@ -208,7 +208,7 @@ def decide_limb(image: str | Path | ImageData, locator: Any) -> tuple[Limb, floa
     two network passes (as given and mirrored, see ``JointLocator.decide_limb``).
     """
     if hasattr(locator, "models"):  # a prediction service
-        found = locator.models().get("locator")
+        found = locator.locator()
         if found is None:
             raise ValueError("the locator bundle is not available: " + "; ".join(locator.skipped))
         locator = found
@@ -417,6 +417,14 @@ def describe(report: ImportReport) -> str:
     if radiographs:
         patients = sorted({r["patient_id"] for r in radiographs})
         lines.append(f"  radiographs of {len(patients)} patient(s): {', '.join(patients[:10])}")
+    by_model = [r for r in radiographs if r.get("limb_source", "").startswith("locator")]
+    if by_model:
+        lines.append(f"  {len(by_model)} limb(s) decided by the locator (see limb_source)")
+    if report.needs_limb:
+        lines.append(
+            f"  {len(report.needs_limb)} file(s) need a limb decision: give it in a cases table "
+            "(column 'limb'), or let the locator suggest one (--decide-limbs)"
+        )
     for item in report.unpaired:
         lines.append(f"  ultrasound not paired ({item['key']}): {item['reason']}")
     return "\n".join(lines)

@@ -249,6 +249,7 @@ class PredictionService:
         self.members = members
         self.skipped: list[str] = []
         self._models: dict[str, Any] | None = None
+        self._loaded: dict[str, Any] = {}  # models loaded one by one before models()
 
     @classmethod
     def from_models(
@@ -299,8 +300,17 @@ class PredictionService:
             tasks = ("multitask",) if self.pipeline == "multitask" else ("locator", "scorer")
             self._models = {"locator": None, "scorer": None, "multitask": None}
             for task in tasks:
-                self._models[task] = self._load(task)
+                self._models[task] = self._loaded.pop(task, None) or self._load(task)
         return self._models
+
+    def locator(self) -> JointLocator | None:
+        """The locator alone (a limb decision needs no scorer), loaded once and shared with
+        :meth:`models`; None when its bundle is not available (see ``skipped``)."""
+        if self._models is not None:
+            return self._models.get("locator") or None
+        if "locator" not in self._loaded:
+            self._loaded["locator"] = self._load("locator")
+        return self._loaded["locator"]
 
     # -------------------------------------------------------------- one patient of a project
 

@@ -109,3 +109,48 @@ def test_cases_table_pairs_dicom_ultrasound_and_sets_limbs(tmp_path):
         assert (x9.limb, x9.visit) == ("RF", "v1")
         assert {p["site"] for p in store.us_pairs()} == {"mcp_2", report.pairs[-1]["site"]}
         assert len(store.us_pairs()) == 2
+
+
+def _unnamed_limbs(folder):
+    """One phantom patient's four radiographs as PNGs whose names say nothing (no tags)."""
+    from annotation_tools.phantoms import generate_patient
+
+    folder.mkdir(parents=True)
+    truth = {}
+    patient = generate_patient(777, 0, height=512, us_pairs=0)
+    for i, (limb, phantom) in enumerate(sorted(patient.limbs.items())):
+        path = folder / f"scan{i:04d}.png"
+        write_png(path, phantom.image)
+        truth[str(path.resolve())] = limb
+    return truth
+
+
+def test_locator_decides_untagged_limbs_only_when_asked(tmp_path, capsys):
+    """Held-out seed 777: as given vs mirrored, the better shape-prior fit names the limb."""
+    from annotation_tools.intake import decide_limb, import_sources
+    from annotation_tools.predict import PredictionService
+
+    truth = _unnamed_limbs(tmp_path / "anon")
+    # without --decide-limbs nothing is guessed: every file waits for a person
+    report = import_sources(tmp_path / "p1", [tmp_path / "anon"])
+    assert len(report.needs_limb) == 4 and not report.imported
+    # a person's choice for one file registers it; the others still wait
+    first = sorted(truth)[0]
+    report = import_sources(tmp_path / "p1", [tmp_path / "anon"], limbs={first: "RF"})
+    assert [r["limb"] for r in report.imported] == ["RF"]
+    assert report.imported[0]["limb_source"] == "given"
+    # opt-in: the CLI lets the locator decide; a high threshold turns calls into suggestions
+    status = main(["import", "--project", str(tmp_path / "p2"), str(tmp_path / "anon"),
+                   "--decide-limbs", "--device", "cpu", "--json"])  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert status == 0 and {r["path"]: r["limb"] for r in out["imported"]} == truth
+    assert all(r["limb_source"].startswith("locator (confidence") for r in out["imported"])
+    service = PredictionService("two-stage", device="cpu")
+    report = import_sources(tmp_path / "p3", [tmp_path / "anon"], decide=service,
+                            limb_threshold=1.01)  # fmt: skip
+    assert {r["path"]: r["suggested_limb"] for r in report.needs_limb} == truth
+    assert all(0.3 <= r["confidence"] < 1.01 for r in report.needs_limb)
+    assert all("shape prior" in r["reason"] for r in report.needs_limb)
+    assert report.exit_code == 3
+    guess, _, reason = decide_limb(first, service.locator())  # a bare locator too
+    assert guess.value == truth[first] and "shape prior" in reason
