@@ -406,8 +406,9 @@ def _dicom_header(path: Path) -> Any:
         return None
 
 
-def describe(report: ImportReport) -> str:
-    """A short human summary (the CLI prints it)."""
+def describe(report: ImportReport, details: bool = False) -> str:
+    """A short human summary (the CLI prints it); ``details`` adds one line per skipped file
+    with its reason and per duplicate (the dock's report a person reads and copies)."""
     lines = [
         f"project {report.project}: imported {len(report.imported)} image(s), "
         f"{len(report.pairs)} ultrasound pair(s); {len(report.duplicates)} already there "
@@ -425,6 +426,16 @@ def describe(report: ImportReport) -> str:
             f"  {len(report.needs_limb)} file(s) need a limb decision: give it in a cases table "
             "(column 'limb'), or let the locator suggest one (--decide-limbs)"
         )
+    if not report.imported and report.duplicates:
+        lines.append(
+            f"  nothing new: all {len(report.duplicates)} image(s) found are already in the project"
+        )
     for item in report.unpaired:
         lines.append(f"  ultrasound not paired ({item['key']}): {item['reason']}")
+    if details:
+        lines += [f"skipped {item['path']}: {item['reason']}" for item in report.skipped]
+        lines += [
+            f"already there {item['path']} (same content as {item['same_as']})"
+            for item in report.duplicates
+        ]
     return "\n".join(lines)
