@@ -89,10 +89,12 @@ class IntakePanel(QGroupBox):
         self.report_text.setReadOnly(True)  # selectable and copyable
         self.report_text.setPlaceholderText("The import report appears here.")
         self.report_text.setToolTip("What was imported, already there, skipped and why")
+        self.report_text.setMaximumHeight(140)  # the image list above keeps its room
         layout.addWidget(self.report_text)
         self.limb_table = QTableWidget(0, 3)
         self.limb_table.setHorizontalHeaderLabels(["file", "locator suggests", "limb"])
         self.limb_table.setToolTip("Files whose limb no table, tag or name says: choose it")
+        self.limb_table.setMaximumHeight(140)
         self.limb_table.setVisible(False)
         layout.addWidget(self.limb_table)
         self.register_button = QPushButton("Register with the chosen limbs")
