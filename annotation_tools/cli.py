@@ -69,9 +69,23 @@ def _cmd_bundles(args: argparse.Namespace) -> int:
 def _cmd_import(args: argparse.Namespace) -> int:
     """Register a cohort's files in a project (created when missing); exit 3 when some were
     skipped (each is listed with its reason on stderr)."""
-    from .intake import describe, import_sources
+    from .intake import LIMB_THRESHOLD, describe, import_sources
 
-    report = import_sources(args.project, args.sources, cases=args.cases)
+    decide = None
+    if args.decide_limbs:
+        from .predict import PredictionService
+
+        decide = PredictionService("two-stage", device=args.device)
+        if decide.locator() is None:
+            print("--decide-limbs: " + "; ".join(decide.skipped), file=sys.stderr)
+            return 2
+    report = import_sources(
+        args.project,
+        args.sources,
+        cases=args.cases,
+        decide=decide,
+        limb_threshold=LIMB_THRESHOLD if args.limb_threshold is None else args.limb_threshold,
+    )
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:
@@ -524,6 +538,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="CSV: path (or file), patient_id, limb, visit, modality, site, pair "
         "(default: DICOM tags, then file names like P001_LH.dcm)",
     )
+    p.add_argument(
+        "--decide-limbs",
+        action="store_true",
+        help="when no table, tag or file name gives the limb, let the joint locator decide "
+        "(two network passes per such file); below --limb-threshold the file is listed with "
+        "its suggestion instead",
+    )
+    p.add_argument(
+        "--limb-threshold",
+        type=float,
+        default=None,
+        help="confidence the locator's limb call needs (0..1, default 0.3: "
+        "annotation_tools.intake.LIMB_THRESHOLD)",
+    )
+    p.add_argument("--device", default=None, help="--decide-limbs: cpu, cuda, cuda:N or mps")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
     p.set_defaults(func=_cmd_import)
 

@@ -533,7 +533,7 @@ def _read_raster(path: Path, kind: str, frame: int = 0, limit: int = MAX_PIXELS)
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             handle = Image.open(path)
     except Image.DecompressionBombError as exc:  # Pillow's own guard (2 x MAX_IMAGE_PIXELS)
-        raise ImageReadError(path, _bomb_reason(exc, limit)) from exc
+        raise ImageReadError(path, size_refusal_reason(exc, limit)) from exc
     except OSError as exc:
         raise ImageReadError(path, f"corrupt or not a {kind.upper()} file ({exc})") from exc
     with handle as image:
@@ -580,7 +580,7 @@ def _read_raster(path: Path, kind: str, frame: int = 0, limit: int = MAX_PIXELS)
     )
 
 
-def _bomb_reason(exc: Exception, limit: int) -> str:
+def size_refusal_reason(exc: Exception, limit: int) -> str:
     """Pillow refuses very large images at open, before we see the size; keep its count."""
     import re
 

@@ -18,8 +18,10 @@ For each file, first match wins:
 * **patient**: the table > DICOM PatientID > the file name (``P001_LH.png`` -> ``P001``,
   ``P001_US1_mcp_2_gs.png`` -> ``P001``) > the file's stem;
 * **limb**: the table > DICOM laterality + BodyPartExamined > an ``LH/RH/LF/RF`` file-name
-  token. When none says, the file is *not* registered and is reported as "limb unknown - needs
-  a decision" (nothing is guessed; the locator's hand/foot decision is not used here);
+  token > (opt-in, ``decide=``) the locator's own decision (:func:`decide_limb`) when its
+  confidence reaches ``limb_threshold``. Otherwise the file is *not* registered and is reported
+  as "limb unknown - needs a decision" (with the locator's guess when it was asked), so that a
+  person picks the limb (``limbs={path: "RH"}`` on a second call, or the dock's combo box);
 * **visit**: the table > DICOM StudyDate > AccessionNumber > none;
 * **ultrasound pairs**: the table's ``pair`` column > the file name without its ``gs``/
   ``doppler`` token (the phantom naming) > the DICOM series; a key with exactly one grey-scale
@@ -28,18 +30,29 @@ For each file, first match wins:
 
 Idempotent: a file whose content (SHA-256) is already in the project, or was seen earlier in
 the same run, is a duplicate and adds nothing, so importing a folder twice changes nothing.
+
+:func:`iter_import_sources` is the same import as a job that yields one
+:class:`~annotation_tools.jobs.Progress` per file (the dock runs it in a worker thread).
 """
 
 from __future__ import annotations
 
 import csv
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .imageio import ImageReadError, file_sha256, is_dicomdir, read_image, sniff_format
+from .imageio import (
+    ImageData,
+    ImageReadError,
+    file_sha256,
+    is_dicomdir,
+    read_image,
+    sniff_format,
+)
+from .progress import Progress, run_job
 from .radiograph import (
     LIMB_TOKEN,
     image_files,
@@ -49,9 +62,21 @@ from .radiograph import (
 )
 from .vocabulary import Limb
 
-__all__ = ["LIMB_UNKNOWN", "ImportReport", "describe", "import_sources", "read_cases"]
+__all__ = [
+    "LIMB_THRESHOLD",
+    "LIMB_UNKNOWN",
+    "ImportReport",
+    "decide_limb",
+    "describe",
+    "import_sources",
+    "iter_import_sources",
+    "read_cases",
+]
 
 LIMB_UNKNOWN = "limb unknown - needs a decision"
+# below this the locator's limb call is a suggestion a person confirms (see docs: measured
+# accuracy of decide_limb on held-out phantoms)
+LIMB_THRESHOLD = 0.3
 _US_MODALITIES = {"us_greyscale", "us_doppler", "us", "ultrasound"}
 _US_PATIENT = re.compile(r"^(?P<patient>.+?)[_\-. ]US\d*(?:$|[^A-Za-z0-9])", re.IGNORECASE)
 _KIND_TOKEN = re.compile(
@@ -77,9 +102,15 @@ class ImportReport:
     project: str
     imported: list[dict[str, Any]] = field(default_factory=list)
     duplicates: list[dict[str, str]] = field(default_factory=list)
-    skipped: list[dict[str, str]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
     pairs: list[dict[str, Any]] = field(default_factory=list)
     unpaired: list[dict[str, str]] = field(default_factory=list)
+
+    @property
+    def needs_limb(self) -> list[dict[str, Any]]:
+        """Skipped only because no source said the limb: a person decides (with the locator's
+        ``suggested_limb`` and ``confidence`` when it was asked)."""
+        return [item for item in self.skipped if item["reason"].startswith(LIMB_UNKNOWN)]
 
     @property
     def exit_code(self) -> int:
@@ -87,7 +118,7 @@ class ImportReport:
         return 3 if self.skipped else 0
 
     def to_json(self) -> dict[str, Any]:
-        return {**asdict(self), "exit_code": self.exit_code}
+        return {**asdict(self), "needs_limb": self.needs_limb, "exit_code": self.exit_code}
 
 
 def read_cases(path: str | Path) -> dict[str, CaseRow]:
@@ -168,22 +199,73 @@ def _us_name_parts(path: Path) -> tuple[str | None, str | None, str | None]:
     return kind, site, stem if kind_match else None
 
 
+def decide_limb(image: str | Path | ImageData, locator: Any) -> tuple[Limb, float, str]:
+    """The locator's own hand/foot and left/right call for a radiograph no tag, table or file
+    name labels: ``(limb, confidence 0..1, reason)``.
+
+    ``locator``: a :class:`~annotation_tools.locator.JointLocator` or a
+    :class:`~annotation_tools.predict.PredictionService` (its locator is loaded once). It costs
+    two network passes (as given and mirrored, see ``JointLocator.decide_limb``).
+    """
+    if hasattr(locator, "models"):  # a prediction service
+        found = locator.locator()
+        if found is None:
+            raise ValueError("the locator bundle is not available: " + "; ".join(locator.skipped))
+        locator = found
+    if not isinstance(image, ImageData):
+        image = read_image(image)
+    decision = locator.decide_limb(image)
+    return decision.limb, decision.confidence, decision.reason
+
+
 def import_sources(
     project: str | Path,
     sources: Sequence[str | Path],
     *,
     cases: str | Path | None = None,
+    limbs: Mapping[str | Path, str] | None = None,
+    decide: Any = None,
+    limb_threshold: float = LIMB_THRESHOLD,
+    progress: Callable[[Progress], None] | None = None,
 ) -> ImportReport:
-    """Register every usable image under ``sources`` in the project (module docstring)."""
+    """Register every usable image under ``sources`` in the project (module docstring);
+    ``progress`` gets one :class:`~annotation_tools.jobs.Progress` per file."""
+    job = iter_import_sources(
+        project, sources, cases=cases, limbs=limbs, decide=decide, limb_threshold=limb_threshold
+    )
+    return run_job(job, progress)
+
+
+def iter_import_sources(
+    project: str | Path,
+    sources: Sequence[str | Path],
+    *,
+    cases: str | Path | None = None,
+    limbs: Mapping[str | Path, str] | None = None,
+    decide: Any = None,
+    limb_threshold: float = LIMB_THRESHOLD,
+) -> Generator[Progress, None, ImportReport]:
+    """:func:`import_sources` as a job: yields before each file, returns the report.
+
+    ``limbs``: a person's limb per file (path -> ``LH``...), as a cases table's limb column
+    would say; ``decide``: a locator or prediction service whose :func:`decide_limb` is asked
+    for files nothing else labels (opt-in: two network passes per such file).
+    """
     from .store import AnnotationStore, StoreError
 
     table = read_cases(cases) if cases else {}
+    for given, limb in (limbs or {}).items():
+        key = str(Path(given).expanduser().resolve())
+        values = asdict(table.get(key, CaseRow()))
+        table[key] = CaseRow(**{**values, "limb": Limb.parse(limb).value})
     with AnnotationStore.open(project, create=True) as store:
         report = ImportReport(project=str(store.root))
         known = {r.sha256: r.path for r in store.images()}
+        yield Progress(0, 0, f"looking for images in {len(sources)} source(s)")
         files, report.skipped = _walk(sources)
         groups: dict[tuple[str, str], dict[str, Any]] = {}
-        for path in files:
+        for done, path in enumerate(files):
+            yield Progress(done, len(files), f"importing {path.name} ({done + 1}/{len(files)})")
             row = table.get(str(path), CaseRow())
             try:
                 digest = file_sha256(path)
@@ -193,12 +275,13 @@ def import_sources(
             if digest in known:
                 report.duplicates.append({"path": str(path), "same_as": known[digest]})
                 continue
-            outcome = _register(store, path, row, digest, groups)
-            if isinstance(outcome, str):
-                report.skipped.append({"path": str(path), "reason": outcome})
+            outcome = _register(store, path, row, digest, groups, decide, limb_threshold)
+            if "image_id" not in outcome:
+                report.skipped.append({"path": str(path), **outcome})
                 continue
             known[digest] = store.image(outcome["image_id"]).path
             report.imported.append(outcome)
+        yield Progress(len(files), len(files), "pairing ultrasound frames")
         for (patient, key), group in sorted(groups.items()):
             grey, doppler = group.get("us_greyscale", []), group.get("us_doppler", [])
             if len(grey) == 1 and len(doppler) == 1:
@@ -223,9 +306,16 @@ def import_sources(
 
 
 def _register(
-    store: Any, path: Path, row: CaseRow, digest: str, groups: dict[tuple[str, str], dict]
-) -> dict[str, Any] | str:
-    """Register one file; its record, or the reason it was not registered."""
+    store: Any,
+    path: Path,
+    row: CaseRow,
+    digest: str,
+    groups: dict[tuple[str, str], dict],
+    decide: Any = None,
+    limb_threshold: float = LIMB_THRESHOLD,
+) -> dict[str, Any]:
+    """Register one file: its record (with ``image_id``), or ``{"reason": ...}`` (and the
+    locator's suggestion when the limb is what is missing)."""
     from .store import StoreError
 
     header = _dicom_header(path)
@@ -243,11 +333,11 @@ def _register(
     if not ultrasound:
         refusal = radiograph_refusal(path)
         if refusal:
-            return refusal
+            return {"reason": refusal}
     try:
         image = read_image(path)
     except ImageReadError as exc:
-        return exc.reason
+        return {"reason": exc.reason}
     patient = row.patient_id or image.patient_id or _patient_from_name(path, ultrasound)
     visit = (
         row.visit
@@ -276,16 +366,30 @@ def _register(
             return record
         limb, source = resolve_limb(path, image, row.limb)
         if limb is None:
-            return (
+            why_not = (
                 f"{LIMB_UNKNOWN} (no cases-table limb, no DICOM laterality + body part, "
                 "no LH/RH/LF/RF token in the file name)"
             )
+            if decide is None:
+                return {"reason": why_not}
+            try:
+                guess, confidence, because = decide_limb(image, decide)
+            except Exception as exc:  # the model's failure on one file costs only that file
+                return {"reason": f"{why_not}; the locator could not decide ({exc})"}
+            if confidence < limb_threshold:
+                return {
+                    "reason": f"{why_not}; the locator suggests {guess.value} with confidence "
+                    f"{confidence:.2f} < {limb_threshold:.2f}: {because}",
+                    "suggested_limb": guess.value,
+                    "confidence": confidence,
+                }
+            limb, source = guess, f"locator (confidence {confidence:.2f}: {because})"
         image_id = store.add_image(
             path, patient_id=patient, limb=limb, visit=visit, width=width, height=height,
             sha256=digest,
         )  # fmt: skip
     except (StoreError, ValueError) as exc:
-        return f"not registered: {exc}"
+        return {"reason": f"not registered: {exc}"}
     record.update(modality="radiograph", image_id=image_id, limb=limb.value, limb_source=source)
     return record
 
@@ -302,8 +406,9 @@ def _dicom_header(path: Path) -> Any:
         return None
 
 
-def describe(report: ImportReport) -> str:
-    """A short human summary (the CLI prints it)."""
+def describe(report: ImportReport, details: bool = False) -> str:
+    """A short human summary (the CLI prints it); ``details`` adds one line per skipped file
+    with its reason and per duplicate (the dock's report a person reads and copies)."""
     lines = [
         f"project {report.project}: imported {len(report.imported)} image(s), "
         f"{len(report.pairs)} ultrasound pair(s); {len(report.duplicates)} already there "
@@ -313,6 +418,24 @@ def describe(report: ImportReport) -> str:
     if radiographs:
         patients = sorted({r["patient_id"] for r in radiographs})
         lines.append(f"  radiographs of {len(patients)} patient(s): {', '.join(patients[:10])}")
+    by_model = [r for r in radiographs if r.get("limb_source", "").startswith("locator")]
+    if by_model:
+        lines.append(f"  {len(by_model)} limb(s) decided by the locator (see limb_source)")
+    if report.needs_limb:
+        lines.append(
+            f"  {len(report.needs_limb)} file(s) need a limb decision: give it in a cases table "
+            "(column 'limb'), or let the locator suggest one (--decide-limbs)"
+        )
+    if not report.imported and report.duplicates:
+        lines.append(
+            f"  nothing new: all {len(report.duplicates)} image(s) found are already in the project"
+        )
     for item in report.unpaired:
         lines.append(f"  ultrasound not paired ({item['key']}): {item['reason']}")
+    if details:
+        lines += [f"skipped {item['path']}: {item['reason']}" for item in report.skipped]
+        lines += [
+            f"already there {item['path']} (same content as {item['same_as']})"
+            for item in report.duplicates
+        ]
     return "\n".join(lines)

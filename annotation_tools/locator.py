@@ -19,6 +19,7 @@ import contextlib
 import json
 import time
 from collections.abc import Hashable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +33,18 @@ from .imageio import ImageData, ImageReadError, file_sha256, read_image
 from .joint_decoding import (
     UNION_CHANNELS,
     LocatorResult,
+    assign_joints,
     decode_heatmaps,
     decode_result,
     kind_slice,
+    looks_like_hand,
     write_to_store,
 )
 from .radiograph import (
     decoder_args,
     network_input,
     prepare_input,
+    prepare_radiograph,
 )
 from .shape_prior import SHAPE_PRIOR_FILE, ShapePrior, load_shape_priors
 from .targets import (
@@ -53,6 +57,7 @@ __all__ = [
     "DecodeJointsd",
     "JointHitRate",
     "JointLocator",
+    "LimbDecision",
     "LocatorLoss",
     "ResultCollector",
     "SaveJointsJSONd",
@@ -299,6 +304,15 @@ def shape_prior_path(weights_path: str | Path) -> Path | None:
     return path if path.is_file() else None
 
 
+@dataclass(frozen=True)
+class LimbDecision:
+    """The locator's own limb call for an untagged radiograph (:meth:`JointLocator.decide_limb`)."""
+
+    limb: Limb
+    confidence: float  # 0..1: how much better the winning orientation fits than the other
+    reason: str
+
+
 class JointLocator:
     """Run the locator bundle in-process, with the bundle's own inference config.
 
@@ -413,6 +427,59 @@ class JointLocator:
                 flush()
         flush()
         return results
+
+    @torch.no_grad()
+    def decide_limb(self, image: ImageData) -> LimbDecision:
+        """Which limb an untagged radiograph shows, from the network itself.
+
+        The locator only ever saw left-looking limbs (right ones are mirrored at input), so a
+        right limb fed as it is - or a left one fed mirrored - gives joints that do not sit
+        where the limb's shape prior puts them. The image is run twice (as given = left,
+        mirrored = right); in each orientation the hand channels say hand or foot
+        (:func:`~annotation_tools.joint_decoding.looks_like_hand`) and the decoded joints get
+        the median shape-prior residual of that kind. The orientation that fits better wins;
+        the confidence is ``1 - best / other`` (0 when even the best fit is implausible).
+        """
+        if not {"hand", "foot"} <= set(self.shape_priors):
+            raise ValueError(
+                "this locator has no hand and foot shape prior (shape_prior.json next to its "
+                "weights), so it cannot decide a limb's side"
+            )
+        prepared = [
+            prepare_radiograph(image, self.spatial_size, mirror=mirror) for mirror in (False, True)
+        ]
+        x = torch.stack([network_input(p.pixels, self.coordconv) for p in prepared])
+        prob = torch.sigmoid(self.network(x.to(self.device))).float().cpu().numpy()
+        fits = []
+        for side, p in zip(("left", "right"), prob, strict=True):
+            kind = "hand" if looks_like_hand(p, self.threshold) else "foot"
+            decoded, _ = assign_joints(p, kind, self.threshold)
+            points = np.array(
+                [[np.nan, np.nan] if x is None else [x, y] for x, y, _ in decoded.values()]
+            )
+            try:
+                residual = float(np.nanmedian(self.shape_priors[kind].residuals(points)))
+            except ValueError:  # fewer than 4 joints found: nothing to fit
+                residual = float("inf")
+            fits.append((residual, side, kind))
+        (best, side, kind), (other, _, other_kind) = sorted(fits)
+        limb = Limb.parse(("L" if side == "left" else "R") + ("H" if kind == "hand" else "F"))
+        tau = self.shape_priors[kind].tau
+        if not np.isfinite(best) or best > tau:
+            confidence = 0.0
+            reason = (
+                f"fits no hand or foot (median shape residual {best:.1f} > {tau:.1f}); "
+                f"best guess {limb.value}"
+            )
+        else:
+            confidence = 1.0 - best / other if np.isfinite(other) else 1.0
+            reason = (
+                f"{'as given' if side == 'left' else 'mirrored'} it fits the {kind} shape "
+                f"prior (median residual {best:.1f}) better than "
+                f"{'mirrored' if side == 'left' else 'as given'} as a {other_kind} "
+                f"({other:.1f})"
+            )
+        return LimbDecision(limb, round(float(confidence), 3), reason)
 
     def predict_files(
         self,

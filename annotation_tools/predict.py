@@ -24,7 +24,7 @@ import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from .bundles import CLINICAL_NOTE
 from .cases import CaseTable, identify, shard_by_patient
@@ -33,6 +33,7 @@ from .isolation import Cancelled, isolated
 from .joint_decoding import LocatorResult, write_to_store
 from .locator import JointLocator
 from .multitask import MultitaskModel
+from .progress import Progress, run_job
 from .radiograph import radiograph_files
 from .scoring import (
     JointScorer,
@@ -62,16 +63,6 @@ __all__ = [
 ]
 
 PIPELINES = ("two-stage", "multitask")
-T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class Progress:
-    """One step of a job: ``done`` of ``total`` units (images, pairs) and what is happening."""
-
-    done: int
-    total: int
-    message: str
 
 
 class CancelToken:
@@ -90,19 +81,6 @@ class CancelToken:
     def check(self) -> None:
         if self._event.is_set():
             raise Cancelled("prediction cancelled; results written so far are kept")
-
-
-def run_job(
-    job: Generator[Progress, None, T], on_progress: Callable[[Progress], None] | None = None
-) -> T:
-    """Drive an ``iter_*`` job to its end, handing each :class:`Progress` to ``on_progress``."""
-    while True:
-        try:
-            event = next(job)
-        except StopIteration as stop:
-            return stop.value
-        if on_progress is not None:
-            on_progress(event)
 
 
 def _check(cancel: CancelToken | None) -> None:
@@ -319,6 +297,7 @@ class PredictionService:
         self.trusted = trusted  # user-supplied bundles may run (their configs are code)
         self.skipped: list[str] = []
         self._models: dict[str, Any] | None = None
+        self._loaded: dict[str, Any] = {}  # models loaded one by one before models()
 
     @classmethod
     def from_models(
@@ -378,8 +357,17 @@ class PredictionService:
             tasks = ("multitask",) if self.pipeline == "multitask" else ("locator", "scorer")
             self._models = {"locator": None, "scorer": None, "multitask": None}
             for task in tasks:
-                self._models[task] = self._load(task)
+                self._models[task] = self._loaded.pop(task, None) or self._load(task)
         return self._models
+
+    def locator(self) -> JointLocator | None:
+        """The locator alone (a limb decision needs no scorer), loaded once and shared with
+        :meth:`models`; None when its bundle is not available (see ``skipped``)."""
+        if self._models is not None:
+            return self._models.get("locator") or None
+        if "locator" not in self._loaded:
+            self._loaded["locator"] = self._load("locator")
+        return self._loaded["locator"]
 
     # -------------------------------------------------------------- one patient of a project
 

@@ -218,9 +218,9 @@ def _raster_refusal(path: Path, limit: int) -> str | None:
             _warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             handle = Image.open(path)
     except Image.DecompressionBombError as exc:
-        from .imageio import _bomb_reason
+        from .imageio import size_refusal_reason
 
-        return f"too large: {_bomb_reason(exc, limit)}"
+        return f"too large: {size_refusal_reason(exc, limit)}"
     except OSError as exc:
         return f"unreadable ({exc})"
     with handle as image:

@@ -22,6 +22,7 @@ from annotation_tools.store import AnnotationStore, StoreError
 from ._keybindings import bind_keys
 from ._session import RadiographSession, UltrasoundSession
 from .ui.annotate_panel import AnnotatePanel
+from .ui.intake_panel import IntakePanel
 from .ui.predict_panel import PIPELINES, PredictPanel
 from .ui.project_panel import ProjectPanel
 from .ui.retrain_panel import RetrainPanel
@@ -64,6 +65,7 @@ class RAJointsWidget(QWidget):
         self.session: RadiographSession | UltrasoundSession | None = None
         self.busy = False
         self.project_panel = ProjectPanel(self)
+        self.intake_panel = IntakePanel(self)
         self.annotate_panel = AnnotatePanel(self)
         self.grades_panel = GradesPanel(self)
         self.predict_panel = PredictPanel(self)
@@ -76,10 +78,14 @@ class RAJointsWidget(QWidget):
         annotate_layout.addWidget(self.annotate_panel)
         annotate_layout.addWidget(self.grades_panel)
         annotate_layout.addStretch()
+        project = QWidget()
+        project_layout = QVBoxLayout(project)
+        project_layout.addWidget(self.project_panel)
+        project_layout.addWidget(self.intake_panel)
         for name, page in zip(
             TABS,
             (
-                self.project_panel,
+                project,
                 annotate,
                 self.predict_panel,
                 self.scores_panel,
@@ -89,7 +95,7 @@ class RAJointsWidget(QWidget):
         ):
             self.tabs.addTab(page, name)
         layout.addWidget(self.tabs)
-        self.message = QLabel("Open a project folder to start.")
+        self.message = QLabel("Open a project folder, or Add images… to start a new one.")
         self.message.setWordWrap(True)
         layout.addWidget(self.message)
         self.update_enabled()
@@ -119,6 +125,7 @@ class RAJointsWidget(QWidget):
         state = self.state()
         for panel in (
             self.project_panel,
+            self.intake_panel,
             self.annotate_panel,
             self.grades_panel,
             self.predict_panel,

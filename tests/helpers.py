@@ -109,3 +109,53 @@ def unannotated_project(cohort, dest, patients=1):
                         site=pair["site"],
                     )
     return dest
+
+
+def pacs_export(root):
+    """Two phantom patients as a PACS export: nested folders, numbered files without
+    extension, DICOM US frames and PNG ultrasound frames, plus what must be skipped
+    (a DICOMDIR, a text file, a truncated DICOM, a PNG no table, tag or name labels)."""
+    import shutil
+
+    import pydicom
+
+    from annotation_tools.imageio import write_dicom, write_png
+    from annotation_tools.phantoms import generate_patient
+
+    expected = {}
+    for index in range(2):
+        patient = generate_patient(5, index, height=256, us_pairs=1)
+        pid = patient.patient_id
+        study = root / pid / "STUDY1"
+        for k, (limb, phantom) in enumerate(sorted(patient.limbs.items())):
+            series = study / f"SE{k}"
+            series.mkdir(parents=True)
+            name = f"IM{k:05d}" if k % 2 == 0 else f"{pid}_{limb}.dcm"
+            write_dicom(
+                series / name, phantom.image, patient_id=pid, modality="DX",
+                laterality=limb[0], body_part="HAND" if limb[1] == "H" else "FOOT",
+                bits_stored=12, uid_seed=f"{pid}-{limb}",
+            )  # fmt: skip
+            ds = pydicom.dcmread(series / name)
+            ds.StudyDate = "20240131"
+            ds.save_as(series / name)
+            expected[(pid, limb)] = series / name
+        us = patient.ultrasound[0]
+        if index == 0:  # DICOM US, no extension, one series per frame
+            (study / "US").mkdir()
+            write_dicom(study / "US" / "IM1", us.greyscale, patient_id=pid, modality="US",
+                        uid_seed=f"{pid}-g")  # fmt: skip
+            write_dicom(study / "US" / "IM2", us.doppler, patient_id=pid, modality="US",
+                        uid_seed=f"{pid}-d")  # fmt: skip
+        else:  # phantom-named PNG frames
+            (root / "ultrasound").mkdir()
+            write_png(root / "ultrasound" / f"{pid}_US1_{us.site}_gs.png", us.greyscale)
+            write_png(root / "ultrasound" / f"{pid}_US1_{us.site}_doppler.png", us.doppler)
+    first = expected[sorted(expected)[0]]
+    shutil.copy(first, root / "DICOMDIR")  # an index by name: never read as an image
+    (root / "README.txt").write_text("export notes")
+    data = first.read_bytes()
+    (root / "broken.dcm").write_bytes(data[: len(data) // 2])
+    nolimb = (np.ones((128, 96)) * 500).astype(np.uint16)
+    write_png(root / "scan0001.png", nolimb)  # no table, no tags, no token: needs a decision
+    return expected

@@ -4,57 +4,12 @@ DICOMDIR, ultrasound frames, a broken file) imported twice gives each patient an
 from __future__ import annotations
 
 import json
-import shutil
 
-import numpy as np
-import pydicom
+from helpers import pacs_export as _cohort
 
 from annotation_tools.cli import main
-from annotation_tools.imageio import write_dicom, write_png
-from annotation_tools.phantoms import generate_patient
+from annotation_tools.imageio import write_png
 from annotation_tools.store import AnnotationStore
-
-
-def _cohort(root):
-    """Two phantom patients as a PACS export: nested folders, numbered files without
-    extension, DICOM US frames and PNG ultrasound frames, plus what must be skipped."""
-    expected = {}
-    for index in range(2):
-        patient = generate_patient(5, index, height=256, us_pairs=1)
-        pid = patient.patient_id
-        study = root / pid / "STUDY1"
-        for k, (limb, phantom) in enumerate(sorted(patient.limbs.items())):
-            series = study / f"SE{k}"
-            series.mkdir(parents=True)
-            name = f"IM{k:05d}" if k % 2 == 0 else f"{pid}_{limb}.dcm"
-            write_dicom(
-                series / name, phantom.image, patient_id=pid, modality="DX",
-                laterality=limb[0], body_part="HAND" if limb[1] == "H" else "FOOT",
-                bits_stored=12, uid_seed=f"{pid}-{limb}",
-            )  # fmt: skip
-            ds = pydicom.dcmread(series / name)
-            ds.StudyDate = "20240131"
-            ds.save_as(series / name)
-            expected[(pid, limb)] = series / name
-        us = patient.ultrasound[0]
-        if index == 0:  # DICOM US, no extension, one series per frame
-            (study / "US").mkdir()
-            write_dicom(study / "US" / "IM1", us.greyscale, patient_id=pid, modality="US",
-                        uid_seed=f"{pid}-g")  # fmt: skip
-            write_dicom(study / "US" / "IM2", us.doppler, patient_id=pid, modality="US",
-                        uid_seed=f"{pid}-d")  # fmt: skip
-        else:  # phantom-named PNG frames
-            (root / "ultrasound").mkdir()
-            write_png(root / "ultrasound" / f"{pid}_US1_{us.site}_gs.png", us.greyscale)
-            write_png(root / "ultrasound" / f"{pid}_US1_{us.site}_doppler.png", us.doppler)
-    first = expected[sorted(expected)[0]]
-    shutil.copy(first, root / "DICOMDIR")  # an index by name: never read as an image
-    (root / "README.txt").write_text("export notes")
-    data = first.read_bytes()
-    (root / "broken.dcm").write_bytes(data[: len(data) // 2])
-    nolimb = (np.ones((128, 96)) * 500).astype(np.uint16)
-    write_png(root / "scan0001.png", nolimb)  # no table, no tags, no token: needs a decision
-    return expected
 
 
 def test_import_twice_finds_each_patient_and_limb_once(tmp_path, capsys):
@@ -109,3 +64,48 @@ def test_cases_table_pairs_dicom_ultrasound_and_sets_limbs(tmp_path):
         assert (x9.limb, x9.visit) == ("RF", "v1")
         assert {p["site"] for p in store.us_pairs()} == {"mcp_2", report.pairs[-1]["site"]}
         assert len(store.us_pairs()) == 2
+
+
+def _unnamed_limbs(folder):
+    """One phantom patient's four radiographs as PNGs whose names say nothing (no tags)."""
+    from annotation_tools.phantoms import generate_patient
+
+    folder.mkdir(parents=True)
+    truth = {}
+    patient = generate_patient(777, 0, height=512, us_pairs=0)
+    for i, (limb, phantom) in enumerate(sorted(patient.limbs.items())):
+        path = folder / f"scan{i:04d}.png"
+        write_png(path, phantom.image)
+        truth[str(path.resolve())] = limb
+    return truth
+
+
+def test_locator_decides_untagged_limbs_only_when_asked(tmp_path, capsys):
+    """Held-out seed 777: as given vs mirrored, the better shape-prior fit names the limb."""
+    from annotation_tools.intake import decide_limb, import_sources
+    from annotation_tools.predict import PredictionService
+
+    truth = _unnamed_limbs(tmp_path / "anon")
+    # without --decide-limbs nothing is guessed: every file waits for a person
+    report = import_sources(tmp_path / "p1", [tmp_path / "anon"])
+    assert len(report.needs_limb) == 4 and not report.imported
+    # a person's choice for one file registers it; the others still wait
+    first = sorted(truth)[0]
+    report = import_sources(tmp_path / "p1", [tmp_path / "anon"], limbs={first: "RF"})
+    assert [r["limb"] for r in report.imported] == ["RF"]
+    assert report.imported[0]["limb_source"] == "given"
+    # opt-in: the CLI lets the locator decide; a high threshold turns calls into suggestions
+    status = main(["import", "--project", str(tmp_path / "p2"), str(tmp_path / "anon"),
+                   "--decide-limbs", "--device", "cpu", "--json"])  # fmt: skip
+    out = json.loads(capsys.readouterr().out)
+    assert status == 0 and {r["path"]: r["limb"] for r in out["imported"]} == truth
+    assert all(r["limb_source"].startswith("locator (confidence") for r in out["imported"])
+    service = PredictionService("two-stage", device="cpu")
+    report = import_sources(tmp_path / "p3", [tmp_path / "anon"], decide=service,
+                            limb_threshold=1.01)  # fmt: skip
+    assert {r["path"]: r["suggested_limb"] for r in report.needs_limb} == truth
+    assert all(0.3 <= r["confidence"] < 1.01 for r in report.needs_limb)
+    assert all("shape prior" in r["reason"] for r in report.needs_limb)
+    assert report.exit_code == 3
+    guess, _, reason = decide_limb(first, service.locator())  # a bare locator too
+    assert guess.value == truth[first] and "shape prior" in reason
