@@ -206,8 +206,12 @@ def _scatter(rows: Sequence[Mapping[str, Any]], out: Path) -> tuple[Path, float,
     ax.plot([0, top], [0, top], color="grey", lw=0.8)
     ax.set_xlabel("true total Sharp/vdH score")
     ax.set_ylabel("predicted total")
-    ax.set_title(f"r = {r:.3f}, RMSE = {rmse:.1f} ({int(keep.sum())} patients)", fontsize=9)
+    ax.set_title(f"{_r_text(r)}, RMSE = {rmse:.1f} ({int(keep.sum())} patients)", fontsize=9)
     return _save(fig, out), r, rmse
+
+
+def _r_text(r: float) -> str:
+    return "r not computed (fewer than 3 patients)" if r != r else f"r = {r:.3f}"
 
 
 def _totals_table(rows: Sequence[Mapping[str, Any]]) -> str:
@@ -395,7 +399,7 @@ def _score_summary(
         "<h3>Radiographs: scores</h3>"
         f"<p>Per joint: narrowing RMSE {per['narrowing']['rmse']:.3f}, exact agreement "
         f"{per['narrowing']['exact_agreement']:.1%}; erosion RMSE {per['erosion']['rmse']:.3f}, "
-        f"exact {per['erosion']['exact_agreement']:.1%}. Patient totals: r = {r:.3f}, "
+        f"exact {per['erosion']['exact_agreement']:.1%}. Patient totals: {_r_text(r)}, "
         f"RMSE = {rmse:.1f}.</p>"
         + _figure(
             scatter,
