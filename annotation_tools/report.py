@@ -23,9 +23,20 @@ from .imageio import read_image
 from .overlays import radiograph_overlay
 from .paths import safe_name
 from .store import TRAINING_SOURCES, AnnotationStore
-from .vocabulary import get_joint
+from .vocabulary import (
+    DREAM_TOTAL_COLUMNS,
+    Limb,
+    dream_columns,
+    get_joint,
+    parse_dream_column,
+    patient_totals,
+)
 
-__all__ = ["build_report"]
+__all__ = ["build_report", "patient_total_rows"]
+
+# the per-joint RA2-DREAM columns, in the challenge's order (the Overall_* columns are totals
+# of these and are never summed again)
+JOINT_COLUMNS = tuple(c for c in dream_columns() if c not in DREAM_TOTAL_COLUMNS)
 
 
 def _plt() -> Any:
@@ -42,6 +53,14 @@ def _save(fig: Any, path: Path) -> Path:
     fig.savefig(path, dpi=90, bbox_inches="tight")
     _plt().close(fig)
     return path
+
+
+def _figure(path: Path | None, alt: str, caption: str, width: int | None = None) -> str:
+    """A captioned figure; every figure here is made from phantoms, and its caption says so."""
+    return (
+        f"<figure>{_img(path, alt, width)}<figcaption>{html.escape(caption)} "
+        f"<span class='phantom'>{html.escape(PHANTOM_NOTE)}</span></figcaption></figure>"
+    )
 
 
 def _img(path: Path | None, alt: str, width: int | None = None) -> str:
@@ -137,14 +156,48 @@ def _boxplot(errors: Mapping[str, Sequence[float]], out: Path) -> Path:
     return _save(fig, out)
 
 
-def _scatter(
-    truth: Mapping[str, Mapping[str, float]], pred: Mapping[str, Mapping[str, float]], out: Path
-) -> tuple[Path, float, float]:
+def _sharp_totals(row: Mapping[str, float], columns: Sequence[str]) -> dict[str, float]:
+    """Sharp/vdH totals of one table row over the given per-joint columns."""
+    scores = {}
+    for column in columns:
+        joint, score_type = parse_dream_column(column)
+        scores[(joint.id, score_type)] = row[column]
+    return patient_totals(scores)
+
+
+def patient_total_rows(
+    truth: Mapping[str, Mapping[str, float]],
+    pred: Mapping[str, Mapping[str, float]],
+    us_records: Sequence[Mapping[str, Any]] = (),
+) -> list[dict[str, Any]]:
+    """Per patient in both tables: true and predicted total Sharp/vdH, narrowing and erosion
+    totals over the per-joint scores both tables give (a joint the locator missed is left out
+    of both; the tables' ``Overall_*`` columns are not summed), and with ``us_records`` the
+    sum of the EULAR-OMERACT combined grades of the patient's graded ultrasound pairs."""
+    rows = []
+    for patient in sorted(set(truth) & set(pred)):
+        columns = [c for c in JOINT_COLUMNS if c in truth[patient] and c in pred[patient]]
+        t, p = _sharp_totals(truth[patient], columns), _sharp_totals(pred[patient], columns)
+        row: dict[str, Any] = {"patient_id": patient, "n_scores": len(columns)}
+        for key, name in (
+            ("Overall_Tol", "total"),
+            ("Overall_narrowing", "narrowing"),
+            ("Overall_erosion", "erosion"),
+        ):
+            row[f"true_{name}"], row[f"predicted_{name}"] = t[key], p[key]
+        if us_records:
+            graded = [r for r in us_records if r.get("patient_id") == patient and r.get("truth")]
+            row["us_pairs"] = len(graded)
+            row["true_us_combined"] = sum(r["truth"]["combined"] for r in graded)
+            row["predicted_us_combined"] = sum(r["combined"] for r in graded)
+        rows.append(row)
+    return rows
+
+
+def _scatter(rows: Sequence[Mapping[str, Any]], out: Path) -> tuple[Path, float, float]:
     plt = _plt()
-    patients = sorted(set(truth) & set(pred))
-    # totals over the joints scored in both tables (a joint the locator missed is left out)
-    t = np.array([sum(truth[p][c] for c in pred[p] if c in truth[p]) for p in patients], float)
-    q = np.array([sum(v for c, v in pred[p].items() if c in truth[p]) for p in patients], float)
+    t = np.array([r["true_total"] for r in rows], float)
+    q = np.array([r["predicted_total"] for r in rows], float)
     keep = np.isfinite(t) & np.isfinite(q)
     r = metrics.pearson_r(t[keep], q[keep]) if keep.sum() > 2 else float("nan")
     rmse = metrics.rmse(t[keep], q[keep]) if keep.any() else float("nan")
@@ -154,8 +207,46 @@ def _scatter(
     ax.plot([0, top], [0, top], color="grey", lw=0.8)
     ax.set_xlabel("true total Sharp/vdH score")
     ax.set_ylabel("predicted total")
-    ax.set_title(f"r = {r:.3f}, RMSE = {rmse:.1f} ({int(keep.sum())} patients)", fontsize=9)
+    ax.set_title(f"{_r_text(r)}, RMSE = {rmse:.1f} ({int(keep.sum())} patients)", fontsize=9)
     return _save(fig, out), r, rmse
+
+
+def _r_text(r: float) -> str:
+    return "r not computed (fewer than 3 patients)" if r != r else f"r = {r:.3f}"
+
+
+def _totals_table(rows: Sequence[Mapping[str, Any]]) -> str:
+    if not rows:
+        return ""
+    heads = [
+        ("patient_id", "patient", None),
+        ("n_scores", "joint scores summed", None),
+        ("true_total", "true total Sharp", 1),
+        ("predicted_total", "predicted total Sharp", 1),
+        ("true_narrowing", "true narrowing", 1),
+        ("predicted_narrowing", "predicted narrowing", 1),
+        ("true_erosion", "true erosion", 1),
+        ("predicted_erosion", "predicted erosion", 1),
+        ("us_pairs", "ultrasound pairs", None),
+        ("true_us_combined", "true US combined", 0),
+        ("predicted_us_combined", "predicted US combined", 0),
+    ]
+    heads = [h for h in heads if h[0] in rows[0]]
+    head = "".join(f"<th>{html.escape(label)}</th>" for _, label, _ in heads)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f"<td>{html.escape(str(row[k])) if d is None else _fmt(row[k], d)}</td>"
+            for k, _, d in heads
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return (
+        "<table class='totals'><caption>Per-patient totals over the per-joint scores (phantom "
+        f"truth and prediction). {html.escape(PHANTOM_NOTE)}</caption>"
+        f"<tr>{head}</tr>{body}</table>"
+    )
 
 
 # ------------------------------------------------------------------------------ ultrasound
@@ -183,6 +274,11 @@ def _confusions(rows: Sequence[Mapping[str, Any]], out: Path) -> Path:
     return _save(fig, out)
 
 
+# the RATING writer's integrated-gradients heatmaps: SH over the grey-scale image (fusion
+# path), vascularity over the Doppler image (its branch alone)
+_HEATMAPS = (("synovial_hypertrophy", "SH"), ("vascularity", "vascularity"))
+
+
 def _pair_png(record: Mapping[str, Any], us_dir: Path, table_dir: Path, out: Path) -> Path:
     from .ultrasound import crop_roi, doppler_mask
 
@@ -193,7 +289,7 @@ def _pair_png(record: Mapping[str, Any], us_dir: Path, table_dir: Path, out: Pat
     box = record.get("doppler_roi") or roi
     mask = crop_roi(doppler_mask(dop, box), box)
     panels = [("grey-scale + ROI", grey, "gray"), ("Doppler + ROI", dop, None)]
-    fig, axes = plt.subplots(1, 4, figsize=(12, 2.8))
+    fig, axes = plt.subplots(1, 5, figsize=(15, 2.8))
     for ax, (title, pixels, cmap) in zip(axes[:2], panels, strict=True):
         ax.imshow(pixels, cmap=cmap)
         x0, y0, x1, y1 = roi
@@ -201,11 +297,14 @@ def _pair_png(record: Mapping[str, Any], us_dir: Path, table_dir: Path, out: Pat
         ax.set_title(title, fontsize=8)
     axes[2].imshow(mask, cmap="gray")
     axes[2].set_title("Doppler signal mask (ROI)", fontsize=8)
-    heat = record.get("heatmaps", {}).get("synovial_hypertrophy")
-    png = us_dir / heat.replace(".npy", ".png") if heat else None
-    if png and png.exists():
-        axes[3].imshow(plt.imread(png))
-        axes[3].set_title("integrated gradients (SH)", fontsize=8)
+    for ax, (grade, name) in zip(axes[3:], _HEATMAPS, strict=True):
+        heat = record.get("heatmaps", {}).get(grade)
+        png = us_dir / heat.replace(".npy", ".png") if heat else None
+        if png and png.exists():
+            ax.imshow(plt.imread(png))
+            ax.set_title(f"integrated gradients ({name})", fontsize=8)
+        else:
+            ax.set_title(f"no {name} heatmap (run without --no-explain)", fontsize=7)
     for ax in axes:
         ax.axis("off")
     truth = record.get("truth") or {}
@@ -244,13 +343,22 @@ def build_report(
     truth = _truth_of(project)
     truth_table = read_dream_table(project / "scores_ra2dream.csv")
     us_rows = _ultrasound_records(predicted / "ultrasound")
+    totals: list[dict[str, Any]] = []
     cohort = [
-        *_score_summary(truth_table, predicted / "scores_ra2dream.csv", figures),
+        *_score_summary(truth_table, predicted / "scores_ra2dream.csv", us_rows, figures, totals),
         *_locator_summary(predicted / "joints", truth, figures),
         *_ultrasound_summary(us_rows, figures),
     ]
     if screenshot and Path(screenshot).exists():
-        cohort.append("<h3>In napari</h3>" + _img(Path(screenshot), "napari screenshot", 900))
+        cohort.append(
+            "<h3>In napari</h3>"
+            + _figure(
+                Path(screenshot),
+                "napari screenshot",
+                "The plugin in napari on a phantom radiograph.",
+                900,
+            )
+        )
     sections, joint_rows = [], []
     scored_images = _scored_images(predicted)
     for patient in sorted(scored_images)[: max_patients or None]:
@@ -269,22 +377,39 @@ def build_report(
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.html").write_text(_page(cohort, sections))
     _write_csv(out / "joint_scores.csv", joint_rows)
+    _write_csv(out / "patient_totals.csv", totals)
     _write_csv(out / "ultrasound_grades.csv", [_grade_row(r) for r in us_rows])
     return out / "report.html"
 
 
-def _score_summary(truth_table: Mapping[str, Any], pred_csv: Path, figures: Path) -> list[str]:
+def _score_summary(
+    truth_table: Mapping[str, Any],
+    pred_csv: Path,
+    us_rows: Sequence[Mapping[str, Any]],
+    figures: Path,
+    totals: list[dict[str, Any]],
+) -> list[str]:
+    """The score figures; fills ``totals`` with the per-patient totals rows."""
     if not pred_csv.exists():
         return []
     pred_table = read_dream_table(pred_csv)
     per = score_figures(truth_table, pred_table, n_resamples=200)["per_score"]
-    scatter, r, rmse = _scatter(truth_table, pred_table, figures / "total_scores.png")
+    totals += patient_total_rows(truth_table, pred_table, us_rows)
+    scatter, r, rmse = _scatter(totals, figures / "total_scores.png")
     return [
         "<h3>Radiographs: scores</h3>"
         f"<p>Per joint: narrowing RMSE {per['narrowing']['rmse']:.3f}, exact agreement "
         f"{per['narrowing']['exact_agreement']:.1%}; erosion RMSE {per['erosion']['rmse']:.3f}, "
-        f"exact {per['erosion']['exact_agreement']:.1%}. Patient totals: r = {r:.3f}, "
-        f"RMSE = {rmse:.1f}.</p>" + _img(scatter, "predicted vs true totals", 420)
+        f"exact {per['erosion']['exact_agreement']:.1%}. Patient totals: {_r_text(r)}, "
+        f"RMSE = {rmse:.1f}.</p>"
+        + _figure(
+            scatter,
+            "predicted vs true totals",
+            "Predicted against true total Sharp/vdH score per patient (sum of the per-joint "
+            "scores both tables give; grey: identity).",
+            420,
+        )
+        + _totals_table(totals)
     ]
 
 
@@ -298,7 +423,12 @@ def _locator_summary(joints_dir: Path, truth: Mapping[str, Any], figures: Path) 
         "<h3>Radiographs: joint locator</h3>"
         f"<p>{metrics.share_within(allerr, 0.02):.1%} of {allerr.size} joints within 0.02 of "
         f"the image diagonal, median error {np.median(allerr):.4f}.</p>"
-        + _img(box, "locator error per joint", 760)
+        + _figure(
+            box,
+            "locator error per joint",
+            "Locator error per joint, as a share of the image diagonal (red: 0.02).",
+            760,
+        )
     ]
 
 
@@ -321,7 +451,12 @@ def _ultrasound_summary(rows: Sequence[Mapping[str, Any]], figures: Path) -> lis
         "<h3>Ultrasound (EULAR-OMERACT)</h3>"
         f"<p>{len(graded)} pairs: combined-grade accuracy {metrics.accuracy(truth, pred):.1%}, "
         f"linearly weighted kappa {metrics.linear_weighted_kappa(truth, pred):.3f}.</p>"
-        + _img(confusion, "confusion matrices", 900)
+        + _figure(
+            confusion,
+            "confusion matrices",
+            "Confusion matrices of the ultrasound grades (rows: true, columns: predicted).",
+            900,
+        )
     ]
 
 
@@ -356,6 +491,7 @@ def _patient_section(
     pictures, rows = [], []
     for stem, scored in images:
         key = str(Path(scored["image"]).resolve())
+        limb = Limb.parse(scored["limb"])
         if key in truth:
             png = radiograph_overlay(
                 scored["image"],
@@ -365,19 +501,34 @@ def _patient_section(
                 truth=truth[key],
                 title=f"{patient} {scored['limb']}",
             )
-            pictures.append(_img(png, stem, 260))
+            pictures.append(
+                _figure(
+                    png,
+                    f"{patient} {limb.value}",
+                    f"Patient {patient}, {limb.label} ({limb.value}): red circles and outlines "
+                    "are the true joint centres and joint spaces, cyan dots and outlines the "
+                    "predicted ones.",
+                    260,
+                )
+            )
         rows += [
             {**row, "limb": scored["limb"]}
             for row in _score_rows(truth_table.get(patient, {}), scored)
         ]
-    parts.append(
-        "<p class='legend'>red: truth (centres, joint-space outlines); cyan: predicted</p>"
-        + "".join(pictures)
-    )
+    parts.append("<div class='thumbs'>" + "".join(pictures) + "</div>")
     parts.append(_score_table(rows))
     shap_png = predicted / "shap" / f"{safe_name(patient)}.png"
     if shap_png.exists():
-        parts.append("<h3>Symmetry stage: SHAP</h3>" + _img(shap_png, "SHAP", 900))
+        parts.append(
+            "<h3>Symmetry stage: SHAP</h3>"
+            + _figure(
+                shap_png,
+                "SHAP",
+                f"Patient {patient}: SHAP values of the symmetry stage (how much each joint's "
+                "patch score moved another joint's final score).",
+                900,
+            )
+        )
     for record in (r for r in us_rows if r.get("patient_id") == patient):
         png = _pair_png(
             record,
@@ -385,7 +536,17 @@ def _patient_section(
             project,
             figures / f"us_{safe_name(record['case'])}.png",
         )
-        parts.append(_img(png, f"ultrasound {record['case']}", 1000))
+        site = record.get("site") or "?"
+        parts.append(
+            _figure(
+                png,
+                f"ultrasound {record['case']}",
+                f"Patient {patient}, ultrasound site {site} (pair {record['case']}): grey-scale "
+                "and Doppler images with the ROI (yellow), the Doppler signal in the ROI, and the "
+                "integrated-gradients heatmaps of the synovial hypertrophy and vascularity grades.",
+                1000,
+            )
+        )
     return "\n".join(parts), rows
 
 
@@ -431,7 +592,11 @@ def _page(cohort: Sequence[str], sections: Sequence[str]) -> str:
         "body{font-family:sans-serif;max-width:1100px;margin:auto;padding:1em;color:#222}"
         ".note{background:#fff3cd;border:1px solid #e0c36c;padding:.6em}"
         "table{border-collapse:collapse;font-size:12px}td,th{border:1px solid #ccc;padding:2px 6px}"
-        "tr.off{background:#fde2e2}.legend{font-size:12px;color:#555}img{margin:2px}"
+        "tr.off{background:#fde2e2}img{margin:2px;max-width:100%}"
+        "figure{margin:.4em 0}figcaption{font-size:12px;color:#444;max-width:1000px}"
+        ".phantom{color:#8a5a00;font-style:italic}.thumbs{display:flex;flex-wrap:wrap;gap:6px}"
+        ".thumbs figure{width:260px;margin:0}caption{text-align:left;font-size:12px;color:#444}"
+        "table.totals{margin:.6em 0}"
     )
     return (
         "<!doctype html><html><head><meta charset='utf-8'><title>RA joints report</title>"

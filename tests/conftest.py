@@ -54,3 +54,24 @@ def full_res_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("fullres") / "project"
     generate_cohort(out, 2, seed=21, height=1200, us_pairs=1, workers=2, progress=False)
     return out
+
+
+@pytest.fixture(scope="session")
+def small_cohort_predicted(small_cohort: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``ra-joints predict`` (radiographs and ultrasound, no explanations) on the small cohort,
+    run once per session: the report and the torchrun comparison read the same predictions.
+    Tests only read this folder."""
+    from annotation_tools.cli import main
+
+    out = tmp_path_factory.mktemp("predicted") / "predicted"
+    status = main(
+        [
+            "predict",
+            "--images", str(small_cohort / "radiographs"),
+            "--ultrasound", str(small_cohort / "ultrasound_scores.csv"),
+            "--out", str(out),
+            "--no-explain", "--quiet",
+        ]
+    )  # fmt: skip
+    assert status == 0
+    return out
