@@ -23,6 +23,7 @@ __all__ = [
     "LOW_CONFIDENCE",
     "OUTLINE_STYLE",
     "PROPOSAL_STYLE",
+    "PROPOSED_OUTLINE_STYLE",
     "ROI_STYLE",
     "SOURCE_COLOURS",
     "box_from_layer",
@@ -52,6 +53,12 @@ OUTLINE_STYLE: dict[str, Any] = {
     "shape_type": "polygon",
     "edge_color": "lime",
     "face_color": [0, 1, 0, 0.15],
+    "edge_width": 1,
+}
+PROPOSED_OUTLINE_STYLE: dict[str, Any] = {  # a proposed outline: the model's colour, unfilled
+    "shape_type": "polygon",
+    "edge_color": SOURCE_COLOURS["model"],
+    "face_color": "transparent",
     "edge_width": 1,
 }
 ROI_STYLE: dict[str, Any] = {"edge_color": "yellow", "face_color": "transparent", "edge_width": 2}

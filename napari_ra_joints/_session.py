@@ -34,6 +34,7 @@ from ._layers import (
     LABEL_TEXT,
     OUTLINE_STYLE,
     PROPOSAL_STYLE,
+    PROPOSED_OUTLINE_STYLE,
     ROI_STYLE,
     SOURCE_COLOURS,
     box_from_layer,
@@ -102,6 +103,7 @@ class RadiographSession(_Saving):
         self._ids: list[str] = []
         self._proposal_rows: list[dict[str, Any]] = []
         self.extra_layers: list[Any] = []
+        self._proposed_outlines: dict[str, Any] = {}
         self._loading = False
         data, kwargs, _ = image_layer_data(read_image(store.resolve(record)), name=self.title)
         self.image_layer = viewer.add_image(data, **kwargs)
@@ -109,6 +111,12 @@ class RadiographSession(_Saving):
         self.shapes = viewer.add_shapes(
             name=f"joint spaces {self.title}",
             **OUTLINE_STYLE,
+            features={"joint_id": np.array([], dtype=object)},
+            metadata=self.layer_metadata,
+        )
+        self.proposed_shapes = viewer.add_shapes(
+            name=f"proposed joint spaces {self.title}",
+            **PROPOSED_OUTLINE_STYLE,
             features={"joint_id": np.array([], dtype=object)},
             metadata=self.layer_metadata,
         )
@@ -136,6 +144,7 @@ class RadiographSession(_Saving):
         self.points.events.data.connect(self._points_changed)
         self.proposals.events.data.connect(self._proposals_changed)
         self.shapes.events.data.connect(self._shapes_changed)
+        self.proposed_shapes.events.data.connect(self._proposed_shapes_changed)
         self.points.mode = "add"
         self.proposals.mode = "select"
         viewer.layers.selection.active = self.points
@@ -161,7 +170,14 @@ class RadiographSession(_Saving):
 
     @property
     def layers(self) -> list[Any]:
-        return [self.image_layer, self.shapes, self.proposals, self.points, *self.extra_layers]
+        return [
+            self.image_layer,
+            self.proposed_shapes,
+            self.shapes,
+            self.proposals,
+            self.points,
+            *self.extra_layers,
+        ]
 
     def add_extra_layer(self, layer: Any) -> None:
         """A picture that belongs to this image (SHAP): removed with it; the joint-centre
@@ -199,11 +215,19 @@ class RadiographSession(_Saving):
             ] or SOURCE_COLOURS["model"]
             self.proposals.refresh_text()
             self.proposals.selected_data = set()
-            polygons = self.store.polygons(self.record.id)
-            self.shapes.data = []
-            if polygons:
-                self.shapes.add_polygons([to_layer(r.value["vertices"]) for r in polygons.values()])
-                self.shapes.features = {"joint_id": np.array(list(polygons), dtype=object)}
+            outlines = self.store.resolved("polygon", self.record.id)
+            committed = {
+                k: r.committed
+                for k, r in outlines.items()
+                if r.committed is not None and r.committed.status != "deleted"
+            }
+            proposed = {k: r.pending for k, r in outlines.items() if r.pending is not None}
+            for layer, polygons in ((self.shapes, committed), (self.proposed_shapes, proposed)):
+                layer.data = []
+                if polygons:
+                    layer.add_polygons([to_layer(r.value["vertices"]) for r in polygons.values()])
+                    layer.features = {"joint_id": np.array(list(polygons), dtype=object)}
+            self._proposed_outlines = {k: r.value["vertices"] for k, r in proposed.items()}
         finally:
             self._loading = False
         self._update_guide()
@@ -443,6 +467,36 @@ class RadiographSession(_Saving):
             self._label_new_shapes()
         self._save_guarded()
 
+    def _proposed_shapes_changed(self, event: Any) -> None:
+        """A proposed outline edited is a person's outline; one deleted is rejected."""
+        if self._loading:
+            return
+        action = str(getattr(event, "action", "changed"))
+        if action not in ACTIONS_THAT_SAVE or action == "added":
+            return
+        now = {
+            str(j): [(float(x), float(y)) for x, y in from_layer(shape)]
+            for j, shape in zip(
+                self.proposed_shapes.features["joint_id"], self.proposed_shapes.data, strict=True
+            )
+        }
+        changes: list[Change] = []
+        try:
+            for joint_id, vertices in self._proposed_outlines.items():
+                key = {"joint_id": joint_id}
+                if joint_id not in now:
+                    changes.append(self._change("polygon", key))
+                    self.store.reject("polygon", self.record.id, key, self.annotator)
+                elif not np.allclose(now[joint_id], vertices, atol=0.01):
+                    changes.append(self._change("polygon", key))
+                    self.store.set_polygon(self.record.id, joint_id, now[joint_id], self._human)
+        except (StoreError, ValueError) as exc:
+            self.on_change(f"Not saved: {exc}")
+        self._push(changes)
+        self.reload()
+        if changes:
+            self.on_change(f"committed {len(changes)} outline(s) - {self.guide_text()}")
+
     def _label_new_shapes(self) -> None:
         """A new outline got the guided narrowing joint as its feature; with none left, the
         outline is taken back with a message."""
@@ -560,6 +614,13 @@ class RadiographSession(_Saving):
             self.store.confirm(
                 "centre", self.record.id, key, self.annotator, revision_id=int(row["revision_id"])
             )
+        accepted = {row["joint_id"] for row in self._chosen_proposals(indices)}
+        if not indices:  # accept all: every proposed outline too
+            accepted |= set(self._proposed_outlines)
+        for joint_id in sorted(accepted & set(self._proposed_outlines)):
+            key = {"joint_id": joint_id}  # the outline proposed with the centre
+            changes.append(self._change("polygon", key))
+            self.store.confirm("polygon", self.record.id, key, self.annotator)
         for joint_id in sorted(self.model_missing) if not indices else []:
             key = {"joint_id": joint_id}  # "not found by the model", accepted as not visible
             changes.append(self._change("centre", key))

@@ -616,6 +616,20 @@ def test_predict_never_hides_the_annotators_work(make_napari_viewer, small_cohor
         )
         assert status.startswith("[corrected]") and "centres 7/22" in status, status
     assert status_before.startswith("[corrected]")
+    # the model's outlines are proposals in their own layer: drawing one outline commits one
+    proposed_outlines = len(session.proposed_shapes.data)
+    assert proposed_outlines > 5 and len(session.shapes.data) == 0
+    widget.annotate_panel.draw_outlines()
+    joint = session.outline_next()
+    x, y = truth[joint]
+    session.shapes.add_polygons([np.array([[y - 4, x - 6], [y - 4, x + 6], [y + 4, x + 6]])])
+    with AnnotationStore.open(project, create=False) as store:
+        human = store.polygons(session.record.id, sources=["human"])
+        assert list(human) == [joint]
+    assert len(session.proposed_shapes.data) >= proposed_outlines - 1
+    # accepting all proposals takes their outlines too
+    widget.annotate_panel.accept()
+    assert len(session.proposals.data) == 0 and len(session.proposed_shapes.data) == 0
     with AnnotationStore.open(project, create=False) as store:
         scores = store.scores(session.record.id)
         assert scores[(clicked[1], "narrowing")].value["value"] == 2
