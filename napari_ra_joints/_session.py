@@ -604,27 +604,36 @@ class RadiographSession(_Saving):
         return [rows[i] for i in sorted(chosen) if i < len(rows)]
 
     def accept(self, indices: set[int] | None = None) -> int:
-        """Accept proposals (the selected ones, or all): a human revision confirming each."""
+        """Accept proposals (the selected ones, or all): a human revision confirming each, with
+        the outline proposed for the same joint. One transaction: all or nothing."""
         if indices is None:
             indices = set(self.proposals.selected_data)
+        rows = self._chosen_proposals(indices)
         changes = []
-        for row in self._chosen_proposals(indices):
-            key = {"joint_id": row["joint_id"]}
-            changes.append(self._change("centre", key))
-            self.store.confirm(
-                "centre", self.record.id, key, self.annotator, revision_id=int(row["revision_id"])
-            )
-        accepted = {row["joint_id"] for row in self._chosen_proposals(indices)}
-        if not indices:  # accept all: every proposed outline too
-            accepted |= set(self._proposed_outlines)
-        for joint_id in sorted(accepted & set(self._proposed_outlines)):
-            key = {"joint_id": joint_id}  # the outline proposed with the centre
-            changes.append(self._change("polygon", key))
-            self.store.confirm("polygon", self.record.id, key, self.annotator)
-        for joint_id in sorted(self.model_missing) if not indices else []:
-            key = {"joint_id": joint_id}  # "not found by the model", accepted as not visible
-            changes.append(self._change("centre", key))
-            self.store.confirm("centre", self.record.id, key, self.annotator)
+        with self.store.transaction():
+            pending = self.store.resolved("centre", self.record.id)
+            outlines = set(self.store.proposals("polygon", self.record.id))
+            for row in rows:
+                key = {"joint_id": row["joint_id"]}
+                if pending[row["joint_id"]].pending is None:
+                    continue  # decided meanwhile (a drag, an undo)
+                changes.append(self._change("centre", key))
+                self.store.confirm(
+                    "centre",
+                    self.record.id,
+                    key,
+                    self.annotator,
+                    revision_id=int(row["revision_id"]),
+                )
+            chosen = {row["joint_id"] for row in rows} if indices else outlines
+            for joint_id in sorted(chosen & outlines):
+                key = {"joint_id": joint_id}
+                changes.append(self._change("polygon", key))
+                self.store.confirm("polygon", self.record.id, key, self.annotator)
+            for joint_id in sorted(self.model_missing) if not indices else []:
+                key = {"joint_id": joint_id}  # "not found by the model", accepted as not visible
+                changes.append(self._change("centre", key))
+                self.store.confirm("centre", self.record.id, key, self.annotator)
         self._push(changes)
         self.reload()
         self.on_change(f"accepted {len(changes)} proposal(s) - {self.guide_text()}")
