@@ -419,8 +419,9 @@ def decode_result(
 def write_to_store(store_path: Any, result: LocatorResult, model: Mapping[str, str]) -> int:
     """Store predicted centres as ``model`` proposals (missing joints as "not visible").
 
-    Joints a person (or the phantom truth) already placed, marked or deleted get no proposal:
-    re-running Predict after a review leaves the review as it is.
+    Joints a person already placed, marked or deleted get no proposal: re-running Predict
+    after a review leaves the review as it is. Phantom truth does not block proposals (they
+    are what a phantom benchmark compares with it); it still wins in every view.
 
     ``model``: the runner's ``model_info`` (``bundle``, ``version``, ``weights_sha256``), the
     provenance every revision carries. ``store_path``: a project path or an open store.
@@ -441,12 +442,14 @@ def write_to_store(store_path: Any, result: LocatorResult, model: Mapping[str, s
                 f"{result.path} is stored as {record.limb} but was located as {result.limb}"
             )
         with store.transaction():
-            decided = {
-                key for key, res in store.resolved("centre", record.id).items() if res.committed
+            decided = {  # a person's decision; phantom truth still gets proposals to compare
+                key
+                for key, res in store.resolved("centre", record.id).items()
+                if res.committed is not None and res.committed.source == "human"
             }
             for joint_id, joint in result.joints.items():
                 if joint_id in decided:
-                    continue  # a person (or the truth) placed this joint: no proposal over it
+                    continue  # a person placed, marked or deleted this joint: no proposal
                 if joint.missing:
                     store.set_centre(
                         record.id,

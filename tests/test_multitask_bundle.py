@@ -136,11 +136,11 @@ def test_inference_writes_the_two_stage_outputs_and_store_revisions(heldout, tmp
                     continue
                 assert 0 <= value <= spec.max_score(score_type), (joint_id, score_type, value)
                 assert score[f"{score_type}_sd"] >= 0
-        # every centre has its phantom truth: no centre is proposed over it (the store's
-        # resolution rule); the grades went in as this bundle's proposals
-        assert store.centres(record.id, sources=["model"]) == {}
-        model_scores = store.scores(record.id, sources=["model"])
-        assert model_scores and {r.author for r in model_scores.values()} == {"ra_multitask_unet"}
+        # centres and scores went into the store as this bundle's proposals, beside the truth
+        model = store.centres(record.id, sources=["model"])
+        assert set(model) == set(truth)
+        assert {r.author for r in model.values()} == {"ra_multitask_unet"}
+        assert store.scores(record.id, sources=["model"])
     store.close()
     assert found >= 0.8 * total, (found, total)  # quick model: most joints, not all
 

@@ -60,8 +60,8 @@ def test_one_patient_reads_each_image_once_and_opens_the_store_once(
     assert set(prediction.shap_limbs) == {"LH", "RH", "LF", "RF"}  # one named figure per limb
     assert all(png.exists() for png in prediction.shap_limbs.values())
     assert "joint centres" in prediction.message
-    # every joint of a phantom project has its truth: no centre is proposed over it
-    assert set(_model_centres(project, patient).values()) == {0}
+    # proposals beside the phantom truth (a person's centre would block them, the truth not)
+    assert all(n > 0 for n in _model_centres(project, patient).values())
 
 
 def test_cancel_stops_between_images_and_keeps_what_was_written(service, small_cohort, tmp_path):
