@@ -13,7 +13,7 @@ echo "== ruff format --check"
 ruff format --check .
 echo "== pytest (under xvfb-run)"
 set +e
-xvfb-run -a -s "-screen 0 1280x1024x24" python -m pytest "$@"
+xvfb-run -a -s "-screen 0 1280x1024x24" python -m pytest --durations=25 "$@"
 status=$?
 set -e
 if [ "$status" = 5 ]; then

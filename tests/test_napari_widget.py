@@ -735,9 +735,12 @@ def test_retraining_outlives_the_viewer_and_its_version_is_listed_next_time(
 ):
     from qtpy.QtCore import Qt
 
+    from annotation_tools.bundles import bundle_for
+    from annotation_tools.imageio import file_sha256
     from annotation_tools.jobs import jobs
 
     _quick_jobs(monkeypatch)
+    shipped = file_sha256(bundle_for("locator").weights_path)
     project = tmp_path / "project"
     shutil.copytree(small_cohort, project)
     viewer = make_napari_viewer()
@@ -760,6 +763,26 @@ def test_retraining_outlives_the_viewer_and_its_version_is_listed_next_time(
     assert [combo.itemText(i) for i in range(combo.count())] == ["shipped", job.version]
     assert combo.currentText() == "shipped"  # listed, not switched to
     assert "done" in widget2.retrain_panel.job_label.text()
+    # the version is a new folder next to the shipped weights, which stay as they were
+    from annotation_tools.bundles import bundle_for
+    from annotation_tools.imageio import file_sha256
+    from annotation_tools.predict import PredictionService
+    from annotation_tools.retrain import model_versions, weights_for
+    from annotation_tools.store import AnnotationStore
+
+    (version,) = model_versions(project, "ra_joint_locator")
+    assert weights_for(project, "ra_joint_locator") == version / "model.pt"
+    assert file_sha256(bundle_for("locator").weights_path) == shipped
+    assert "validation" in json.loads((version / "train_info.json").read_text())
+    # ... and it predicts: the proposals carry its weights' hash
+    service = PredictionService("two-stage", weights={"locator": version / "model.pt"})
+    with AnnotationStore.open(project, create=False) as store:
+        patient = store.patients()[0]
+    service.predict_patient(project, patient, explain=False)
+    with AnnotationStore.open(project, create=False) as store:
+        record = store.images(modality="radiograph")[0]
+        revisions = store.centres(record.id, sources=["model"]).values()
+        assert {r.weights_hash for r in revisions} == {file_sha256(version / "model.pt")}
 
 
 def test_cancelled_retraining_leaves_no_process_behind(

@@ -14,37 +14,6 @@ LOCATOR = Path(__file__).resolve().parents[1] / "monai_bundles" / "ra_joint_loca
 RATING = LOCATOR.parent / "ra_us_rating"
 
 
-def test_retrained_locator_is_a_new_version_that_predicts(small_cohort, tmp_path):
-    from annotation_tools.locator import JointLocator
-    from annotation_tools.predict import predict_store_patient
-    from annotation_tools.store import AnnotationStore
-
-    project = tmp_path / "project"
-    shutil.copytree(small_cohort, project)
-    shipped = file_sha256(LOCATOR / "models" / "model.pt")
-    lines: list[str] = []
-    version = retrain(
-        project,
-        LOCATOR,
-        folds=3,
-        overrides=["--epochs", "1", "--val_interval", "1"],
-        log=lines.append,
-    )
-    assert any(line.startswith("exported 12 items") for line in lines)
-    assert (version / "model.pt").exists() and (version / "train_info.json").exists()
-    assert model_versions(project, "ra_joint_locator") == [version]
-    assert weights_for(project, "ra_joint_locator") == version / "model.pt"
-    assert file_sha256(LOCATOR / "models" / "model.pt") == shipped  # shipped weights untouched
-    locator = JointLocator.from_bundle(LOCATOR, weights=str(version / "model.pt"))
-    with AnnotationStore.open(project, create=False) as store:
-        patient = store.patients()[0]
-    predict_store_patient(project, patient, locator, None)
-    with AnnotationStore.open(project, create=False) as store:
-        record = store.images(modality="radiograph")[0]
-        revisions = store.centres(record.id, sources=["model"]).values()
-        assert {r.weights_hash for r in revisions} == {file_sha256(version / "model.pt")}
-
-
 def test_retraining_without_reviewed_annotations_says_so(small_cohort, tmp_path):
     from annotation_tools.store import AnnotationStore
 
