@@ -20,7 +20,14 @@ from .imageio import ImageData
 from .radiograph import LIMB_TOKEN, resolve_limb
 from .vocabulary import Limb
 
-__all__ = ["Case", "CaseTable", "identify", "patient_of_file", "shard_by_patient"]
+__all__ = [
+    "Case",
+    "CaseTable",
+    "identify",
+    "patient_groups",
+    "patient_of_file",
+    "shard_by_patient",
+]
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,7 @@ def patient_of_file(path: str | Path, table: CaseTable | None = None) -> str:
     patient = table.lookup(path)[0] if table else None
     if patient:
         return patient
-    if Path(path).suffix.lower() in (".dcm", ".dicom"):
+    if Path(path).suffix.lower() in (".dcm", ".dicom") or _is_dicom(path):
         import pydicom
 
         try:
@@ -98,6 +105,28 @@ def patient_of_file(path: str | Path, table: CaseTable | None = None) -> str:
     stem = Path(path).stem
     match = LIMB_TOKEN.search(stem)
     return stem[: match.start()].rstrip("_- .") if match and match.start() > 0 else stem
+
+
+def _is_dicom(path: str | Path) -> bool:
+    """A DICOM by its bytes (PACS exports often have no extension)."""
+    from .imageio import sniff_format
+
+    try:
+        return sniff_format(path) == "dicom"
+    except OSError:
+        return False
+
+
+def patient_groups(
+    paths: list[Path], table: CaseTable | None = None
+) -> list[tuple[str, list[Path]]]:
+    """The files by patient (:func:`patient_of_file`, no pixels decoded), in sorted patient
+    order; each patient's files in their given order. A folder is predicted patient by
+    patient in this order, so its RA2-DREAM table comes out sorted by patient id."""
+    by_patient: dict[str, list[Path]] = {}
+    for path in paths:
+        by_patient.setdefault(patient_of_file(path, table), []).append(Path(path))
+    return sorted(by_patient.items())
 
 
 def shard_by_patient(

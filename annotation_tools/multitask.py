@@ -503,11 +503,14 @@ def write_predictions(
     failures: Sequence[tuple[str, str]] = (),
     suffix: str = "",
     names: Mapping[str, str] | None = None,
+    write_scores: bool = True,
 ) -> list[Any]:
     """Joints JSON per image, then the scorer's writers (and the store) for the scores.
 
     ``names``: image path -> output name (default: :func:`annotation_tools.paths.path_names`
-    of the predictions' paths)."""
+    of the predictions' paths). ``write_scores=False`` stops before the score files: the
+    caller hands the returned patients to its own :class:`~annotation_tools.scoring.OutputWriter`
+    (a folder predicted patient by patient)."""
     from .joint_decoding import write_to_store
     from .paths import path_names
     from .scoring import write_outputs, write_scores_to_store
@@ -527,7 +530,8 @@ def write_predictions(
             except (ValueError, KeyError) as exc:  # that image only; say so in the outputs
                 pred.located.warnings.append(f"not written to the store: {exc}")
         write_scores_to_store(store, patients, model_info)
-    write_outputs(patients, failures, out, model_info, suffix=suffix, names=names)
+    if write_scores:
+        write_outputs(patients, failures, out, model_info, suffix=suffix, names=names)
     return patients
 
 

@@ -3,9 +3,9 @@
 :class:`PredictionService` loads each bundle once (the shipped weights or a version retrained in
 a project), then predicts
 
-* a folder of radiographs (``ra-joints predict --images``): files read once, in chunks, so that
-  memory stays flat; a file that cannot be used is listed with its reason in ``summary.json``
-  and the rest is processed;
+* a folder of radiographs (``ra-joints predict --images``): patient by patient (read, locate,
+  score, write, drop), so that peak memory does not grow with the cohort; a file that cannot
+  be used is listed with its reason in ``summary.json`` and the rest is processed;
 * one patient of a project (the dock's Predict): the store is opened once, each image decoded
   once, centres and scores kept as ``model`` revisions;
 * ultrasound pairs through the RATING bundle's own inference config.
@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .bundles import CLINICAL_NOTE
-from .cases import CaseTable, identify, shard_by_patient
+from .cases import CaseTable, identify, patient_groups, shard_by_patient
 from .imageio import ImageData, read_image
 from .isolation import Cancelled, isolated
 from .joint_decoding import LocatorResult, write_to_store
@@ -43,7 +43,6 @@ from .scoring import (
     apply_symmetry,
     cases_from_locator,
     group_patients,
-    write_outputs,
     write_scores_to_store,
 )
 
@@ -504,11 +503,22 @@ class PredictionService:
         that failed and why). The multitask pipeline writes the same files (no SHAP: it has no
         symmetry stage).
 
+        **Patient by patient**, in sorted patient order (patients found from the case table,
+        the DICOM header or the file name, without decoding pixels): a patient's images are
+        read, located, cut into patches, scored, given the symmetry stage and written (JSON,
+        overlays, store revisions, its row of the RA2-DREAM table), then its pixels and
+        patches are dropped, so peak memory does not grow with the cohort. The result keeps
+        only the small per-joint objects (:class:`PatientScores`, :class:`LocatorResult`).
+        Progress counts images; a cancel is heard between images and keeps the patients
+        written so far (the table and ``summary.json`` describe them). ``chunk`` is kept for
+        callers and not used.
+
         ``shard=(rank, world_size)``: this process takes its share of the patients (see
         :func:`shard_by_patient`) and writes ``scores_ra2dream.rank<r>.csv`` and
         ``summary.rank<r>.json``; :func:`merge_shards` joins them when every rank is done.
         """
         from .paths import path_names
+        from .scoring import OutputWriter
 
         models = self.models()
         if self.skipped:
@@ -530,77 +540,117 @@ class PredictionService:
             paths = _registered_in(store, paths, failures)
         started = time.perf_counter()
         suffix = f".rank{shard[0]}" if shard is not None else ""
-        patch_set = PatchSet(scorer.patch_size) if multitask is None else None
-        predictions: list[Any] = []
-        patient_ids: list[str] = []
-        located: list[LocatorResult] = []
-        desc = "locate + score" if multitask is not None else "locate + cut patches"
-        total = len(paths) + (multitask is None)  # + the scoring step of the two-stage pipeline
-        for start in range(0, len(paths), chunk):
-            yield Progress(start, total, desc)
-            _check(cancel)
-            batch: list[tuple[str, ImageData, Any]] = []
-            for path in paths[start : start + chunk]:
-                with isolated(failures, path):  # unreadable, no patient or limb: this file only
-                    image = read_image(path)
-                    batch.append((str(path), image, identify(path, image, table)))
-            items = [(p, im, c.limb) for p, im, c in batch]
-            by_path = {p: (im, c) for p, im, c in batch}
-            if multitask is not None:
-                chunk_preds = multitask.predict_images(items, failures=failures)
-                predictions += chunk_preds
-                patient_ids += [by_path[p.located.path][1].patient_id for p in chunk_preds]
-                located += [p.located for p in chunk_preds]
-                continue
-            for result in locator.predict_images(items, failures=failures):
-                image, case = by_path[result.path]
-                with isolated(failures, result.path, "patches not cut"):
-                    doc = result.to_json(locator.model_info)
-                    radiograph = cases_from_locator(doc, image, case.patient_id)
-                    patch_set.add(radiograph, image)
-                    (out / "joints" / f"{names[result.path]}.json").write_text(
-                        json.dumps(doc, indent=1)
-                    )
-                    located.append(result)
         if multitask is not None:
-            from .multitask import write_predictions
-
-            patients = write_predictions(
-                predictions,
-                patient_ids,
-                out,
-                multitask.model_info,
-                store,
-                failures,
-                suffix,
-                names=names,
-            )
+            info = dict(multitask.model_info)
         else:
-            yield Progress(len(paths), total, "scoring patches")
-            _check(cancel)
-            patch_set.failures += failures
-            patients = scorer.score(patch_set, explain=explain)
-            failures = patch_set.failures
             info = {
                 **locator.model_info,
                 **{f"scorer_{k}": v for k, v in scorer.model_info.items()},
             }
-            write_outputs(patients, patch_set.failures, out, info, suffix=suffix, names=names)
-            if store:
-                write_scores_to_store(store, patients, scorer.model_info)
-        failures += [  # already in summary.json as the patient's note
-            (f"patient {p.patient_id}", p.note)
-            for p in patients
-            if p.note.startswith("symmetry stage failed")
-        ]
-        if overlays:
-            yield Progress(total, total, "overlay PNGs")
-            late: list[tuple[str, str]] = []
-            _write_overlays(patients, located, out, names, late)
-            _add_failures_to_summary(out / f"summary{suffix}.json", late)
-            failures += late
+        writer = OutputWriter(out, info, suffix=suffix, names=names)
+        patients: list[PatientScores] = []
+        located: list[LocatorResult] = []
+        noted: list[tuple[str, str]] = []  # symmetry failures: in summary.json as notes
+        late: list[tuple[str, str]] = []  # overlays that failed: listed after the rest
+        total, done = len(paths), 0
+        try:
+            for patient_id, group in patient_groups(paths, table):
+                batch: list[tuple[str, ImageData, Any]] = []
+                for path in group:  # one patient's images (all its limbs), read one by one
+                    yield Progress(done, total, f"{patient_id}: reading {path.name}")
+                    _check(cancel)  # a cancel heard at this image stops before it
+                    with isolated(failures, path):  # unreadable, no limb: this file only
+                        image = read_image(path)
+                        batch.append((str(path), image, identify(path, image, table)))
+                    done += 1
+                if not batch:
+                    continue
+                yield Progress(done, total, f"{patient_id}: locating and scoring")
+                _check(cancel)
+                if multitask is not None:
+                    mine, found = self._multitask_patient(batch, out, store, names, failures)
+                else:
+                    mine, found = self._two_stage_patient(
+                        batch, out, store, names, failures, explain, patient_id
+                    )
+                del batch  # the patient's pixels go; its patches went with the scoring
+                writer.add(mine)
+                if store and multitask is None:
+                    with isolated(failures, f"patient {patient_id}", "not written to the store"):
+                        write_scores_to_store(store, mine, scorer.model_info)
+                noted += [
+                    (f"patient {p.patient_id}", p.note)
+                    for p in mine
+                    if p.note.startswith("symmetry stage failed")
+                ]
+                if overlays:
+                    yield Progress(done, total, f"{patient_id}: overlay PNGs")
+                    _write_overlays(mine, found, out, names, late)
+                patients += mine
+                located += found
+        finally:  # also after a cancel: the table and summary say what was written
+            writer.close(failures + late)
         yield Progress(total, total, "done")
+        failures += noted + late
         return PipelineResult(patients, located, failures, time.perf_counter() - started)
+
+    def _two_stage_patient(
+        self,
+        batch: list[tuple[str, ImageData, Any]],
+        out: Path,
+        store: str | Path | None,
+        names: Mapping[str, str],
+        failures: list[tuple[str, str]],
+        explain: bool,
+        patient_id: str,
+    ) -> tuple[list[PatientScores], list[LocatorResult]]:
+        """One patient's images: centres (``joints/*.json``), patches, scores, symmetry."""
+        models = self.models()
+        locator, scorer = models["locator"], models["scorer"]
+        items = [(p, im, c.limb) for p, im, c in batch]
+        by_path = {p: (im, c) for p, im, c in batch}
+        patch_set = PatchSet(scorer.patch_size)
+        found: list[LocatorResult] = []
+        for result in locator.predict_images(items, failures=failures):
+            image, case = by_path[result.path]
+            with isolated(failures, result.path, "patches not cut"):
+                doc = result.to_json(locator.model_info)
+                radiograph = cases_from_locator(doc, image, case.patient_id)
+                patch_set.add(radiograph, image)
+                (out / "joints" / f"{names[result.path]}.json").write_text(
+                    json.dumps(doc, indent=1)
+                )
+                found.append(result)
+        scored: list[PatientScores] = []
+        with isolated(failures, f"patient {patient_id}", "not scored"):
+            scored = scorer.score(patch_set, explain=explain)
+        return scored, found
+
+    def _multitask_patient(
+        self,
+        batch: list[tuple[str, ImageData, Any]],
+        out: Path,
+        store: str | Path | None,
+        names: Mapping[str, str],
+        failures: list[tuple[str, str]],
+    ) -> tuple[list[PatientScores], list[LocatorResult]]:
+        """One patient's images through the multitask network; joints JSON and the store."""
+        from .multitask import write_predictions
+
+        multitask = self.models()["multitask"]
+        items = [(p, im, c.limb) for p, im, c in batch]
+        ids = {p: c.patient_id for p, _, c in batch}
+        preds = multitask.predict_images(items, failures=failures)
+        patients = write_predictions(
+            preds,
+            [ids[p.located.path] for p in preds],
+            out,
+            multitask.model_info,
+            store,
+            names=names,
+            write_scores=False,
+        )
+        return patients, [p.located for p in preds]
 
     def predict_folder(
         self,

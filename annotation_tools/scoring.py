@@ -42,7 +42,6 @@ from .vocabulary import (
     dream_row,
     get_joint,
     joints_for_limb,
-    write_dream_csv,
 )
 
 __all__ = [
@@ -51,6 +50,7 @@ __all__ = [
     "ImageScores",
     "JointScore",
     "JointScorer",
+    "OutputWriter",
     "PatchSet",
     "PatientScores",
     "RadiographCase",
@@ -572,54 +572,101 @@ def write_outputs(
 
     ``names``: image path -> output name (:func:`annotation_tools.paths.path_names` of the
     run's inputs); by default made from the images here. Patient ids pass through
-    :func:`~annotation_tools.paths.safe_name`, so no id writes outside ``out``."""
-    from .paths import path_names, safe_name, unique_name
+    :func:`~annotation_tools.paths.safe_name`, so no id writes outside ``out``.
 
-    (out / "scores").mkdir(parents=True, exist_ok=True)
+    All patients at once; :class:`OutputWriter` writes the same files patient by patient."""
+    from .paths import path_names
+
     if names is None:
         names = path_names(im.case.path for p in patients for im in p.images)
-    rows, summary_patients = [], []
-    shap_names: set[str] = set()
-    for patient in patients:
-        for image in patient.images:
-            doc = image.to_json(model_info)
-            doc["patient_note"] = patient.note
-            name = names.get(image.case.path) or safe_name(Path(image.case.path).stem)
-            (out / "scores" / f"{name}.json").write_text(json.dumps(doc, indent=1))
-        row = dream_row(patient.patient_id, patient.scores())
-        rows.append(row)
-        shap_png = None
-        if patient.shap is not None:
-            shap_png = plot_shap(
-                patient.shap,
-                out / "shap" / f"{unique_name(safe_name(patient.patient_id), shap_names)}.png",
-                title=f"Symmetry model SHAP values - patient {patient.patient_id}",
-                note=CLINICAL_NOTE,
-            )
-        summary_patients.append(
-            {
-                "patient_id": patient.patient_id,
-                "limbs": sorted(patient.limbs()),
-                "symmetry": patient.symmetry,
-                "note": patient.note,
-                "total": row.get("Overall_Tol"),
-                "erosion": row.get("Overall_erosion"),
-                "narrowing": row.get("Overall_narrowing"),
-                "missing_joints": sum(
-                    js.stage == "missing" for im in patient.images for js in im.joints.values()
-                ),
-                "shap_png": str(shap_png.relative_to(out)) if shap_png else None,
-            }
-        )
-    write_dream_csv(rows, out / f"scores_ra2dream{suffix}.csv")
-    summary = {
-        "model": dict(model_info),
-        "patients": summary_patients,
-        "failed_files": [{"file": f, "reason": r} for f, r in failures],
-        "note": CLINICAL_NOTE,
-    }
-    (out / f"summary{suffix}.json").write_text(json.dumps(summary, indent=1))
+    writer = OutputWriter(out, model_info, suffix=suffix, names=names)
+    try:
+        writer.add(patients)
+    finally:
+        summary = writer.close(failures)
     return summary
+
+
+class OutputWriter:
+    """The outputs of :func:`write_outputs`, written as each patient finishes.
+
+    The RA2-DREAM table is opened once and gets a row per patient as :meth:`add` is called
+    (callers add patients in sorted id order, so the table is the one :func:`write_outputs`
+    writes); ``summary.json`` is written by :meth:`close`, which keeps only the small
+    per-patient summary entries until then - no image or score object of a finished patient.
+    """
+
+    def __init__(
+        self,
+        out: str | Path,
+        model_info: Mapping[str, str],
+        *,
+        suffix: str = "",
+        names: Mapping[str, str] | None = None,
+    ):
+        from .vocabulary import DreamCsv
+
+        self.out = Path(out)
+        self.model_info = dict(model_info)
+        self.suffix = suffix
+        self.names = names or {}
+        (self.out / "scores").mkdir(parents=True, exist_ok=True)
+        self.summary_patients: list[dict[str, Any]] = []
+        self._shap_names: set[str] = set()
+        self._table = DreamCsv(self.out / f"scores_ra2dream{suffix}.csv")
+        self.summary: dict[str, Any] | None = None
+
+    def add(self, patients: Sequence[PatientScores]) -> None:
+        """Scores JSON per image, the patients' rows, SHAP PNGs and summary entries."""
+        from .paths import safe_name, unique_name
+
+        out = self.out
+        for patient in patients:
+            for image in patient.images:
+                doc = image.to_json(self.model_info)
+                doc["patient_note"] = patient.note
+                name = self.names.get(image.case.path) or safe_name(Path(image.case.path).stem)
+                (out / "scores" / f"{name}.json").write_text(json.dumps(doc, indent=1))
+            row = dream_row(patient.patient_id, patient.scores())
+            self._table.write(row)
+            shap_png = None
+            if patient.shap is not None:
+                shap_name = unique_name(safe_name(patient.patient_id), self._shap_names)
+                shap_png = plot_shap(
+                    patient.shap,
+                    out / "shap" / f"{shap_name}.png",
+                    title=f"Symmetry model SHAP values - patient {patient.patient_id}",
+                    note=CLINICAL_NOTE,
+                )
+            self.summary_patients.append(
+                {
+                    "patient_id": patient.patient_id,
+                    "limbs": sorted(patient.limbs()),
+                    "symmetry": patient.symmetry,
+                    "note": patient.note,
+                    "total": row.get("Overall_Tol"),
+                    "erosion": row.get("Overall_erosion"),
+                    "narrowing": row.get("Overall_narrowing"),
+                    "missing_joints": sum(
+                        js.stage == "missing" for im in patient.images for js in im.joints.values()
+                    ),
+                    "shap_png": str(shap_png.relative_to(out)) if shap_png else None,
+                }
+            )
+
+    def close(self, failures: Sequence[tuple[str, str]] = ()) -> dict[str, Any]:
+        """Close the table and write ``summary.json`` (with the failed files and why)."""
+        if self.summary is not None:
+            return self.summary
+        self._table.close()
+        self.summary = {
+            "model": dict(self.model_info),
+            "patients": self.summary_patients,
+            "failed_files": [{"file": f, "reason": r} for f, r in failures],
+            "note": CLINICAL_NOTE,
+        }
+        (self.out / f"summary{self.suffix}.json").write_text(json.dumps(self.summary, indent=1))
+        return self.summary
 
 
 def write_scores_to_store(

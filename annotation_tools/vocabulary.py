@@ -22,6 +22,7 @@ from typing import Any
 __all__ = [
     "DREAM_TOTAL_COLUMNS",
     "LIMBS",
+    "DreamCsv",
     "Joint",
     "Limb",
     "ScoreType",
@@ -367,15 +368,36 @@ def dream_row(patient_id: str, scores: Mapping[tuple[str, str], float | None]) -
 
 def write_dream_csv(rows: Iterable[Mapping[str, Any]], path: str | Path) -> Path:
     """Write RA2-DREAM rows (from :func:`dream_row`); absent scores and totals stay empty."""
-    import csv
-
-    path = Path(path)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(dream_columns()), restval="")
-        writer.writeheader()
+    with DreamCsv(path) as table:
         for row in rows:
-            writer.writerow({k: _format_score(v) for k, v in row.items()})
-    return path
+            table.write(row)
+    return table.path
+
+
+class DreamCsv:
+    """An RA2-DREAM table written row by row (a prediction adds each patient as it finishes);
+    the same bytes as :func:`write_dream_csv` of the same rows."""
+
+    def __init__(self, path: str | Path):
+        import csv
+
+        self.path = Path(path)
+        self._handle = open(self.path, "w", newline="")  # noqa: SIM115 - closed by close()
+        self._writer = csv.DictWriter(self._handle, fieldnames=list(dream_columns()), restval="")
+        self._writer.writeheader()
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        self._writer.writerow({k: _format_score(v) for k, v in row.items()})
+        self._handle.flush()  # a patient's row is on disk once it is done
+
+    def close(self) -> None:
+        self._handle.close()
+
+    def __enter__(self) -> DreamCsv:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def _format_score(value: Any) -> Any:

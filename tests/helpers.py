@@ -1,5 +1,8 @@
 """Geometry checks shared by the tests (scikit-image only: no plotting library needed)."""
 
+import struct
+import zlib
+
 import numpy as np
 from skimage.measure import points_in_poly
 
@@ -159,3 +162,20 @@ def pacs_export(root):
     nolimb = (np.ones((128, 96)) * 500).astype(np.uint16)
     write_png(root / "scan0001.png", nolimb)  # no table, no tags, no token: needs a decision
     return expected
+
+
+def huge_png(path, side: int = 20000):
+    """A side x side 1-bit PNG written row by row: a few hundred KB on disk, 400 MB decoded."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    packer = zlib.compressobj(9)
+    row = b"\0" * (1 + (side + 7) // 8)
+    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
+    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
+    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+    path.write_bytes(png)
+    return path

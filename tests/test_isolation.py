@@ -158,3 +158,75 @@ def test_hostile_ids_and_repeated_stems_write_only_inside_out(clean_run, tmp_pat
     ]
     assert len(list((out / "overlays").iterdir())) == 2
     assert set(_rows(out / "scores_ra2dream.csv")) == {"../../x", "/tmp/abs"}  # data kept as is
+
+
+CORPUS_ODD = ("examples_ybr_color.dcm", "JPEG2000.dcm", "JPGExtended.dcm", "JPEG-lossy.dcm",
+              "GDCMJ2K_TextGBR.dcm")  # fmt: skip
+
+
+def _run_cli_measured(args: list[str], cwd: Path) -> tuple[int, float]:
+    """``ra-joints ARGS`` in a child process of its own: (exit code, its peak RSS in MB).
+
+    ``os.wait4`` gives that one child's resource usage (the test process's own peak, or the
+    maximum over all children of the session, would say nothing about this run)."""
+    import os
+    import subprocess
+    import sys
+
+    import annotation_tools
+
+    root = Path(annotation_tools.__file__).resolve().parents[1]  # this checkout, not another
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(root),
+           os.environ.get("PYTHONPATH")]))}  # fmt: skip
+    code = "import sys; from annotation_tools.cli import main; sys.exit(main(sys.argv[1:]))"
+    child = subprocess.Popen([sys.executable, "-c", code, *args], cwd=cwd, env=env)
+    _, status, usage = os.wait4(child.pid, 0)
+    child.returncode = os.waitstatus_to_exitcode(status)
+    return child.returncode, usage.ru_maxrss / 1024.0  # kB on Linux
+
+
+def test_acceptance_a_real_cohort_folder_gives_the_clean_rows_lists_every_odd_file(
+    clean_run, small_cohort, tmp_path
+):
+    """Issue 20's "done when" (predict side): good radiographs + ultrasound frames + a
+    truncated DICOM with a good patient's PatientID + five odd files of pydicom's corpus + a
+    20000 x 20000 PNG. The good patients' rows are the clean run's, every odd file is listed
+    with its reason, exit 3, nothing is written outside --out, peak memory under 3 GB."""
+    from helpers import huge_png
+    from pydicom.data import get_testdata_file
+
+    images, clean_out = clean_run
+    work = tmp_path / "site"
+    cohort = work / "cohort"
+    shutil.copytree(images, cohort / "radiographs")
+    shutil.copytree(small_cohort / "ultrasound", cohort / "ultrasound")
+    odd = [cohort / "ultrasound" / p.name for p in sorted((small_cohort / "ultrasound").iterdir())]
+    dicom = sorted((cohort / "radiographs").glob("*.dcm"))[0]
+    data = dicom.read_bytes()
+    truncated = cohort / "radiographs" / f"resent_{dicom.name}"
+    truncated.write_bytes(data[: len(data) // 2 + 1000])  # same PatientID, half the pixels
+    odd.append(truncated)
+    (cohort / "corpus").mkdir()
+    for name in CORPUS_ODD:
+        odd.append(Path(shutil.copy(get_testdata_file(name), cohort / "corpus" / name)))
+    odd.append(huge_png(cohort / "radiographs" / "Z9_LH.png"))
+    before = _files(tmp_path)
+    out = work / "out"
+    status, peak_mb = _run_cli_measured(
+        ["predict", "--images", str(cohort), "--out", str(out), "--no-explain", "--quiet"], work
+    )
+    assert status == 3  # some files skipped, the rest done
+    assert _rows(out / "scores_ra2dream.csv") == _rows(clean_out / "scores_ra2dream.csv")
+    summary = json.loads((out / "summary.json").read_text())
+    failed = {Path(f["file"]).resolve(): f["reason"] for f in summary["failed_files"]}
+    assert set(failed) == {p.resolve() for p in odd}, "every odd file listed, nothing else"
+    assert all(reason.strip() for reason in failed.values())
+    assert all("ultrasound" in failed[p.resolve()] for p in odd if p.parent.name == "ultrasound")
+    assert "truncated" in failed[truncated.resolve()]
+    assert "too large" in failed[(cohort / "radiographs" / "Z9_LH.png").resolve()]
+    assert {p["patient_id"] for p in summary["patients"]} == set(
+        _rows(clean_out / "scores_ra2dream.csv")
+    )
+    written = _files(tmp_path) - before
+    assert written and all(out in p.parents for p in written), "written outside --out"
+    assert peak_mb < 3 * 1024, f"peak memory {peak_mb:.0f} MB"

@@ -5,34 +5,15 @@ patients."""
 from __future__ import annotations
 
 import shutil
-import struct
-import zlib
-from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
+from helpers import huge_png
 from PIL import Image
 
 from annotation_tools.imageio import ImageReadError, read_image, write_dicom, write_png
 from annotation_tools.radiograph import radiograph_files, radiograph_refusal
-
-
-def huge_png(path: Path, side: int = 20000) -> Path:
-    """A side x side 1-bit PNG written row by row: a few hundred KB on disk, 400 MB decoded."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return (
-            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-        )
-
-    packer = zlib.compressobj(9)
-    row = b"\0" * (1 + (side + 7) // 8)
-    idat = b"".join(packer.compress(row) for _ in range(side)) + packer.flush()
-    header = struct.pack(">IIBBBBB", side, side, 1, 0, 0, 0, 0)
-    png = b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
-    path.write_bytes(png)
-    return path
 
 
 def test_refusals_say_why(tmp_path, rng):

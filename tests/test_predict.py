@@ -102,6 +102,49 @@ def test_folder_prediction_reports_progress_and_lists_bad_files(service, small_c
     assert (tmp_path / "out" / "scores_ra2dream.csv").exists()
 
 
+def test_folder_goes_patient_by_patient_and_a_cancel_keeps_the_finished_ones(
+    service, small_cohort, tmp_path, monkeypatch
+):
+    """Each patient is read, scored and written before the next is read (no pixels of a
+    finished patient are kept); progress counts images; a cancel heard at the second patient
+    leaves the first one's row in the table and in summary.json."""
+    import csv
+    import json
+
+    import annotation_tools.predict as predict_module
+
+    images = tmp_path / "images"
+    shutil.copytree(small_cohort / "radiographs", images)
+    order: list[str] = []
+    real_read = predict_module.read_image
+
+    def read(path, *args, **kwargs):
+        order.append(path.name.rsplit("_", 1)[0])
+        return real_read(path, *args, **kwargs)
+
+    monkeypatch.setattr(predict_module, "read_image", read)
+    token = CancelToken()
+    events: list[Progress] = []
+
+    def on_progress(event: Progress) -> None:
+        events.append(event)
+        if event.message.startswith("S11-P0002: reading"):
+            token.cancel()
+
+    with pytest.raises(Cancelled):
+        service.predict_folder(
+            images, tmp_path / "out", explain=False, overlays=False,
+            on_progress=on_progress, cancel=token,
+        )  # fmt: skip
+    assert order == ["S11-P0001"] * 4  # the second patient was never read
+    assert [e.done for e in events if "reading" in e.message] == [0, 1, 2, 3, 4]
+    assert {e.total for e in events} == {12}
+    with open(tmp_path / "out" / "scores_ra2dream.csv", newline="") as handle:
+        assert [row["Patient_ID"] for row in csv.DictReader(handle)] == ["S11-P0001"]
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert [p["patient_id"] for p in summary["patients"]] == ["S11-P0001"]
+
+
 def test_a_missing_bundle_is_named_not_fatal(small_cohort, tmp_path):
     project = _project(small_cohort, tmp_path)
     service = PredictionService("two-stage", bundles_dir=tmp_path / "nothing_here")
