@@ -14,7 +14,14 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from .store import TRAINING_SOURCES, AnnotationStore, ImageRecord, Provenance, Revision
+from .store import (
+    TRAINING_SOURCES,
+    AnnotationStore,
+    ImageRecord,
+    Provenance,
+    Resolved,
+    Revision,
+)
 from .vocabulary import joints_for_limb
 
 __all__ = [
@@ -22,6 +29,7 @@ __all__ = [
     "Change",
     "ImageStatus",
     "annotation_queue",
+    "change_of",
     "image_status",
     "queue_reason",
     "rename_centre",
@@ -181,8 +189,12 @@ class Change:
 
 
 def _committed(store: AnnotationStore, kind: str, image_id: int, key: dict) -> Revision | None:
-    history = [r for r in store.history(kind, image_id, key) if not r.is_model]
-    return history[-1] if history else None
+    return Resolved.of(store.history(kind, image_id, key)).committed
+
+
+def change_of(store: AnnotationStore, kind: str, image_id: int, key: dict) -> Change:
+    """The :class:`Change` an edit of this annotation is about to make (for undo)."""
+    return Change(kind, image_id, key, _committed(store, kind, image_id, key))
 
 
 def save_centres(
@@ -210,10 +222,7 @@ def save_centres(
         newest = store.centres(image_id, sources=TRAINING_SOURCES)
 
         def record(joint_id: str) -> None:
-            key = {"joint_id": joint_id}
-            changes.append(
-                Change("centre", image_id, key, _committed(store, "centre", image_id, key))
-            )
+            changes.append(change_of(store, "centre", image_id, {"joint_id": joint_id}))
 
         for joint_id, (x, y) in points.items():
             old = newest.get(joint_id)
@@ -303,11 +312,9 @@ def rename_centre(
     prov = Provenance.human(annotator)
     with store.transaction():
         changes = [
-            Change("centre", image_id, {"joint_id": new_joint},
-                   _committed(store, "centre", image_id, {"joint_id": new_joint})),
-            Change("centre", image_id, {"joint_id": old_joint},
-                   _committed(store, "centre", image_id, {"joint_id": old_joint})),
-        ]  # fmt: skip
+            change_of(store, "centre", image_id, {"joint_id": joint})
+            for joint in (new_joint, old_joint)
+        ]
         xy = (current.value["x"], current.value["y"])
         store.set_centre(image_id, new_joint, xy, prov)
         store.delete_centre(image_id, old_joint, prov)

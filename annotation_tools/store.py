@@ -153,6 +153,14 @@ class Resolved:
     committed: Revision | None  # newest human / phantom revision, any status
     proposal: Revision | None  # newest model revision, any status
 
+    @classmethod
+    def of(cls, history: Sequence[Revision]) -> Resolved:
+        """The resolution of one annotation from its revisions, oldest first."""
+        return cls(
+            next((r for r in reversed(history) if not r.is_model), None),
+            next((r for r in reversed(history) if r.is_model), None),
+        )
+
     @property
     def current(self) -> Revision | None:
         """The revision that counts (None when it is a deletion)."""
@@ -839,11 +847,7 @@ class AnnotationStore:
         """
         history = self.history(kind, owner_id, key)
         if revision_id is None:
-            res = Resolved(
-                next((r for r in reversed(history) if not r.is_model), None),
-                next((r for r in reversed(history) if r.is_model), None),
-            )
-            rev = res.pending
+            rev = Resolved.of(history).pending
             if rev is None:
                 raise StoreError(f"no model proposal to accept for {kind} {key} of {owner_id}")
         else:
@@ -862,10 +866,9 @@ class AnnotationStore:
     def reject(self, kind: str, owner_id: int, key: dict[str, Any], annotator: str) -> int:
         """Turn down the pending proposal: the committed value is restated by the person (it
         stays what counts), or, where nobody had committed anything, a human deletion."""
-        history = self.history(kind, owner_id, key)
-        committed = next((r for r in reversed(history) if not r.is_model), None)
-        proposal = next((r for r in reversed(history) if r.is_model), None)
-        if Resolved(committed, proposal).pending is None:
+        resolved = Resolved.of(self.history(kind, owner_id, key))
+        committed, proposal = resolved.committed, resolved.proposal
+        if resolved.pending is None:
             raise StoreError(f"no model proposal to reject for {kind} {key} of {owner_id}")
         if committed is not None:
             return self._copy_revision(

@@ -19,6 +19,7 @@ import numpy as np
 from annotation_tools.imageio import read_image
 from annotation_tools.review import (
     Change,
+    change_of,
     rename_centre,
     restore,
     save_centres,
@@ -528,8 +529,7 @@ class RadiographSession(_Saving):
         return Provenance.human(self.annotator)
 
     def _change(self, kind: str, key: dict[str, Any]) -> Change:
-        history = [r for r in self.store.history(kind, self.record.id, key) if not r.is_model]
-        return Change(kind, self.record.id, key, history[-1] if history else None)
+        return change_of(self.store, kind, self.record.id, key)
 
     def _push(self, changes: list[Change]) -> None:
         if changes:
