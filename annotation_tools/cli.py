@@ -36,6 +36,7 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
         us_pairs=args.us_pairs,
         workers=args.workers,
         progress=not args.quiet,
+        **({"style": args.style} if args.style else {}),
     )
     print(
         f"wrote {info['radiographs']} radiographs and {info['ultrasound_pairs']} ultrasound pairs "
@@ -518,6 +519,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--height", type=int, default=1200, help="radiograph height in pixels")
     p.add_argument("--us-pairs", type=int, default=2, help="ultrasound pairs per patient")
+    p.add_argument(
+        "--style",
+        default=None,
+        help="how the phantoms are drawn (default: the project's default style; schematic: "
+        "fast capsule bones, for unit tests)",
+    )
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_phantoms)

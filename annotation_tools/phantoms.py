@@ -44,9 +44,11 @@ from .vocabulary import LIMBS, Joint, Limb, ScoreType, joints_for_limb
 
 __all__ = [
     "GENERATOR",
+    "STYLES",
     "LimbPhantom",
     "UltrasoundPhantom",
     "generate_cohort",
+    "phantom_style",
     "render_limb",
     "render_ultrasound",
     "sample_patient_scores",
@@ -54,6 +56,18 @@ __all__ = [
 
 GENERATOR = "annotation_tools.phantoms"
 US_SITES = ("mcp_2", "mcp_3", "pip_2", "wrist", "mtp_2", "mtp_5")
+
+# Phantom styles: which renderer draws the radiographs and the ultrasound pairs. Each entry is
+# "module:function" (imported only when used, so the heavy anatomy stack is optional for the
+# schematic style). ``render_limb(limb, grades, rng, *, height)`` -> LimbPhantom and
+# ``render_ultrasound(site, synovial_hypertrophy, vascularity, rng)`` -> UltrasoundPhantom.
+STYLES: dict[str, dict[str, str]] = {
+    "schematic": {
+        "radiograph": "annotation_tools.phantoms:render_limb",
+        "ultrasound": "annotation_tools.phantoms:render_ultrasound",
+    },
+}
+DEFAULT_STYLE = "schematic"
 
 # Joint-space width relative to grade 0, by narrowing grade; grade 4 overlaps the bones (fusion).
 _GAP_FACTOR = (1.0, 0.72, 0.5, 0.28, -0.6)
@@ -997,15 +1011,31 @@ def patient_id_for(seed: int, index: int) -> str:
     return f"S{int(seed)}-P{int(index) + 1:04d}"
 
 
+def phantom_style(
+    style: str,
+) -> tuple[Callable[..., LimbPhantom], Callable[..., UltrasoundPhantom]]:
+    """The (radiograph, ultrasound) renderers of a style; a clear error for an unknown one."""
+    import importlib
+
+    if style not in STYLES:
+        raise ValueError(f"unknown phantom style {style!r}; choose one of {sorted(STYLES)}")
+    renderers = []
+    for modality in ("radiograph", "ultrasound"):
+        module, _, name = STYLES[style][modality].partition(":")
+        renderers.append(getattr(importlib.import_module(module), name))
+    return renderers[0], renderers[1]
+
+
 def generate_patient(
-    seed: int, index: int, *, height: int = 1200, us_pairs: int = 2
+    seed: int, index: int, *, height: int = 1200, us_pairs: int = 2, style: str = DEFAULT_STYLE
 ) -> PatientPhantom:
+    draw_limb, draw_ultrasound = phantom_style(style)
     rng = _patient_rng(seed, index)
     grades = sample_patient_scores(rng)
     limbs = {}
     for limb in LIMBS:
         limb_rng = np.random.default_rng([int(seed), int(index), LIMBS.index(limb), 31])
-        limbs[limb.value] = render_limb(limb, grades, limb_rng, height=height)
+        limbs[limb.value] = draw_limb(limb, grades, limb_rng, height=height)
     severity = np.mean(
         [g.get("erosion", 0) / 5 + g.get("narrowing", 0) / 4 for g in grades.values()]
     )
@@ -1014,7 +1044,7 @@ def generate_patient(
     for k in sites:
         side = "L" if rng.random() < 0.5 else "R"
         sh, vasc = sample_us_grades(rng, float(np.clip(severity * 1.3 + rng.normal(0, 0.1), 0, 1)))
-        us.append(render_ultrasound(f"{side}_{US_SITES[int(k)]}", sh, vasc, rng))
+        us.append(draw_ultrasound(f"{side}_{US_SITES[int(k)]}", sh, vasc, rng))
     return PatientPhantom(patient_id_for(seed, index), limbs, us, grades)
 
 
@@ -1023,11 +1053,11 @@ def _file_format(rng: np.random.Generator) -> str:
     return str(rng.choice(["dcm_mono2", "dcm_mono1", "png"], p=[0.4, 0.2, 0.4]))
 
 
-def _write_patient(args: tuple[int, int, str, int, int]) -> dict[str, Any]:
+def _write_patient(args: tuple[int, int, str, int, int, str]) -> dict[str, Any]:
     """Worker: render one patient and write its files; returns what the store needs."""
-    seed, index, out_dir, height, us_pairs = args
+    seed, index, out_dir, height, us_pairs, style = args
     out = Path(out_dir)
-    patient = generate_patient(seed, index, height=height, us_pairs=us_pairs)
+    patient = generate_patient(seed, index, height=height, us_pairs=us_pairs, style=style)
     fmt_rng = np.random.default_rng([seed, index, 101])
     record: dict[str, Any] = {"patient_id": patient.patient_id, "radiographs": [], "ultrasound": []}
     for limb_name, ph in patient.limbs.items():
@@ -1140,7 +1170,7 @@ def _store_patient(store: Any, record: dict[str, Any], prov: Any) -> None:
 
 
 def _iter_records(
-    jobs: list[tuple[int, int, str, int, int]], workers: int
+    jobs: list[tuple[int, int, str, int, int, str]], workers: int
 ) -> Iterator[dict[str, Any]]:
     if workers <= 1:
         yield from map(_write_patient, jobs)
@@ -1158,6 +1188,7 @@ def generate_cohort(
     us_pairs: int = 2,
     workers: int | None = None,
     progress: bool = True,
+    style: str = DEFAULT_STYLE,
 ) -> dict[str, Any]:
     """Write a phantom cohort: images, the annotation store, RA2-DREAM and ultrasound CSVs.
 
@@ -1170,6 +1201,7 @@ def generate_cohort(
 
     if n_patients < 1:
         raise ValueError("a cohort needs at least one patient")
+    phantom_style(style)  # an unknown style fails before any file is written
     if height < 256:
         raise ValueError(f"height {height} is too small to draw joints; use at least 256 px")
     out = Path(out_dir)
@@ -1180,7 +1212,7 @@ def generate_cohort(
     workers = workers or min(os.cpu_count() or 1, 4)
     started = time.perf_counter()
     prov = Provenance.phantom(GENERATOR, f"{__version__}+seed{seed}")
-    jobs = [(int(seed), i, str(out), int(height), int(us_pairs)) for i in range(n_patients)]
+    jobs = [(int(seed), i, str(out), int(height), int(us_pairs), style) for i in range(n_patients)]
     us_rows = []
     with AnnotationStore.open(out) as store:
         records = _iter_records(jobs, workers)
@@ -1223,6 +1255,7 @@ def generate_cohort(
         "generator": GENERATOR,
         "version": __version__,
         "seed": int(seed),
+        "style": style,
         "patients": int(n_patients),
         "height": int(height),
         "ultrasound_pairs_per_patient": int(us_pairs),
