@@ -320,7 +320,9 @@ class SymmetryModel:
             raise SymmetryModelError(
                 f"{path} contains types that are not on the allow-list: {', '.join(refused)}"
             )
-        state = sio.load(path, trusted=sio.get_untrusted_types(file=path))
+        # Trust exactly the allow-list (not whatever the file names), so the check above and
+        # the load cannot disagree.
+        state = sio.load(path, trusted=list(_TRUSTED_TYPES))
         if not isinstance(state, dict) or state.get("format") != FORMAT:
             raise SymmetryModelError(f"{path} is not a ra_joints symmetry model")
         try:
