@@ -71,6 +71,10 @@ class BundleNotTrusted(BundleNotFound):
     unavailable bundle and goes on does the same here.
     """
 
+    def __init__(self, message: str, root: str | Path | None = None):
+        super().__init__(message)
+        self.root = Path(root) if root is not None else None  # the dock names it when asking
+
 
 _DEVICE = re.compile(r"cpu|cuda|cuda:\d{1,2}|mps")
 
@@ -106,7 +110,8 @@ def check_trusted(root: str | Path, trusted: bool) -> None:
     raise BundleNotTrusted(
         f"{Path(root)} is not a shipped bundle: its configs are executable code (MONAI "
         "_target_ and $ expressions run when they are read); run it only if you trust its "
-        "source, with --trust-bundle (library: trusted=True)"
+        "source, with --trust-bundle (library: trusted=True)",
+        root,
     )
 
 

@@ -281,9 +281,22 @@ def _cmd_markups(args: argparse.Namespace) -> int:
     return 0
 
 
+def _benchmark_bundle_roots(args: argparse.Namespace) -> list[Path]:
+    """Every bundle folder a benchmark run would parse configs from."""
+    from .bundles import bundle_for, registry
+
+    if args.task == "all":
+        return [info.root for info in registry().values()]
+    roots = [args.bundle or bundle_for(args.task).root]
+    return roots + [b for b in (args.locator_bundle, args.scorer_bundle) if b is not None]
+
+
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from .benchmark import run_benchmark
+    from .bundles import check_trusted
 
+    for root in _benchmark_bundle_roots(args):  # before any config is parsed
+        check_trusted(root, args.trust_bundle)
     out = args.out or Path(f"results/benchmark_{args.task}.json")
     if args.task == "all":
         if args.compare or args.locator_bundle or args.scorer_bundle or args.bundle or args.heldout:
@@ -720,6 +733,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=3,
         help="ultrasound: pairs whose integrated-gradients heatmaps are timed (0: none)",
     )
+    p.add_argument(
+        "--trust-bundle",
+        action="store_true",
+        help="allow bundles from a folder you supplied (--*-bundle, --bundles, "
+        "RA_JOINTS_BUNDLES): their configs are executable code; the shipped ones need no flag",
+    )
     p.set_defaults(func=_cmd_benchmark)
 
     p = sub.add_parser(
@@ -798,6 +817,12 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="KEY=VALUE",
         help="override a training config value, e.g. --set epochs=5 (repeatable)",
     )
+    p.add_argument(
+        "--trust-bundle",
+        action="store_true",
+        help="allow bundles from a folder you supplied (--bundles, "
+        "RA_JOINTS_BUNDLES): their configs are executable code; the shipped ones need no flag",
+    )
     p.add_argument("--detach", action="store_true", help="start the job and return")
     p.add_argument("--verbose", action="store_true", help="show library warnings too")
     p.set_defaults(func=_cmd_retrain)
@@ -832,7 +857,12 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
             raise ValueError(f"--set takes KEY=VALUE with a config key, got {item!r}")
         overrides += [f"--{key}", value]
     job = start_retrain(
-        args.project, info.root, quick=not args.full, folds=args.folds, overrides=overrides
+        args.project,
+        info.root,
+        quick=not args.full,
+        folds=args.folds,
+        overrides=overrides,
+        trusted=args.trust_bundle,
     )
     print(f"job {job.id}: {job.path} (log {job.log_path})")
     if args.detach:

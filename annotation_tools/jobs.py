@@ -267,12 +267,18 @@ def start_retrain(
     folds: int | None = None,
     overrides: Iterable[str] = (),
     baseline: dict[str, Any] | None = None,
+    trusted: bool = False,
 ) -> RetrainJob:
-    """Start a retraining in its own process (it survives the caller); returns its job."""
-    from .bundles import BundleInfo
+    """Start a retraining in its own process (it survives the caller); returns its job.
+
+    A bundle that is not a shipped one runs only with ``trusted=True``: training parses its
+    configs, and MONAI configs are executable code.
+    """
+    from .bundles import BundleInfo, check_trusted
     from .retrain import retrain_steps
 
     project, root = Path(project).resolve(), Path(bundle_root).resolve()
+    check_trusted(root, trusted)  # before any of its configs is read
     info = BundleInfo.read(root)
     if not info.retrainable:
         raise ValueError(f"{info.name} is not retrainable here; train it with its scripts")

@@ -350,12 +350,16 @@ class PredictionService:
                 info_of_model["version"] = info.version
         return model
 
+    @property
+    def radiograph_tasks(self) -> tuple[str, ...]:
+        """The bundle tasks this service's radiograph pipeline runs."""
+        return ("multitask",) if self.pipeline == "multitask" else ("locator", "scorer")
+
     def models(self) -> dict[str, Any]:
         """``{"locator", "scorer", "multitask"}`` -> loaded model or None, loaded once."""
         if self._models is None:
-            tasks = ("multitask",) if self.pipeline == "multitask" else ("locator", "scorer")
             self._models = {"locator": None, "scorer": None, "multitask": None}
-            for task in tasks:
+            for task in self.radiograph_tasks:
                 self._models[task] = self._loaded.pop(task, None) or self._load(task)
         return self._models
 

@@ -61,6 +61,9 @@ class RAJointsWidget(QWidget):
         self.viewer = napari_viewer
         # a folder of bundles instead of the shipped ones (as RA_JOINTS_BUNDLES would)
         self.bundles_dir = Path(bundles_dir) if bundles_dir else None
+        # Bundles that did not ship with the package run only after the person agreed
+        # (ui/trust.py); the answer holds while this dock lives.
+        self.trusted_bundles = False
         self.store: AnnotationStore | None = None
         self.session: RadiographSession | UltrasoundSession | None = None
         self.busy = False

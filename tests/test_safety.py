@@ -194,3 +194,21 @@ def test_phantoms_refuses_a_file_out_and_huge_sizes(tmp_path, capsys):
     assert main(["phantoms", "--out", str(tmp_path / "c"), "--height", "100000"]) == 2
     assert "--height must be" in capsys.readouterr().err
     assert not (tmp_path / "c").exists()
+
+
+def test_benchmark_and_retrain_refuse_an_untrusted_bundle_before_reading_it(tmp_path, capsys):
+    from annotation_tools.bundles import bundle_for
+
+    mine = tmp_path / "mine"
+    shutil.copytree(bundle_for("locator").root, mine / "ra_joint_locator",
+                    ignore=shutil.ignore_patterns("*.pt", "*.ts"))  # fmt: skip
+    status = main(["benchmark", "--task", "locator", "--bundle", str(mine / "ra_joint_locator"),
+                   "--out", str(tmp_path / "b.json")])  # fmt: skip
+    assert status == 2 and "--trust-bundle" in capsys.readouterr().err
+    assert not (tmp_path / "b.json").exists()
+    project = tmp_path / "project"
+    project.mkdir()
+    status = main(["--bundles", str(mine), "retrain", "--project", str(project),
+                   "--bundle", "ra_joint_locator"])  # fmt: skip
+    assert status == 2 and "executable code" in capsys.readouterr().err
+    assert not (project / "training").exists()  # no job was written

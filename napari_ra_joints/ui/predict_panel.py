@@ -21,7 +21,7 @@ from qtpy.QtWidgets import (
     QVBoxLayout,
 )
 
-from annotation_tools.bundles import registry
+from annotation_tools.bundles import BundleNotTrusted, registry
 from annotation_tools.predict import (
     Cancelled,
     CancelToken,
@@ -150,13 +150,37 @@ class PredictPanel(QGroupBox):
             info.task: self.dock.retrain_panel.chosen_weights().get(name)
             for name, info in registry(self.dock.bundles_dir).items()
         }
-        key = (pipeline, tuple(sorted((k, str(v)) for k, v in by_task.items())))
+        trusted = self.dock.trusted_bundles
+        key = (pipeline, trusted, tuple(sorted((k, str(v)) for k, v in by_task.items())))
         if key not in self._services:  # other weights chosen: let the old models go
             self._services = {k: v for k, v in self._services.items() if k[0] != pipeline}
             self._services[key] = PredictionService(
-                pipeline, bundles_dir=self.dock.bundles_dir, weights=by_task
+                pipeline, bundles_dir=self.dock.bundles_dir, weights=by_task, trusted=trusted
             )
         return self._services[key]
+
+    def trusts_bundles(self, pipeline: str, radiograph: bool) -> bool:
+        """Ask (once per dock) before a bundle that did not ship with the package runs.
+
+        Checked here on the Qt thread, before the worker starts: in the worker an untrusted
+        bundle would only be skipped.
+        """
+        from annotation_tools.bundles import BundleNotFound
+
+        from .trust import ask_to_trust
+
+        service = self.service(pipeline)
+        for task in service.radiograph_tasks if radiograph else ("ultrasound",):
+            try:
+                service.bundle(task)
+            except BundleNotTrusted as exc:
+                if not ask_to_trust(self.dock, exc):
+                    return False
+                self.dock.trusted_bundles = True
+                service = self.service(pipeline)  # a service that may run it
+            except BundleNotFound:
+                pass  # reported as skipped by the job, like any missing bundle
+        return True
 
     def predict(self, whole_patient: bool = False) -> None:
         """Run the bundles for the open image's patient (or the open pair, or all the patient's
@@ -170,6 +194,11 @@ class PredictPanel(QGroupBox):
             return
         project = dock.store.root
         self.cancel_token = None
+        radiograph = dock.radiograph_session() is not None
+        pipeline = self.pipeline if radiograph else "two-stage"
+        if not self.trusts_bundles(pipeline, radiograph):
+            dock.say("Prediction not run: the bundle is not trusted.")
+            return
         if (session := dock.radiograph_session()) is not None:
             self.cancel_token = CancelToken()
             args = (self.service(self.pipeline), project, session.record.patient_id)

@@ -162,16 +162,38 @@ class RetrainPanel(QGroupBox):
             "metric": validation_figure(dock.store.root, name, in_use),
         }
         try:
-            job = start_retrain(
-                dock.store.root, bundle, quick=self.retrain_quick.isChecked(), baseline=baseline
-            )
-        except (RuntimeError, ValueError, OSError) as exc:
+            job = self._start(bundle, baseline)
+        except (RuntimeError, ValueError, OSError, LookupError) as exc:
             show_error(f"Retraining not started: {exc}")
             return None
         self.train_log.clear()
         self.follow(job)
         dock.say(f"Retraining {name} as job {job.id}; it goes on if napari is closed.")
         return job
+
+    def _start(self, bundle: Any, baseline: dict[str, Any]) -> RetrainJob:
+        """Start the job; a bundle that did not ship with the package needs the person's yes."""
+        from annotation_tools.bundles import BundleNotTrusted
+
+        from .trust import ask_to_trust
+
+        dock = self.dock
+        quick = self.retrain_quick.isChecked()
+        try:
+            return start_retrain(
+                dock.store.root,
+                bundle,
+                quick=quick,
+                baseline=baseline,
+                trusted=dock.trusted_bundles,
+            )
+        except BundleNotTrusted as exc:
+            if not ask_to_trust(dock, exc):
+                raise
+            dock.trusted_bundles = True
+            return start_retrain(
+                dock.store.root, bundle, quick=quick, baseline=baseline, trusted=True
+            )
 
     def follow(self, job: RetrainJob | None) -> None:
         self.job = job
