@@ -67,6 +67,28 @@ def _cmd_bundles(args: argparse.Namespace) -> int:
     return 0 if rows else 1
 
 
+@contextlib.contextmanager
+def _cancel_on_ctrl_c(what: str) -> Iterator[Any]:
+    """A first Ctrl+C asks the job to stop after the current file (keeping what it did); a
+    second one interrupts at once."""
+    import signal
+
+    from .progress import CancelToken
+
+    token = CancelToken()
+
+    def first(signum: int, frame: Any) -> None:
+        token.cancel()
+        print(f"cancelling the {what} after this file (Ctrl+C again to stop now)", file=sys.stderr)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    previous = signal.signal(signal.SIGINT, first)
+    try:
+        yield token
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _cmd_import(args: argparse.Namespace) -> int:
     """Register a cohort's files in a project (created when missing); exit 3 when some were
     skipped (each is listed with its reason on stderr)."""
@@ -80,13 +102,15 @@ def _cmd_import(args: argparse.Namespace) -> int:
         if decide.locator() is None:
             print("--decide-limbs: " + "; ".join(decide.skipped), file=sys.stderr)
             return 2
-    report = import_sources(
-        args.project,
-        args.sources,
-        cases=args.cases,
-        decide=decide,
-        limb_threshold=LIMB_THRESHOLD if args.limb_threshold is None else args.limb_threshold,
-    )
+    with _cancel_on_ctrl_c("import") as cancel:
+        report = import_sources(
+            args.project,
+            args.sources,
+            cases=args.cases,
+            decide=decide,
+            limb_threshold=LIMB_THRESHOLD if args.limb_threshold is None else args.limb_threshold,
+            cancel=cancel,
+        )
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
     else:

@@ -52,7 +52,7 @@ from .imageio import (
     read_image,
     sniff_format,
 )
-from .progress import Progress, run_job
+from .progress import CancelToken, Progress, run_job
 from .radiograph import (
     LIMB_TOKEN,
     image_files,
@@ -105,6 +105,8 @@ class ImportReport:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     pairs: list[dict[str, Any]] = field(default_factory=list)
     unpaired: list[dict[str, str]] = field(default_factory=list)
+    # Files found but not looked at because the person cancelled (what came before is kept).
+    not_reached: list[str] = field(default_factory=list)
 
     @property
     def needs_limb(self) -> list[dict[str, Any]]:
@@ -114,8 +116,9 @@ class ImportReport:
 
     @property
     def exit_code(self) -> int:
-        """0: every file imported (or already there); 3: some files were skipped."""
-        return 3 if self.skipped else 0
+        """0: every file imported (or already there); 3: some files were skipped or, after a
+        cancel, not reached."""
+        return 3 if self.skipped or self.not_reached else 0
 
     def to_json(self) -> dict[str, Any]:
         return {**asdict(self), "needs_limb": self.needs_limb, "exit_code": self.exit_code}
@@ -227,11 +230,18 @@ def import_sources(
     decide: Any = None,
     limb_threshold: float = LIMB_THRESHOLD,
     progress: Callable[[Progress], None] | None = None,
+    cancel: CancelToken | None = None,
 ) -> ImportReport:
     """Register every usable image under ``sources`` in the project (module docstring);
     ``progress`` gets one :class:`~annotation_tools.jobs.Progress` per file."""
     job = iter_import_sources(
-        project, sources, cases=cases, limbs=limbs, decide=decide, limb_threshold=limb_threshold
+        project,
+        sources,
+        cases=cases,
+        limbs=limbs,
+        decide=decide,
+        limb_threshold=limb_threshold,
+        cancel=cancel,
     )
     return run_job(job, progress)
 
@@ -244,8 +254,13 @@ def iter_import_sources(
     limbs: Mapping[str | Path, str] | None = None,
     decide: Any = None,
     limb_threshold: float = LIMB_THRESHOLD,
+    cancel: CancelToken | None = None,
 ) -> Generator[Progress, None, ImportReport]:
     """:func:`import_sources` as a job: yields before each file, returns the report.
+
+    ``cancel``: checked before each file; a cancelled import keeps every file registered so
+    far (each is committed on its own), still pairs their ultrasound frames, and lists the
+    files it did not reach in ``not_reached``.
 
     ``limbs``: a person's limb per file (path -> ``LH``...), as a cases table's limb column
     would say; ``decide``: a locator or prediction service whose :func:`decide_limb` is asked
@@ -265,6 +280,9 @@ def iter_import_sources(
         files, report.skipped = _walk(sources)
         groups: dict[tuple[str, str], dict[str, Any]] = {}
         for done, path in enumerate(files):
+            if cancel is not None and cancel.cancelled:
+                report.not_reached = [str(p) for p in files[done:]]
+                break
             yield Progress(done, len(files), f"importing {path.name} ({done + 1}/{len(files)})")
             row = table.get(str(path), CaseRow())
             try:
@@ -281,7 +299,8 @@ def iter_import_sources(
                 continue
             known[digest] = store.image(outcome["image_id"]).path
             report.imported.append(outcome)
-        yield Progress(len(files), len(files), "pairing ultrasound frames")
+        reached = len(files) - len(report.not_reached)
+        yield Progress(reached, len(files), "pairing ultrasound frames")
         for (patient, key), group in sorted(groups.items()):
             grey, doppler = group.get("us_greyscale", []), group.get("us_doppler", [])
             if len(grey) == 1 and len(doppler) == 1:
@@ -425,6 +444,11 @@ def describe(report: ImportReport, details: bool = False) -> str:
         lines.append(
             f"  {len(report.needs_limb)} file(s) need a limb decision: give it in a cases table "
             "(column 'limb'), or let the locator suggest one (--decide-limbs)"
+        )
+    if report.not_reached:
+        lines.append(
+            f"  cancelled: {len(report.not_reached)} file(s) not reached (import them again "
+            "later: the files already imported are recognised and not added twice)"
         )
     if not report.imported and report.duplicates:
         lines.append(

@@ -19,7 +19,6 @@ worker and only renders what comes back.
 from __future__ import annotations
 
 import json
-import threading
 import time
 from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from .isolation import Cancelled, isolated
 from .joint_decoding import LocatorResult, write_to_store
 from .locator import JointLocator
 from .multitask import MultitaskModel
-from .progress import Progress, run_job
+from .progress import CancelToken, Progress, run_job
 from .radiograph import radiograph_files
 from .scoring import (
     JointScorer,
@@ -62,24 +61,6 @@ __all__ = [
 ]
 
 PIPELINES = ("two-stage", "multitask")
-
-
-class CancelToken:
-    """Set by the person (the dock's Cancel, Ctrl+C); jobs check it between images."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
-    def check(self) -> None:
-        if self._event.is_set():
-            raise Cancelled("prediction cancelled; results written so far are kept")
 
 
 def _check(cancel: CancelToken | None) -> None:

@@ -7,11 +7,14 @@ with :func:`run_job`. Kept free of torch so that light modules (``intake``) can 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import TypeVar
 
-__all__ = ["Progress", "run_job"]
+from .isolation import Cancelled
+
+__all__ = ["CancelToken", "Progress", "run_job"]
 
 T = TypeVar("T")
 
@@ -23,6 +26,24 @@ class Progress:
     done: int
     total: int
     message: str
+
+
+class CancelToken:
+    """Set by the person (the dock's Cancel, Ctrl+C); jobs check it between images."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+    def check(self) -> None:
+        if self._event.is_set():
+            raise Cancelled("prediction cancelled; results written so far are kept")
 
 
 def run_job(

@@ -109,3 +109,30 @@ def test_locator_decides_untagged_limbs_only_when_asked(tmp_path, capsys):
     assert report.exit_code == 3
     guess, _, reason = decide_limb(first, service.locator())  # a bare locator too
     assert guess.value == truth[first] and "shape prior" in reason
+
+
+def test_a_cancelled_import_keeps_what_it_did_and_the_next_one_adds_the_rest(tmp_path):
+    from annotation_tools.intake import describe, import_sources
+    from annotation_tools.progress import CancelToken
+
+    cohort = tmp_path / "export"
+    _cohort(cohort)
+    project = tmp_path / "project"
+    token = CancelToken()
+    seen = []
+
+    def progress(event):
+        seen.append(event)
+        if event.done == 3:  # the person presses Cancel while file 4 is read
+            token.cancel()
+
+    first = import_sources(project, [cohort], progress=progress, cancel=token)
+    reached = len(first.imported) + len(first.skipped) + len(first.duplicates)
+    assert reached == 4 and first.not_reached and first.exit_code == 3
+    assert "cancelled" in describe(first) and str(len(first.not_reached)) in describe(first)
+    with AnnotationStore.open(project, create=False) as store:
+        assert len(store.images()) == len(first.imported)  # each file committed on its own
+    rest = import_sources(project, [cohort])
+    assert len(rest.duplicates) == len(first.imported) and not rest.not_reached
+    total = len(first.imported) + len(rest.imported)
+    assert total + len(rest.skipped) == reached + len(first.not_reached)

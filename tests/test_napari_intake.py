@@ -108,3 +108,41 @@ def test_add_images_reports_broken_files_with_their_reason(
     line = next(t for t in panel.report_text.toPlainText().splitlines() if "P7_RH.png" in t)
     assert line.startswith("skipped") and line.endswith(skipped["reason"])
     assert widget.project_panel.image_list.count() == 1
+
+
+def test_cancel_stops_the_import_after_the_current_file(
+    make_napari_viewer, qtbot, tmp_path, monkeypatch
+):
+    import time
+
+    from qtpy.QtCore import Qt
+    from qtpy.QtWidgets import QFileDialog
+
+    from annotation_tools import intake
+
+    expected = pacs_export(tmp_path / "export")
+    project = tmp_path / "project"
+    monkeypatch.setattr(QFileDialog, "getExistingDirectory",
+                        staticmethod(lambda parent, caption, *a, **k: str(
+                            project if "Project" in caption else tmp_path / "export")))  # fmt: skip
+    register = intake._register
+
+    def slow_register(*args, **kwargs):  # a slow network share: time to press Cancel
+        time.sleep(0.3)
+        return register(*args, **kwargs)
+
+    monkeypatch.setattr(intake, "_register", slow_register)
+    widget = _widget(make_napari_viewer())
+    panel = widget.intake_panel
+    assert not panel.cancel_button.isEnabled()
+    qtbot.mouseClick(panel.add_folder_button, Qt.LeftButton)
+    assert panel.cancel_button.isEnabled()
+    qtbot.waitUntil(lambda: panel.progress.value() >= 1, timeout=30_000)
+    qtbot.mouseClick(panel.cancel_button, Qt.LeftButton)
+    qtbot.waitUntil(lambda: panel.worker is None, timeout=30_000)
+    report = panel.report
+    assert report.not_reached and report.imported
+    assert "not reached" in panel.report_text.toPlainText()
+    assert widget.store is not None  # the project with the files imported so far is open
+    assert len(widget.store.images()) == len(report.imported) < len(expected) + 4
+    assert not panel.cancel_button.isEnabled()

@@ -29,7 +29,7 @@ from qtpy.QtWidgets import (
 )
 
 from annotation_tools.intake import ImportReport, describe, iter_import_sources
-from annotation_tools.progress import Progress
+from annotation_tools.progress import CancelToken, Progress
 
 if TYPE_CHECKING:
     from .._widget import RAJointsWidget
@@ -46,6 +46,7 @@ class IntakePanel(QGroupBox):
         super().__init__("Bring images in")
         self.dock = dock
         self.worker: Any = None
+        self.cancel_token: CancelToken | None = None
         self.report: ImportReport | None = None
         layout = QVBoxLayout(self)
         row = QHBoxLayout()
@@ -82,9 +83,18 @@ class IntakePanel(QGroupBox):
             "calls are listed below with the suggestion for you to confirm"
         )
         layout.addWidget(self.decide_box)
+        progress_row = QHBoxLayout()
         self.progress = QProgressBar()
         self.progress.setRange(0, 1)
-        layout.addWidget(self.progress)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setToolTip(
+            "Stop after the current file; the files imported so far stay in the project"
+        )
+        self.cancel_button.clicked.connect(self.cancel)
+        self.cancel_button.setEnabled(False)
+        progress_row.addWidget(self.progress)
+        progress_row.addWidget(self.cancel_button)
+        layout.addLayout(progress_row)
         self.report_text = QPlainTextEdit()
         self.report_text.setReadOnly(True)  # selectable and copyable
         self.report_text.setPlaceholderText("The import report appears here.")
@@ -146,6 +156,7 @@ class IntakePanel(QGroupBox):
         decide = None
         if self.decide_box.isChecked():  # the dock's service: the locator loads once
             decide = self.dock.predict_panel.service("two-stage")
+        self.cancel_token = CancelToken()
         self.worker = create_worker(
             iter_import_sources,
             project,
@@ -153,6 +164,7 @@ class IntakePanel(QGroupBox):
             cases=cases,
             limbs=limbs,
             decide=decide,
+            cancel=self.cancel_token,
         )
         self.worker.yielded.connect(self.show_progress)
         self.worker.returned.connect(self.show_report)
@@ -162,8 +174,16 @@ class IntakePanel(QGroupBox):
         self.dock.busy = True
         self.dock.update_enabled()
         self.dock.say(f"Importing into {project}…")
+        self.cancel_button.setEnabled(True)
         self.worker.start()
         return True
+
+    def cancel(self) -> None:
+        """Stop after the current file (the worker checks before each one)."""
+        if self.cancel_token is not None:
+            self.cancel_token.cancel()
+            self.cancel_button.setEnabled(False)
+            self.dock.say("Cancelling the import after the current file…")
 
     def show_progress(self, event: Progress) -> None:
         if event.total:
@@ -191,6 +211,8 @@ class IntakePanel(QGroupBox):
 
     def _finished(self) -> None:
         self.worker = None
+        self.cancel_token = None
+        self.cancel_button.setEnabled(False)
         self.progress.setRange(0, 1)
         self.progress.setValue(1)
         self.dock.busy = False
