@@ -606,6 +606,9 @@ class PredictionService:
                     json.dumps(doc, indent=1)
                 )
                 found.append(result)
+            if store:  # centre proposals beside the scores (none over a person's centre)
+                with isolated(failures, result.path, "centres not written to the store"):
+                    write_to_store(store, result, locator.model_info)
         scored: list[PatientScores] = []
         with isolated(failures, f"patient {patient_id}", "not scored"):
             scored = scorer.score(patch_set, explain=explain)

@@ -146,6 +146,9 @@ def test_cli_round_trip_keeps_the_human_values(small_cohort, tmp_path):
         writer.writerow({"Patient_ID": patient, **human})
     assert main(["import-dream", "--project", str(project), "--csv", str(table),
                  "--annotator", "reader1"]) == 0  # fmt: skip
+    lh = next(r for r in radiographs if r.limb == "LH" and r.patient_id == patient)
+    with AnnotationStore.open(project, create=False) as store:
+        store.set_centre(lh.id, "LH_mcp_2", (100.0, 100.0), HUMAN)  # a person placed it
     folder = project / radiographs[0].path.rsplit("/", 1)[0]
     assert main(["predict", "--images", str(folder), "--store", str(project),
                  "--out", str(tmp_path / "out"), "--no-overlays", "--quiet"]) == 0  # fmt: skip
@@ -159,9 +162,12 @@ def test_cli_round_trip_keeps_the_human_values(small_cohort, tmp_path):
     filled = [c for c, v in row.items() if c not in human and c != "Patient_ID" and v != ""]
     assert len(filled) > 40  # the model's proposals fill the joints nobody scored
     with AnnotationStore.open(project, create=False) as store:
-        lh = next(r for r in store.images(modality="radiograph") if r.limb == "LH")
         pending = store.proposals("score", lh.id)
+        proposed = {r.key for r in store.history("centre", lh.id) if r.is_model}
+        shown = store.centres(lh.id)["LH_mcp_2"]
     assert ("LH_mcp_2", "erosion") in pending  # the model's grade waits beside the reader's
+    assert len(proposed) >= 15 and "LH_mcp_2" not in proposed  # centres too, none over hers
+    assert shown.source == "human" and shown.value["x"] == 100.0
 
 
 def test_re_predict_proposes_no_centre_over_a_human_one_and_scores_around_it(
