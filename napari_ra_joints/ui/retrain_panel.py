@@ -115,17 +115,24 @@ class RetrainPanel(QGroupBox):
         """List every version; select what the project says Predict uses (never the newest
         by itself). Then pick up the project's jobs."""
         store = self.dock.store
-        for name, combo in self.version_boxes.items():
-            combo.clear()
-            combo.addItem("shipped")
-            if store is not None:
-                combo.addItems([v.name for v in model_versions(store.root, name)])
-                combo.setCurrentText(chosen_version(store.root, name))
+        self._list_versions(
+            {n: chosen_version(store.root, n) if store else "shipped" for n in self.version_boxes}
+        )
         if store is not None:
             found = jobs(store.root)
             self._announced = {j.id for j in found if not j.active}
             active = [j for j in found if j.active]
             self.follow(active[-1] if active else (found[-1] if found else None))
+
+    def _list_versions(self, selected: dict[str, str]) -> None:
+        """Fill every weights box with shipped + the project's versions, then select."""
+        store = self.dock.store
+        for name, combo in self.version_boxes.items():
+            combo.clear()
+            combo.addItem("shipped")
+            if store is not None:
+                combo.addItems([v.name for v in model_versions(store.root, name)])
+            combo.setCurrentText(selected[name])
 
     def _chose(self, bundle: str) -> None:
         store = self.dock.store
@@ -229,13 +236,8 @@ class RetrainPanel(QGroupBox):
                 self._finished(job)
 
     def _finished(self, job: RetrainJob) -> None:
-        for name, combo in self.version_boxes.items():
-            current = combo.currentText()
-            combo.clear()
-            combo.addItem("shipped")
-            if self.dock.store is not None:
-                combo.addItems([v.name for v in model_versions(self.dock.store.root, name)])
-            combo.setCurrentText(current)  # listed, not switched to
+        # the new version is listed, not switched to
+        self._list_versions({n: c.currentText() for n, c in self.version_boxes.items()})
         if job.finished_ok:
             self.dock.say(
                 f"New {job.bundle} version {job.version} is ready; choose it in the weights "
