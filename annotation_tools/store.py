@@ -362,9 +362,16 @@ class AnnotationStore:
 
     @classmethod
     def open(
-        cls, path: str | Path, *, create: bool = True, synchronous: str | None = None
+        cls,
+        path: str | Path,
+        *,
+        create: bool = True,
+        synchronous: str | None = None,
+        timeout: float = 10.0,
     ) -> AnnotationStore:
-        return cls(path, create=create, synchronous=synchronous)
+        """``timeout``: how long a write waits for another process's lock before
+        :class:`StoreLockedError` (the dock waits briefly and retries on its own)."""
+        return cls(path, create=create, synchronous=synchronous, timeout=timeout)
 
     @classmethod
     @contextlib.contextmanager
@@ -381,6 +388,11 @@ class AnnotationStore:
             yield opened
 
     # ------------------------------------------------------------------ plumbing
+
+    def set_lock_wait(self, seconds: float) -> None:
+        """How long writes wait for another process's lock from now on (see ``timeout``)."""
+        with self._lock:
+            self._conn.execute(f"PRAGMA busy_timeout = {int(float(seconds) * 1000)}")
 
     def close(self) -> None:
         with self._lock:

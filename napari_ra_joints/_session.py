@@ -53,23 +53,38 @@ ACTIONS_THAT_SAVE = ("added", "changed", "removed")
 
 class _Saving:
     """Saving from a layer event: a refused save (locked store, bad value) is reported and the
-    layer keeps what the user did, so the next edit can save it again."""
+    layer keeps what the user did, so the next edit can save it again.
+
+    A save writes what the layers show that the store does not have yet, so trying it again
+    later is always right: while another program holds the store's lock, ``unsaved`` is set
+    and the dock retries on a timer (``_widget.RAJointsWidget``) without blocking the Qt
+    thread for longer than its short lock wait.
+    """
 
     on_change: Callable[[str], None]
+    unsaved: bool = False
 
     def save(self) -> int:
         raise NotImplementedError
 
-    def _save_guarded(self) -> None:
-        from annotation_tools.store import StoreError
+    def _save_guarded(self) -> bool:
+        """Save now; True when everything shown is in the store."""
+        from annotation_tools.store import StoreError, StoreLockedError
 
         try:
             self.save()
+        except StoreLockedError as exc:
+            self.unsaved = True
+            self.on_change(f"Not saved yet (retrying): {exc}")
+            return False
         except (StoreError, ValueError) as exc:
             from napari.utils.notifications import show_error
 
             show_error(f"Not saved: {exc}")
             self.on_change(f"Not saved: {exc}")
+            return False
+        self.unsaved = False
+        return True
 
 
 class RadiographSession(_Saving):

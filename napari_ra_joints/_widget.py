@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from napari.utils.notifications import show_error
+from qtpy.QtCore import QTimer
 from qtpy.QtWidgets import QLabel, QTabWidget, QVBoxLayout, QWidget
 
 from annotation_tools.bundles import BundleNotFound, bundle_for
@@ -32,6 +33,8 @@ from .ui.ultrasound_panel import GradesPanel
 __all__ = ["PIPELINES", "RAJointsWidget", "bundle_status"]
 
 TABS = ("Project", "Annotate", "Predict", "Scores", "Retrain")
+LOCK_WAIT_S = 0.25  # the longest a save blocks the Qt thread when another program writes
+RETRY_MS = 2000  # then the dock retries the save this often, saying so
 
 
 def bundle_status(task: str, bundles_dir: str | Path | None = None) -> tuple[bool, str]:
@@ -64,6 +67,11 @@ class RAJointsWidget(QWidget):
         # Bundles that did not ship with the package run only after the person agreed
         # (ui/trust.py); the answer holds while this dock lives.
         self.trusted_bundles = False
+        # A locked store (another program writing): saves wait LOCK_WAIT_S at most on the Qt
+        # thread, then retry on this timer; what the layers show is never dropped.
+        self.save_retry = QTimer(self)
+        self.save_retry.setInterval(RETRY_MS)
+        self.save_retry.timeout.connect(self._retry_save)
         self.store: AnnotationStore | None = None
         self.session: RadiographSession | UltrasoundSession | None = None
         self.busy = False
@@ -145,6 +153,8 @@ class RAJointsWidget(QWidget):
     def changed(self, message: str) -> None:
         """A session saved something: the message, and the lists that show status."""
         self.say(message)
+        if self.session is not None and self.session.unsaved and not self.save_retry.isActive():
+            self.save_retry.start()
         if message.startswith(("saved", "accepted", "rejected", "committed", "undone",
                                "redone", "renamed")):  # fmt: skip
             self.project_panel.refresh()
@@ -165,13 +175,15 @@ class RAJointsWidget(QWidget):
     def open_project(self, folder: str | Path) -> bool:
         """Open a project's store; a locked, newer or broken store is reported, not raised."""
         try:
-            store = AnnotationStore.open(folder, create=False)
+            store = AnnotationStore.open(folder, create=False, timeout=LOCK_WAIT_S)
             store.images()  # a locked or unreadable store fails here, not later
         except (StoreError, OSError) as exc:
             show_error(f"Cannot open project {folder}: {exc}")
             self.say(f"Not opened: {exc}")
             return False
-        self.close_image()
+        if not self.close_image():
+            store.close()
+            return False
         if self.store is not None:
             self.store.close()
         self.store = store
@@ -184,9 +196,8 @@ class RAJointsWidget(QWidget):
 
     def open_entry(self, kind: str, ident: int) -> None:
         """Open a radiograph (``kind="radiograph"``, image id) or an ultrasound pair (pair id)."""
-        if self.store is None:
+        if self.store is None or not self.close_image():
             return
-        self.close_image()
         try:
             if kind == "radiograph":
                 record = self.store.image(ident)
@@ -212,8 +223,27 @@ class RAJointsWidget(QWidget):
             self.session = None
         self.update_enabled()
 
-    def close_image(self) -> None:
+    def _retry_save(self) -> None:
+        """Timer tick while the store is locked: save again what the layers show."""
+        session = self.session
+        if session is None or not session.unsaved:
+            self.save_retry.stop()
+            return
+        if session._save_guarded():
+            self.save_retry.stop()
+            self.say("Saved: the store is free again; nothing was lost.")
+
+    def close_image(self) -> bool:
+        """Close the open image; refused (False) while its last edits could not be saved."""
         if self.session is not None:
+            if self.session.unsaved and not self.session._save_guarded():
+                show_error(
+                    "Your last edits on this image are not saved yet: another program holds "
+                    "the project's store. They are kept on screen and retried; close the "
+                    "other program, then open the next image."
+                )
+                return False
+            self.save_retry.stop()
             try:
                 self.session.close()
             except StoreError as exc:
@@ -221,7 +251,12 @@ class RAJointsWidget(QWidget):
             self.session = None
         self.scores_panel.clear()
         self.grades_panel.load()
+        return True
 
     def closeEvent(self, event: Any) -> None:
-        self.close_image()
+        if self.session is not None and self.session.unsaved and self.store is not None:
+            self.store.set_lock_wait(10.0)  # closing: worth waiting for the lock once more
+        if not self.close_image() and self.session is not None:
+            self.session.close()  # napari is closing: the error above said what was lost
+            self.session = None
         super().closeEvent(event)
