@@ -157,7 +157,7 @@ class RAJointsWidget(QWidget):
             self.save_retry.start()
         if message.startswith(("saved", "accepted", "rejected", "committed", "undone",
                                "redone", "renamed")):  # fmt: skip
-            self.project_panel.refresh()
+            self.project_panel.refresh_open()
             if self.radiograph_session() is not None:
                 self.scores_panel.fill()
 

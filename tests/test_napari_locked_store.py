@@ -55,5 +55,9 @@ def test_a_locked_store_delays_the_save_but_loses_nothing(
     with AnnotationStore.open(project, create=False) as store:
         saved = store.centres(record.id)[joint.id]
     assert saved.source == "human" and saved.value["x"] == pytest.approx(150.0)
+    lines = widget.project_panel.image_list
+    texts = [lines.item(i).text() for i in range(lines.count())]
+    mine = [t for t in texts if record.patient_id in t and " LH " in t]
+    assert mine and "[corrected]" in mine[0] and "centres 1/" in mine[0]  # its line updated
     widget.open_entry("radiograph", other_image.id)  # now it may go
     assert widget.session is not session

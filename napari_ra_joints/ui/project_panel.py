@@ -119,17 +119,28 @@ class ProjectPanel(QGroupBox):
         return entries
 
     def refresh(self) -> None:
+        """Rebuild the whole list (a project opened, a patient predicted, filters changed)."""
         self.image_list.clear()
         for kind, ident, status in self.entries():
-            record = status.image
-            what = record.limb if kind == "radiograph" else "ultrasound"
-            text = (
-                f"[{status.status}] {record.patient_id} {what} "
-                f"({status.counts_text()}) {Path(record.path).name}"
-            )
-            item = QListWidgetItem(text)
+            item = QListWidgetItem(_entry_text(kind, status))
             item.setData(Qt.UserRole, (kind, ident))
             self.image_list.addItem(item)
+
+    def refresh_open(self) -> None:
+        """Update only the open image's line: an edit changes one image's status, and
+        rebuilding every line per click grows with the cohort (about 1-3 ms per image)."""
+        store, session = self.dock.store, self.dock.session
+        if store is None or session is None:
+            return
+        if (radiograph := self.dock.radiograph_session()) is not None:
+            key, record = ("radiograph", radiograph.record.id), radiograph.record
+        else:
+            key, record = ("pair", session.pair["id"]), store.image(session.image_id)
+        for i in range(self.image_list.count()):
+            item = self.image_list.item(i)
+            if tuple(item.data(Qt.UserRole)) == key:
+                item.setText(_entry_text(key[0], image_status(store, record)))
+                return
 
     def _open_item(self, item: QListWidgetItem) -> None:
         kind, ident = item.data(Qt.UserRole)
@@ -162,3 +173,12 @@ class ProjectPanel(QGroupBox):
 
     def update_enabled(self, state: Any) -> None:
         self.next_button.setEnabled(state.has_project)
+
+
+def _entry_text(kind: str, status: ImageStatus) -> str:
+    record = status.image
+    what = record.limb if kind == "radiograph" else "ultrasound"
+    return (
+        f"[{status.status}] {record.patient_id} {what} "
+        f"({status.counts_text()}) {Path(record.path).name}"
+    )

@@ -191,7 +191,7 @@ class ScoresPanel(QGroupBox):
         self.fill()
         if (session := self.dock.radiograph_session()) is not None:
             session.reload()
-        self.dock.project_panel.refresh()
+        self.dock.project_panel.refresh_open()
 
     def _centre_on_row(self, row: int, _column: int) -> None:
         session = self.dock.radiograph_session()

@@ -114,13 +114,13 @@ class GradesPanel(QGroupBox):
         sh, vasc = self.sh_spin.value(), self.vasc_spin.value()
         self.dock.guarded(lambda: session.set_grades(sh, vasc))
         self.load()
-        self.dock.project_panel.refresh()
+        self.dock.project_panel.refresh_open()
 
     def accept(self) -> None:
         if (session := self.dock.ultrasound_session()) is not None:
             self.dock.guarded(session.accept_grades)
             self.load()
-            self.dock.project_panel.refresh()
+            self.dock.project_panel.refresh_open()
 
     def update_enabled(self, state: Any) -> None:
         self.save_grades_button.setEnabled(state.ultrasound)
