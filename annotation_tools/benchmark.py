@@ -564,6 +564,10 @@ def _task(task: str) -> tuple[Any, Any]:
     """(benchmark function, markdown function) of a task."""
     if task == "multitask":  # its own module: it runs every radiograph pipeline
         return benchmark_pipelines, pipelines_markdown
+    if task == "coverage":  # the scorer's conformal grade sets
+        from .benchmark_coverage import benchmark_coverage, coverage_markdown
+
+        return benchmark_coverage, coverage_markdown
     if task not in TASKS:
         raise ValueError(f"no benchmark for {task!r}; available: all, {', '.join(ALL_TASKS)}")
     return TASKS[task]

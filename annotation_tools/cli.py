@@ -305,13 +305,30 @@ def _cmd_markups(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    """Conformal grade sets for the scorer's weights, from a calibration project."""
+    from .conformal import CALIBRATION_FILE, calibrate_scorer
+    from .predict import PredictionService
+
+    service = PredictionService("two-stage", device=args.device)
+    calibration = calibrate_scorer(args.project, images=args.images, service=service)
+    out = args.out or service.bundle("scorer").root / "models" / CALIBRATION_FILE
+    calibration.save(out)
+    counts = {b: len(v) for b, v in calibration.residuals.items()}
+    print(f"wrote {out}: {calibration.source['patients']} patients, residuals per bin {counts}")
+    return 0
+
+
 def _benchmark_bundle_roots(args: argparse.Namespace) -> list[Path]:
     """Every bundle folder a benchmark run would parse configs from."""
     from .bundles import bundle_for, registry
 
     if args.task == "all":
         return [info.root for info in registry().values()]
-    roots = [args.bundle or bundle_for(args.task).root]
+    task = "scorer" if args.task == "coverage" else args.task  # coverage: the scorer's sets
+    roots = [args.bundle or bundle_for(task).root]
+    if args.task == "coverage":
+        roots.append(bundle_for("locator").root)
     return roots + [b for b in (args.locator_bundle, args.scorer_bundle) if b is not None]
 
 
@@ -353,6 +370,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
             "scorer_bundle": args.scorer_bundle,
             "n_resamples": args.resamples,
         }
+    elif args.task == "coverage":
+        extra = {"n_resamples": args.resamples}
     if args.locator_bundle and args.task not in ("scorer", "multitask"):
         raise ValueError("--locator-bundle belongs to --task scorer or multitask")
     if args.scorer_bundle and args.task != "multitask":
@@ -364,6 +383,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         "scorer": (40, 2000),
         "ultrasound": (60, 2100),
         "multitask": (40, 2000),
+        "coverage": (30, 3400),
     }
     args.patients = args.patients or defaults[args.task][0]
     args.seed = args.seed if args.seed is not None else defaults[args.task][1]
@@ -420,6 +440,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             shard=shard,
             overlays=not args.no_overlays,
             on_progress=on_progress,
+            coverage=args.coverage,
         )
     if shard is not None:
         _merge_when_all_ranks_are_done(args.out, shard)
@@ -711,7 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--task",
         default="all",
-        choices=["all", "locator", "scorer", "ultrasound", "multitask"],
+        choices=["all", "locator", "scorer", "ultrasound", "multitask", "coverage"],
         help="one bundle, or all of them in one run (default); multitask: the radiograph "
         "pipelines side by side (two-stage, Hirano via --compare, multi-task U-Net)",
     )
@@ -812,6 +833,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-overlays", action="store_true", help="skip the overlay PNGs")
     p.add_argument(
+        "--coverage",
+        type=float,
+        default=0.9,
+        help="coverage of the grade sets in joint_scores.csv (conformal, default 0.9)",
+    )
+    p.add_argument(
         "--device",
         type=_device,
         default=None,
@@ -850,6 +877,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--detach", action="store_true", help="start the job and return")
     p.add_argument("--verbose", action="store_true", help="show library warnings too")
     p.set_defaults(func=_cmd_retrain)
+
+    p = sub.add_parser(
+        "calibrate",
+        help="conformal grade sets for the scorer: run it on a calibration project whose "
+        "reference scores are known (never one you report figures on)",
+    )
+    p.add_argument("--project", type=Path, required=True, help="with scores_ra2dream.csv")
+    p.add_argument("--images", type=Path, help="default: the project's radiographs/ folder")
+    p.add_argument("--out", type=Path, help="default: the scorer bundle's models/conformal.json")
+    p.add_argument("--device", type=_device, default=None)
+    p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("jobs", help="the retraining jobs of a project and how far they are")
     p.add_argument("--project", type=Path, required=True)

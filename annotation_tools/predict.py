@@ -213,7 +213,22 @@ def merge_shards(out: str | Path) -> dict[str, Any]:
         merged["failed_files"] += part["failed_files"]
     merged["patients"].sort(key=lambda p: p["patient_id"])
     (out / "summary.json").write_text(json.dumps(merged, indent=1))
-    for path in (*tables, *summaries):
+    sets = sorted(out.glob("joint_scores.rank*.csv"))
+    if sets:  # the grade sets: one header, every rank's rows in patient order
+        set_rows: list[list[str]] = []
+        header: list[str] = []
+        for path in sets:
+            with open(path, newline="") as handle:
+                reader = csv.reader(handle)
+                header = next(reader)
+                set_rows += list(reader)
+        set_rows.sort(key=lambda r: r[0])  # stable: joints keep their order per patient
+        with open(out / "joint_scores.csv", "w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(header)
+            writer.writerows(set_rows)
+        merged["grade_sets"] = part.get("grade_sets")
+    for path in (*tables, *summaries, *sets):
         path.unlink()
     return merged
 
@@ -479,14 +494,16 @@ class PredictionService:
         shard: tuple[int, int] | None = None,
         overlays: bool = True,
         cancel: CancelToken | None = None,
+        coverage: float = 0.9,
     ) -> Generator[Progress, None, PipelineResult]:
         """Run the pipeline on every radiograph under ``images``; write the outputs to ``out``.
 
         Outputs: ``joints/<stem>.json`` (locator), ``scores/<stem>.json``,
-        ``scores_ra2dream.csv``, ``shap/<patient>.png``, ``overlays/<stem>.png`` (centres,
-        names, scores and joint-space outlines on the image), ``summary.json`` (with the files
-        that failed and why). The multitask pipeline writes the same files (no SHAP: it has no
-        symmetry stage).
+        ``scores_ra2dream.csv``, ``joint_scores.csv`` (every grade with its conformal set at
+        ``coverage``, see :mod:`annotation_tools.conformal`), ``shap/<patient>.png``,
+        ``overlays/<stem>.png`` (centres, names, scores and joint-space outlines on the image),
+        ``summary.json`` (with the files that failed and why). The multitask pipeline writes the
+        same files (no SHAP: it has no symmetry stage; no grade sets: it has no calibration).
 
         **Patient by patient**, in sorted patient order (patients found from the case table,
         the DICOM header or the file name, without decoding pixels): a patient's images are
@@ -532,7 +549,10 @@ class PredictionService:
                 **locator.model_info,
                 **{f"scorer_{k}": v for k, v in scorer.model_info.items()},
             }
-        writer = OutputWriter(out, info, suffix=suffix, names=names)
+        calibration = getattr(scorer, "calibration", None) if multitask is None else None
+        writer = OutputWriter(
+            out, info, suffix=suffix, names=names, calibration=calibration, coverage=coverage
+        )
         patients: list[PatientScores] = []
         located: list[LocatorResult] = []
         noted: list[tuple[str, str]] = []  # symmetry failures: in summary.json as notes

@@ -544,6 +544,10 @@ class ScoreWriter:
                 self.model_info["symmetry_sha256"] = file_sha256(symmetry_file)
             except SymmetryModelError as exc:  # say so in every output, keep the patch scores
                 self.symmetry_problem = str(exc)
+        # grade sets when the bundle's calibration was made with exactly these weights
+        self.calibration = (
+            _calibration_for(Path(weights_file).parent, self.model_info) if weights_file else None
+        )
 
     def write(self, patch_set: PatchSet, collector: PatchScoreCollector) -> list[PatientScores]:
         patients = group_patients(collector.image_scores())
@@ -551,7 +555,13 @@ class ScoreWriter:
         if self.symmetry_problem:
             for p in patients:
                 p.note = f"symmetry model not usable ({self.symmetry_problem}); patch scores"
-        write_outputs(patients, patch_set.failures, self.output_dir, self.model_info)
+        write_outputs(
+            patients,
+            patch_set.failures,
+            self.output_dir,
+            self.model_info,
+            calibration=self.calibration,
+        )
         if self.store:
             write_scores_to_store(self.store, patients, self.model_info)
         return patients
@@ -565,10 +575,13 @@ def write_outputs(
     *,
     suffix: str = "",
     names: Mapping[str, str] | None = None,
+    calibration: Any = None,
+    coverage: float = 0.9,
 ) -> dict[str, Any]:
-    """``scores/<name>.json`` per image, ``scores_ra2dream.csv``, ``shap/<patient>.png``,
-    ``summary.json`` (patients, notes, totals, failed files with reasons). ``suffix`` names the
-    table and summary of one rank of a sharded run (``.rank0``).
+    """``scores/<name>.json`` per image, ``scores_ra2dream.csv``, ``joint_scores.csv`` (grade
+    sets when ``calibration`` is given), ``shap/<patient>.png``, ``summary.json`` (patients,
+    notes, totals, failed files with reasons). ``suffix`` names the table and summary of one
+    rank of a sharded run (``.rank0``).
 
     ``names``: image path -> output name (:func:`annotation_tools.paths.path_names` of the
     run's inputs); by default made from the images here. Patient ids pass through
@@ -579,7 +592,9 @@ def write_outputs(
 
     if names is None:
         names = path_names(im.case.path for p in patients for im in p.images)
-    writer = OutputWriter(out, model_info, suffix=suffix, names=names)
+    writer = OutputWriter(
+        out, model_info, suffix=suffix, names=names, calibration=calibration, coverage=coverage
+    )
     try:
         writer.add(patients)
     finally:
@@ -603,10 +618,14 @@ class OutputWriter:
         *,
         suffix: str = "",
         names: Mapping[str, str] | None = None,
+        calibration: Any = None,
+        coverage: float = 0.9,
     ):
+        from .conformal import JointSetsCsv
         from .vocabulary import DreamCsv
 
         self.out = Path(out)
+        self._sets = JointSetsCsv(self.out / f"joint_scores{suffix}.csv", calibration, coverage)
         self.model_info = dict(model_info)
         self.suffix = suffix
         self.names = names or {}
@@ -629,6 +648,7 @@ class OutputWriter:
                 (out / "scores" / f"{name}.json").write_text(json.dumps(doc, indent=1))
             row = dream_row(patient.patient_id, patient.scores())
             self._table.write(row)
+            self._sets.write(patient)
             shap_png = None
             if patient.shap is not None:
                 shap_name = unique_name(safe_name(patient.patient_id), self._shap_names)
@@ -659,8 +679,10 @@ class OutputWriter:
         if self.summary is not None:
             return self.summary
         self._table.close()
+        self._sets.close()
         self.summary = {
             "model": dict(self.model_info),
+            "grade_sets": self._sets.describe(),
             "patients": self.summary_patients,
             "failed_files": [{"file": f, "reason": r} for f, r in failures],
             "note": CLINICAL_NOTE,
@@ -715,6 +737,23 @@ def write_scores_to_store(
 # ------------------------------------------------------------------------------ in-process
 
 
+def _calibration_for(folder: Path, info: Mapping[str, str]) -> Any:
+    """The bundle's conformal calibration when it was made with exactly these weights (and
+    symmetry model); other weights (a retrained version) get no grade sets until calibrated."""
+    from .conformal import CALIBRATION_FILE, GradeCalibration
+
+    path = folder / CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    calibration = GradeCalibration.load(path)
+    made_with = calibration.source
+    if made_with.get("weights_sha256") != info.get("weights_sha256") or made_with.get(
+        "symmetry_sha256"
+    ) != info.get("symmetry_sha256"):
+        return None
+    return calibration
+
+
 class JointScorer:
     """Run the scorer bundle in-process with its own ``inference.json`` (plus overrides).
 
@@ -740,6 +779,7 @@ class JointScorer:
         self.patch_size = int(patch_size)
         self.symmetry = symmetry
         self.model_info = dict(model_info or {})
+        self.calibration: Any = None  # conformal grade sets (annotation_tools.conformal)
 
     @classmethod
     def from_bundle(
@@ -771,7 +811,7 @@ class JointScorer:
         }
         if model is not None:
             info["symmetry_sha256"] = file_sha256(symmetry_path)
-        return cls(
+        scorer = cls(
             network,
             head=info["head"],
             variant=info["variant"],
@@ -780,6 +820,8 @@ class JointScorer:
             device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
             model_info=info,
         )
+        scorer.calibration = _calibration_for(root / "models", info)
+        return scorer
 
     @torch.no_grad()
     def score_patches(

@@ -168,6 +168,16 @@ def test_inference_writes_dream_csv_summary_and_shap(scored_pair, full_res_pair)
         assert float(row["Overall_Tol"]) == pytest.approx(sum(joints), abs=0.01)
     summary = json.loads((scored_pair / "summary.json").read_text())
     assert all(p["symmetry"] for p in summary["patients"]) and not summary["failed_files"]
+    # every grade with its conformal set (the shipped calibration fits the shipped weights)
+    assert summary["grade_sets"]["calibrated"] and summary["grade_sets"]["coverage"] == 0.9
+    with open(scored_pair / "joint_scores.csv", newline="") as handle:
+        sets = list(csv.DictReader(handle))
+    assert {r["patient_id"] for r in sets} == {"S21-P0001", "S21-P0002"}
+    assert len(sets) == 2 * 86  # every joint and score type of four limbs, per patient
+    for r in sets:
+        top = get_joint(r["joint_id"]).max_score(r["score_type"])
+        assert 0 <= int(r["set_low"]) <= int(r["set_high"]) <= top
+        assert int(r["set_low"]) - 0.5 <= float(r["prediction"]) <= int(r["set_high"]) + 0.5
     for p in summary["patients"]:
         png = scored_pair / p["shap_png"]
         from skimage.io import imread
@@ -432,8 +442,17 @@ def test_predict_splits_a_cohort_across_two_torchrun_processes(
         for key in ra:
             if key != "Patient_ID" and ra[key]:
                 assert float(ra[key]) == pytest.approx(float(rb[key]), abs=1e-4)
+    with (
+        open(single / "joint_scores.csv", newline="") as a,
+        open(sharded / "joint_scores.csv", newline="") as b,
+    ):
+        sets_a, sets_b = list(csv.DictReader(a)), list(csv.DictReader(b))
+    assert [(r["patient_id"], r["joint_id"], r["score_type"], r["set_low"], r["set_high"])
+            for r in sets_a] == [(r["patient_id"], r["joint_id"], r["score_type"],
+            r["set_low"], r["set_high"]) for r in sets_b]  # fmt: skip
     summary = json.loads((sharded / "summary.json").read_text())
     assert summary["ranks"] == 2 and len(summary["patients"]) == 3
+    assert summary["grade_sets"]["calibrated"]
     assert len(list((sharded / "scores").glob("*.json"))) == 12
 
 

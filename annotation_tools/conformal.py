@@ -1,0 +1,344 @@
+"""Calibrated grade sets: split conformal prediction around the scorer's per-joint grades.
+
+The scorer regresses a grade per joint and score type and reports a spread (``*_sd``: the
+class spread of the patch head, the tree spread of the symmetry stage). Neither is a
+probability. A **split-conformal regressor** turns them into sets with a coverage guarantee:
+on a calibration cohort the scorer never trained on, the normalised residuals
+``|truth - prediction| / (sd + beta)`` are collected per *bin* (hand or foot, narrowing or
+erosion: a Mondrian calibration, because the scales and the error sizes differ); for a new
+joint the interval ``prediction +- q * (sd + beta)`` with ``q`` the bin's finite-sample
+quantile covers the truth with probability >= the chosen coverage, *marginally* over joints
+exchangeable with the calibration ones. The grade set is the integers inside that interval,
+clipped to the joint's scale (the truth is an integer, so this keeps the guarantee).
+
+The quantile bookkeeping is `crepes <https://github.com/henrikbostrom/crepes>`_
+(``ConformalRegressor`` with ``bins`` and ``sigmas``: a kept, scikit-learn-style library for
+exactly this); this module only chooses the bins, the grade rounding and the file format.
+
+What it is not: the guarantee is marginal (over the joints of patients like the calibration
+ones), on phantoms here, and not per patient or per joint; see ``docs/uncertainty.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .vocabulary import get_joint
+
+__all__ = [
+    "CALIBRATION_FILE",
+    "GradeCalibration",
+    "GradeSet",
+    "JointSetsCsv",
+    "bin_of",
+    "calibrate_grades",
+    "coverage_figures",
+]
+
+CALIBRATION_FILE = "conformal.json"  # in a scorer bundle's models/ (or next to its weights)
+FORMAT = "ra_joints.conformal_grades/1"
+BINS = ("hand_narrowing", "hand_erosion", "foot_narrowing", "foot_erosion")
+MIN_PER_BIN = 20  # fewer calibration residuals than this: the bin borrows the pooled ones
+
+
+def bin_of(joint_id: str, score_type: str) -> str:
+    """The calibration bin of a joint's score: limb kind and score type."""
+    return f"{get_joint(joint_id).limb.kind}_{score_type}"
+
+
+@dataclass(frozen=True)
+class GradeSet:
+    """The integers ``low..high`` (a set of consecutive grades) at ``coverage``."""
+
+    prediction: float
+    low: int
+    high: int
+    coverage: float
+
+    @property
+    def width(self) -> int:
+        """Number of grades in the set minus one (0: a single grade)."""
+        return self.high - self.low
+
+    def __contains__(self, grade: object) -> bool:
+        return isinstance(grade, int | float) and self.low <= grade <= self.high
+
+
+@dataclass
+class GradeCalibration:
+    """Normalised calibration residuals per bin, and where they came from."""
+
+    residuals: dict[str, list[float]]
+    beta: float = 0.25  # added to the spread so a joint with sd 0 still gets a width
+    source: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from crepes import ConformalRegressor
+
+        unknown = set(self.residuals) - set(BINS)
+        if unknown:
+            raise ValueError(f"unknown calibration bins {sorted(unknown)}; expected {BINS}")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        pooled = [r for values in self.residuals.values() for r in values]
+        if len(pooled) < MIN_PER_BIN:
+            raise ValueError(
+                f"{len(pooled)} calibration residuals are too few for a grade set "
+                f"(need at least {MIN_PER_BIN}); calibrate on more patients"
+            )
+        self._bins = {b: b if len(self.residuals.get(b, ())) >= MIN_PER_BIN else "pooled"
+                      for b in BINS}  # fmt: skip
+        values = [np.asarray(self.residuals[b], float) for b in BINS if self._bins[b] == b]
+        labels = [np.full(len(v), b, dtype=object) for b, v in zip(
+            [b for b in BINS if self._bins[b] == b], values, strict=True)]  # fmt: skip
+        if any(v == "pooled" for v in self._bins.values()):
+            values.append(np.asarray(pooled, float))
+            labels.append(np.full(len(pooled), "pooled", dtype=object))
+        self._regressor = ConformalRegressor().fit(
+            np.concatenate(values), bins=np.concatenate(labels)
+        )
+
+    def grade_sets(
+        self,
+        rows: Sequence[tuple[str, str, float, float | None]],
+        coverage: float = 0.9,
+    ) -> list[GradeSet]:
+        """``(joint_id, score_type, prediction, sd)`` rows -> one grade set each."""
+        if not 0.0 < coverage < 1.0:
+            raise ValueError(f"coverage must be between 0 and 1 (e.g. 0.9), got {coverage}")
+        if not rows:
+            return []
+        preds = np.array([float(r[2]) for r in rows])
+        sigmas = np.array([_sigma(r[3], self.beta) for r in rows])
+        bins = np.array([self._bins[bin_of(r[0], r[1])] for r in rows], dtype=object)
+        # residuals were divided by sigma, so the interval is pred +- q * sigma
+        half = self._regressor.predict_int(
+            np.zeros(len(rows)), bins=bins, confidence=coverage
+        )[:, 1] * sigmas  # fmt: skip
+        out = []
+        for (joint_id, score_type, _, _), p, h in zip(rows, preds, half, strict=True):
+            top = get_joint(joint_id).max_score(score_type)
+            low = max(0, math.ceil(p - h - 1e-9))
+            high = min(top, math.floor(p + h + 1e-9))
+            if low > high:  # no integer inside: the nearest grade (only adds coverage)
+                low = high = int(np.clip(round(p), 0, top))
+            out.append(GradeSet(float(p), int(low), int(high), float(coverage)))
+        return out
+
+    # ------------------------------------------------------------------ files
+
+    def save(self, path: str | Path) -> Path:
+        path = Path(path)
+        doc = {
+            "format": FORMAT,
+            "beta": self.beta,
+            "source": self.source,
+            "residuals": {b: [round(float(r), 5) for r in v] for b, v in self.residuals.items()},
+        }
+        path.write_text(json.dumps(doc, indent=1))
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> GradeCalibration:
+        """Read a calibration file (plain JSON: numbers only, nothing executable)."""
+        path = Path(path)
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValueError(f"cannot read the grade calibration {path}: {exc}") from exc
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
+            raise ValueError(f"{path} is not a grade calibration ({FORMAT})")
+        return cls(
+            {str(b): [float(r) for r in v] for b, v in doc["residuals"].items()},
+            beta=float(doc["beta"]),
+            source=dict(doc.get("source", {})),
+        )
+
+
+def _sigma(sd: float | None, beta: float) -> float:
+    return beta + (float(sd) if sd is not None and np.isfinite(sd) else 0.0)
+
+
+def calibrate_grades(
+    rows: Iterable[tuple[str, str, float, float | None, float]],
+    *,
+    beta: float = 0.25,
+    source: Mapping[str, Any] | None = None,
+) -> GradeCalibration:
+    """``(joint_id, score_type, prediction, sd, truth)`` of a calibration cohort -> calibration.
+
+    The cohort must be one the scorer never trained on and that no reported figure uses.
+    """
+    residuals: dict[str, list[float]] = {}
+    for joint_id, score_type, pred, sd, truth in rows:
+        if pred is None or truth is None or not np.isfinite(pred):
+            continue
+        residuals.setdefault(bin_of(joint_id, score_type), []).append(
+            abs(float(truth) - float(pred)) / _sigma(sd, beta)
+        )
+    return GradeCalibration(residuals, beta=beta, source=dict(source or {}))
+
+
+def coverage_figures(
+    sets: Sequence[GradeSet],
+    truths: Sequence[float],
+    bins: Sequence[str],
+) -> dict[str, dict[str, float]]:
+    """Empirical coverage and mean set width (in grades, ``high - low``) per bin and overall."""
+    out: dict[str, dict[str, float]] = {}
+    groups: dict[str, list[int]] = {"all": list(range(len(sets)))}
+    for i, b in enumerate(bins):
+        groups.setdefault(b, []).append(i)
+    for name, idx in groups.items():
+        if not idx:
+            continue
+        covered = [truths[i] in sets[i] for i in idx]
+        out[name] = {
+            "coverage": float(np.mean(covered)),
+            "mean_width": float(np.mean([sets[i].width for i in idx])),
+            "single_grade": float(np.mean([sets[i].width == 0 for i in idx])),
+            "n": len(idx),
+        }
+    return out
+
+
+def score_rows(patients: Iterable[Any]) -> list[tuple[str, str, str, float, float | None]]:
+    """``(patient_id, joint_id, score_type, prediction, sd)`` of scored patients
+    (:class:`~annotation_tools.scoring.PatientScores`), final stage, joints with a score."""
+    rows = []
+    for patient in patients:
+        for image in patient.images:
+            for joint_id, js in image.joints.items():
+                for st in get_joint(joint_id).score_types:
+                    value = getattr(js, st.value)
+                    if value is None or not np.isfinite(value):
+                        continue
+                    sd = getattr(js, f"{st.value}_sd")
+                    rows.append((patient.patient_id, joint_id, st.value, float(value), sd))
+    return rows
+
+
+def predicted_rows(
+    project: str | Path,
+    service: Any = None,
+    out: str | Path | None = None,
+    images: str | Path | None = None,
+) -> list[tuple[str, str, str, float, float | None, float | None]]:
+    """Run the radiograph pipeline end to end on a project's images (default: its
+    ``radiographs/`` folder) and pair every score with the project's reference table
+    ``scores_ra2dream.csv`` (the truth on phantoms; on real data an adjudicated reading
+    exported with ``ra-joints export-dream``): ``(patient, joint, score_type, pred, sd, truth)``."""
+    import tempfile
+
+    from .evaluation import read_dream_table
+    from .predict import PredictionService
+    from .vocabulary import dream_column
+
+    project = Path(project)
+    service = service or PredictionService("two-stage")
+    truth = read_dream_table(project / "scores_ra2dream.csv")
+    with tempfile.TemporaryDirectory() as tmp:
+        result = service.predict_folder(
+            images or project / "radiographs", out or tmp, explain=False, overlays=False
+        )
+    rows = []
+    for pid, joint_id, st, pred, sd in score_rows(result.patients):
+        value = truth.get(pid, {}).get(dream_column(joint_id, st))
+        rows.append((pid, joint_id, st, pred, sd, value))
+    return rows
+
+
+class JointSetsCsv:
+    """``joint_scores.csv``: one row per patient, joint and score type with the grade set at
+    the run's coverage (``set_low..set_high``); empty set columns when the scorer has no
+    calibration for its weights (say so in ``summary.json`` rather than invent one)."""
+
+    FIELDS = ("patient_id", "joint_id", "score_type", "prediction", "set_low", "set_high")
+
+    def __init__(self, path: str | Path, calibration: GradeCalibration | None, coverage: float):
+        import csv
+
+        if not 0.0 < coverage < 1.0:
+            raise ValueError(f"coverage must be between 0 and 1 (e.g. 0.9), got {coverage}")
+        self.path = Path(path)
+        self.calibration = calibration
+        self.coverage = float(coverage)
+        self._handle = open(self.path, "w", newline="")  # noqa: SIM115 - closed by close()
+        self._writer = csv.writer(self._handle)
+        self._writer.writerow(self.FIELDS)
+        self.widths: list[int] = []
+
+    def write(self, patient: Any) -> None:
+        rows = score_rows([patient])
+        sets: list[GradeSet | None] = [None] * len(rows)
+        if self.calibration is not None:
+            sets = list(
+                self.calibration.grade_sets([r[1:] for r in rows], self.coverage)
+            )  # fmt: skip
+        for (pid, joint_id, st, pred, _), grade_set in zip(rows, sets, strict=True):
+            low = high = ""
+            if grade_set is not None:
+                low, high = grade_set.low, grade_set.high
+                self.widths.append(grade_set.width)
+            self._writer.writerow([pid, joint_id, st, round(pred, 3), low, high])
+        self._handle.flush()
+
+    def close(self) -> None:
+        if not self._handle.closed:
+            self._handle.close()
+
+    def describe(self) -> dict[str, Any]:
+        """What summary.json says about the sets."""
+        if self.calibration is None:
+            return {
+                "coverage": self.coverage,
+                "calibrated": False,
+                "note": "no conformal calibration for these scorer weights: set columns empty "
+                "(ra-joints calibrate makes one)",
+            }
+        return {
+            "coverage": self.coverage,
+            "calibrated": True,
+            "calibration": self.calibration.source,
+            "mean_width": float(np.mean(self.widths)) if self.widths else None,
+            "note": "marginal coverage over joints like the calibration cohort's (phantoms), "
+            "not a per-joint or clinical guarantee",
+        }
+
+
+def calibrate_scorer(
+    project: str | Path,
+    *,
+    images: str | Path | None = None,
+    beta: float = 0.25,
+    service: Any = None,
+) -> GradeCalibration:
+    """Calibrate the scorer the service uses on a project nobody reports figures on."""
+    from .predict import PredictionService
+
+    service = service or PredictionService("two-stage")
+    scorer = service.models()["scorer"]
+    if scorer is None:
+        raise FileNotFoundError("; ".join(service.skipped) or "no scorer bundle")
+    rows = predicted_rows(project, service, images=images)
+    usable = [r[1:] for r in rows if r[5] is not None]
+    cohort = Path(project) / "cohort.json"
+    info = json.loads(cohort.read_text()) if cohort.is_file() else {}
+    source = {
+        "project": str(Path(project).resolve()),
+        "seed": info.get("seed"),
+        "style": info.get("style"),
+        "patients": len({r[0] for r in rows if r[5] is not None}),
+        "scores": len(usable),
+        "weights_sha256": scorer.model_info.get("weights_sha256"),
+        "symmetry_sha256": scorer.model_info.get("symmetry_sha256"),
+        "pipeline": "locator -> scorer -> symmetry, end to end on the image files",
+    }
+    return calibrate_grades(usable, beta=beta, source=source)

@@ -1,0 +1,119 @@
+"""Conformal grade sets: coverage near nominal on fresh data, wider where the scorer is less
+sure (normalised by its spread) and where a scale is harder (Mondrian bins), files that refuse
+what they are not, and no sets for weights the calibration was not made with."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from annotation_tools.conformal import (
+    GradeCalibration,
+    JointSetsCsv,
+    bin_of,
+    calibrate_grades,
+    coverage_figures,
+)
+from annotation_tools.vocabulary import joints_for_limb
+
+
+def _rows(rng, n, *, foot_noise=1.0):
+    """Scorer-like rows: an integer truth, a prediction off by noise whose size the reported
+    sd tracks (as the scorer's spread does), feet noisier than hands."""
+    hand = [j.id for j in joints_for_limb("LH") if j.carries("narrowing")]
+    foot = [j.id for j in joints_for_limb("LF") if j.carries("erosion")]
+    rows = []
+    for _ in range(n):
+        if rng.random() < 0.5:
+            joint, st, top, scale = rng.choice(hand), "narrowing", 4, 1.0
+        else:
+            joint, st, top, scale = rng.choice(foot), "erosion", 10, foot_noise
+        truth = int(rng.integers(0, top + 1))
+        sd = float(rng.uniform(0.05, 0.8))
+        pred = float(np.clip(truth + rng.normal(0, (0.2 + sd) * scale), 0, top))
+        rows.append((str(joint), st, pred, sd, truth))
+    return rows
+
+
+def _evaluate(calibration, rows, coverage):
+    sets = calibration.grade_sets([r[:4] for r in rows], coverage)
+    return sets, coverage_figures(sets, [r[4] for r in rows], [bin_of(r[0], r[1]) for r in rows])
+
+
+def test_sets_cover_fresh_joints_at_the_nominal_rate_and_grow_with_coverage():
+    calibration = calibrate_grades(_rows(np.random.default_rng(0), 4000))
+    test = _rows(np.random.default_rng(1), 4000)
+    widths = []
+    for coverage in (0.8, 0.9, 0.95):
+        sets, figures = _evaluate(calibration, test, coverage)
+        assert abs(figures["all"]["coverage"] - coverage) < 0.03, (coverage, figures["all"])
+        widths.append(figures["all"]["mean_width"])
+        assert all(s.low <= s.high for s in sets)
+    assert widths[0] < widths[1] < widths[2]
+
+
+def test_a_less_sure_joint_and_a_harder_scale_get_wider_sets():
+    calibration = calibrate_grades(_rows(np.random.default_rng(2), 4000, foot_noise=2.5))
+    sure, unsure = calibration.grade_sets(
+        [("LH_mcp_2", "narrowing", 2.0, 0.05), ("LH_mcp_2", "narrowing", 2.0, 0.8)], 0.9
+    )
+    assert sure.width < unsure.width and 2 in sure and 2 in unsure
+    hand, foot = calibration.grade_sets(
+        [("LH_mcp_2", "narrowing", 2.0, 0.4), ("LF_mtp_1", "erosion", 5.0, 0.4)], 0.9
+    )
+    assert foot.width > hand.width  # Mondrian: the noisier bin has its own, larger quantile
+    top = calibration.grade_sets([("LH_mcp_2", "narrowing", 3.9, 0.8)], 0.95)[0]
+    assert top.high == 4  # clipped to the joint's scale
+
+
+def test_files_round_trip_and_refuse_what_they_are_not(tmp_path):
+    calibration = calibrate_grades(_rows(np.random.default_rng(3), 500), source={"seed": 7})
+    path = calibration.save(tmp_path / "conformal.json")
+    again = GradeCalibration.load(path)
+    row = [("LH_pip_3", "narrowing", 1.4, 0.3)]
+    assert again.grade_sets(row)[0] == calibration.grade_sets(row)[0]
+    assert again.source == {"seed": 7}
+    (tmp_path / "other.json").write_text(json.dumps({"format": "something else"}))
+    with pytest.raises(ValueError, match="not a grade calibration"):
+        GradeCalibration.load(tmp_path / "other.json")
+    with pytest.raises(ValueError, match="too few"):
+        calibrate_grades(_rows(np.random.default_rng(4), 5))
+    with pytest.raises(ValueError, match="coverage"):
+        calibration.grade_sets(row, 90)
+
+
+def test_weights_other_than_the_calibrated_ones_get_no_sets(tmp_path):
+    from annotation_tools.scoring import _calibration_for
+
+    made = {"weights_sha256": "abc", "symmetry_sha256": "def"}
+    calibrate_grades(_rows(np.random.default_rng(5), 500), source=made).save(
+        tmp_path / "conformal.json"
+    )
+    assert _calibration_for(tmp_path, made) is not None
+    assert _calibration_for(tmp_path, {**made, "weights_sha256": "retrained"}) is None
+
+
+def test_joint_scores_csv_leaves_the_set_empty_without_a_calibration(tmp_path):
+    from types import SimpleNamespace
+
+    from annotation_tools.scoring import JointScore
+
+    image = SimpleNamespace(joints={"LH_mcp_2": JointScore("LH_mcp_2", "MCP 2", 1.2, 0.4, 0.3)})
+    patient = SimpleNamespace(patient_id="P1", images=[image])
+    calibration = calibrate_grades(_rows(np.random.default_rng(6), 500))
+    for cal, name in ((None, "none.csv"), (calibration, "cal.csv")):
+        table = JointSetsCsv(tmp_path / name, cal, 0.9)
+        table.write(patient)
+        table.close()
+    with open(tmp_path / "none.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["joint_id"], r["score_type"], r["set_low"]) for r in rows] == [
+        ("LH_mcp_2", "narrowing", ""),
+        ("LH_mcp_2", "erosion", ""),
+    ]
+    with open(tmp_path / "cal.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert all(
+        int(r["set_low"]) <= round(float(r["prediction"])) <= int(r["set_high"]) for r in rows
+    )
