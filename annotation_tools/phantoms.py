@@ -66,8 +66,13 @@ STYLES: dict[str, dict[str, str]] = {
         "radiograph": "annotation_tools.phantoms:render_limb",
         "ultrasound": "annotation_tools.phantoms:render_ultrasound",
     },
+    # real bone meshes (MyoSuite), posed, damaged in 3D and X-rayed (phantom_anatomy.py)
+    "anatomical": {
+        "radiograph": "annotation_tools.phantom_anatomy:render_limb_anatomical",
+        "ultrasound": "annotation_tools.phantoms:render_ultrasound",
+    },
 }
-DEFAULT_STYLE = "schematic"
+DEFAULT_STYLE = "anatomical"
 
 # Joint-space width relative to grade 0, by narrowing grade; grade 4 overlaps the bones (fusion).
 _GAP_FACTOR = (1.0, 0.72, 0.5, 0.28, -0.6)
