@@ -48,7 +48,7 @@ __all__ = ["render_limb_anatomical"]
 # Joint-space width relative to normal, by narrowing grade (grade 4: the bone ends overlap).
 _GAP_FACTOR = (1.0, 0.72, 0.5, 0.28, -0.6)
 # Normal joint-space width (mm) of a healthy adult, by site family.
-_NORMAL_GAP = {"mcp": 1.6, "pip": 1.2, "ip": 1.1, "mtp": 1.7, "wrist": 1.0, "cmc": 0.9}
+_NORMAL_GAP = {"mcp": 2.1, "pip": 1.6, "ip": 1.4, "mtp": 2.1, "wrist": 1.3, "cmc": 1.0}
 
 # Attenuation (1/mm) at the effective energy of a ~50 kV hand exposure.
 _MU_SOFT = 0.030
@@ -328,15 +328,17 @@ def _pose_hand(rng: np.random.Generator, severity: float) -> dict[str, _Bone]:
     ulnar = severity * rng.uniform(0.0, 0.22)  # RA: ulnar drift of the fingers at the MCPs
     setj("deviation_r", rng.normal(0.0, 0.06) - 0.5 * ulnar)  # zig-zag: the wrist goes radial
     setj("flexion_r", rng.normal(0.0, 0.06))
-    setj("cmc_abduction_r", rng.uniform(0.0, 0.45))
-    setj("cmc_flexion_r", rng.uniform(-0.2, 0.25))
+    # thumb abducted 35-50 degrees from the index ray and nearly flat on the detector
+    setj("cmc_abduction_r", rng.uniform(-0.4, -0.15))
+    setj("cmc_flexion_r", rng.uniform(0.2, 0.45))
     setj("mp_flexion_r", rng.uniform(-0.2, 0.15))
     setj("ip_flexion_r", rng.uniform(-0.25, 0.1))
     for k, a in zip((2, 3, 4, 5), (0.12, 0.02, -0.08, -0.16), strict=True):
         setj(f"mcp{k}_abduction_r", spread * a + rng.normal(0, 0.03) - ulnar)
-        setj(f"mcp{k}_flexion_r", rng.uniform(0.0, 0.15))
-        setj(f"pm{k}_flexion_r", rng.uniform(0.0, 0.12))
-        setj(f"md{k}_flexion_r", rng.uniform(0.0, 0.1))
+        # a PA film is taken with the fingers flat: only slight flexion
+        setj(f"mcp{k}_flexion_r", rng.uniform(0.0, 0.1))
+        setj(f"pm{k}_flexion_r", rng.uniform(0.0, 0.05))
+        setj(f"md{k}_flexion_r", rng.uniform(0.0, 0.08))
     d = mujoco.MjData(model)
     d.qpos[:] = q
     mujoco.mj_forward(model, d)
@@ -605,10 +607,21 @@ def _normalise_gaps(
     grades: dict[str, dict[str, int]],
     rng: np.random.Generator,
 ) -> None:
-    """Set every joint space to its (patient-jittered) normal width times the grade factor."""
-    for site in sites:
+    """Set every joint space to its (patient-jittered) normal width times the grade factor.
+
+    Each site draws from its own generator, always the same numbers whatever the grades, so
+    the same pose with other grades differs only where the grades do.
+    """
+    base = int(rng.integers(0, 2**62))
+    for index, site in enumerate(sites):
+        site_rng = np.random.default_rng([base, index])
+        jitter, side, angle = (
+            site_rng.normal(1.0, 0.08),
+            site_rng.choice([-1, 1]),
+            site_rng.uniform(3, 6),
+        )
         grade = int(grades.get(site.site, {}).get("narrowing", 0))
-        target = _NORMAL_GAP[site.family] * rng.normal(1.0, 0.08) * _GAP_FACTOR[grade]
+        target = _NORMAL_GAP[site.family] * jitter * _GAP_FACTOR[grade]
         hw = _site_half_width(bones, site)
         m = _measure(bones, site, hw)
         gap = m.gap()
@@ -619,9 +632,7 @@ def _normalise_gaps(
         k = m.best()
         if grade == 1 and k is not None:  # focal narrowing: tilt so that one side narrows more
             pivot = m.origin + m.offsets[k] * m.lateral + (m.prox[k] + 0.5 * target) * m.axis
-            tilt = _rot(
-                np.array([0.0, 0.0, 1.0]), rng.choice([-1, 1]) * math.radians(rng.uniform(3, 6))
-            )
+            tilt = _rot(np.array([0.0, 0.0, 1.0]), side * math.radians(angle))
             for name in moved:
                 bones[name].rotate_about(tilt, pivot)
 
@@ -749,7 +760,8 @@ def _measure_truth(
 ) -> _Truth:
     truth = _Truth()
     joints = {j.site: j for j in joints_for_limb(limb)}
-    for site in sites:
+    seed = int(rng.integers(0, 2**62))
+    for index, site in enumerate(sites):
         hw = _site_half_width(bones, site)
         m = _measure(bones, site, hw, n=11)
         ok = np.isfinite(m.prox) & np.isfinite(m.dist)
@@ -782,15 +794,19 @@ def _measure_truth(
             ]
         grade = int(grades.get(site.site, {}).get("erosion", 0))
         if grade and joints[site.site].erosion:
-            truth.bites[site.site] = _joint_bites(joints[site.site], grade, site, m, ok, hw, rng)
-    for site_name, (bone, where) in bone_sites.items():
+            site_rng = np.random.default_rng([seed, index])
+            truth.bites[site.site] = _joint_bites(
+                joints[site.site], grade, site, m, ok, hw, site_rng
+            )
+    for index, (site_name, (bone, where)) in enumerate(bone_sites.items(), start=100):
         point, width = _bone_site_point(bones, bone, where)
         truth.centres[site_name] = point
         truth.radii[site_name] = width
         grade = int(grades.get(site_name, {}).get("erosion", 0))
         if grade:
+            site_rng = np.random.default_rng([seed, index])
             truth.bites[site_name] = _bone_bites(
-                joints[site_name], grade, bones[bone], point, width, rng
+                joints[site_name], grade, bones[bone], point, width, site_rng
             )
     return truth
 
@@ -922,13 +938,19 @@ def render_limb_anatomical(
     if height < 256:
         raise ValueError(f"height {height} is too small to draw joints; use at least 256 px")
     pose_rng = pose_rng or rng
+    # separate streams for the pose, the damage and the placement: the same pose with other
+    # grades is the same film except where the damage is
+    seeds = pose_rng.integers(0, 2**62, size=3)
+    pose_rng, damage_rng, place_rng = (np.random.default_rng(int(x)) for x in seeds)
     joints = joints_for_limb(limb)
     by_site = {j.site: dict(grades.get(j.id, {})) for j in joints}
     damage = np.mean(
         [g.get("erosion", 0) / 5 + g.get("narrowing", 0) / 4 for g in by_site.values()] or [0]
     )
+    # ulnar drift follows the destruction of the MCPs (their narrowing grades)
+    mcp = [by_site.get(f"mcp_{k}", {}).get("narrowing", 0) / 4 for k in range(1, 6)]
     if limb.kind == "hand":
-        bones = _pose_hand(pose_rng, float(np.clip(damage * 2.0, 0, 1)))
+        bones = _pose_hand(pose_rng, float(np.clip(np.mean(mcp) * 1.5, 0, 1)))
         sites, bone_sites, children = _HAND_SITES, _HAND_BONE_SITES, _HAND_CHILDREN
     else:
         bones = _pose_foot(pose_rng)
@@ -938,11 +960,11 @@ def render_limb_anatomical(
     pron = _rot(np.array([0.0, 1.0, 0.0]), math.radians(pose_rng.normal(0, 4)))
     for b in bones.values():
         b.rotate_about(pron, centre)
-    _normalise_gaps(bones, sites, children, by_site, pose_rng)
+    _normalise_gaps(bones, sites, children, by_site, damage_rng)
     inplane = _rot(np.array([0.0, 0.0, 1.0]), math.radians(pose_rng.normal(0, 6)))
     for b in bones.values():
         b.rotate_about(inplane, centre)
-    truth = _measure_truth(bones, limb, sites, bone_sites, by_site, pose_rng)
+    truth = _measure_truth(bones, limb, sites, bone_sites, by_site, damage_rng)
 
     # --- film geometry: a physical spacing, the limb placed inside the field
     h = int(height)
@@ -959,7 +981,7 @@ def render_limb_anatomical(
     spacing = max(spacing, need)  # magnify down if the limb would not fit
     span = (hi - lo) / spacing
     slack = np.maximum(np.array([w, h]) * (1 - 2 * margin) - span, 0)
-    origin_px = np.array([w, h]) * margin + pose_rng.uniform([0.15, 0.0], [0.85, 0.35]) * slack
+    origin_px = np.array([w, h]) * margin + place_rng.uniform([0.15, 0.0], [0.85, 0.35]) * slack
 
     def to_px(p: np.ndarray) -> np.ndarray:
         p = np.asarray(p, float)
@@ -991,8 +1013,8 @@ def render_limb_anatomical(
         lo_ = np.minimum(_raster(to_px(outer), outer[:, 2] - z0, b.template.faces, box), depth)
         li = np.minimum(_raster(to_px(inner), inner[:, 2] - z0, b.template.faces, box), lo_)
         if b.name in ("radius", "ulna"):  # coarse meshes with cracks: remove seam lines
-            lo_ = ndimage.median_filter(lo_, size=5)
-            li = np.minimum(ndimage.median_filter(li, size=5), lo_)
+            lo_ = ndimage.median_filter(lo_, size=9)
+            li = np.minimum(ndimage.median_filter(li, size=9), lo_)
         lc = lo_ - li
         for bt in bites_by_bone.get(b.name, []):
             cx, cy = to_px(bt.centre)
@@ -1017,7 +1039,7 @@ def render_limb_anatomical(
     )
     tex /= tex.std() + 1e-6
     mu_t = np.full(shape, _MU_TRABECULAR, np.float32) * (1 + 0.28 * tex)
-    global_osteo = 1.0 - 0.18 * float(np.clip(damage * 2.0, 0, 1)) * pose_rng.uniform(0.5, 1.0)
+    global_osteo = 1.0 - 0.18 * float(np.clip(damage * 2.0, 0, 1)) * place_rng.uniform(0.5, 1.0)
     mu_t *= global_osteo
     if osteo_pts:
         yy, xx = np.mgrid[0:h:4, 0:w:4].astype(np.float32)
@@ -1031,7 +1053,7 @@ def render_limb_anatomical(
     swell = []
     for site, g in by_site.items():
         level = g.get("erosion", 0) / 5 + g.get("narrowing", 0) / 4
-        if level > 0.2 and site in truth.centres and pose_rng.random() < 0.6:
+        if place_rng.random() < 0.6 and level > 0.2 and site in truth.centres:
             swell.append((truth.centres[site], 4.0 * min(level, 1.0)))
     soft = _soft_tissue(bones, limb.kind, to_px, shape, spacing, swell)
 
