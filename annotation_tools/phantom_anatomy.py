@@ -618,7 +618,7 @@ def _normalise_gaps(
         jitter, side, angle = (
             site_rng.normal(1.0, 0.08),
             site_rng.choice([-1, 1]),
-            site_rng.uniform(3, 6),
+            site_rng.uniform(2, 4),
         )
         grade = int(grades.get(site.site, {}).get("narrowing", 0))
         target = _NORMAL_GAP[site.family] * jitter * _GAP_FACTOR[grade]
@@ -630,7 +630,9 @@ def _normalise_gaps(
             for name in moved:
                 bones[name].move(-(gap - target) * m.axis)
         k = m.best()
-        if grade == 1 and k is not None:  # focal narrowing: tilt so that one side narrows more
+        # focal narrowing: tilt the distal bone so that one side narrows more (digits only: on
+        # the carpus the lever of the whole hand would swing the fingers)
+        if grade == 1 and k is not None and site.family in ("mcp", "pip", "mtp", "ip"):
             pivot = m.origin + m.offsets[k] * m.lateral + (m.prox[k] + 0.5 * target) * m.axis
             tilt = _rot(np.array([0.0, 0.0, 1.0]), side * math.radians(angle))
             for name in moved:
@@ -829,12 +831,12 @@ def _joint_bites(joint, grade, site, m: _Measure, ok, hw, rng) -> list[_Bite]:
         j = edges[(k // 2) % 2]
         proximal = k % 2 == 0
         r = min(hw, 5.0) * (0.2 + 0.3 * level) * rng.uniform(0.9, 1.1)
-        base = m.origin + m.offsets[j] * 1.08 * m.lateral
+        base = m.origin + m.offsets[j] * 0.98 * m.lateral
         if proximal:
-            point = base + (m.prox[j] - 0.5 * r) * m.axis
+            point = base + (m.prox[j] - 0.7 * r) * m.axis
             bone = site.proximal[0]
         else:
-            point = base + (m.dist[j] + 0.5 * r) * m.axis
+            point = base + (m.dist[j] + 0.7 * r) * m.axis
             bone = site.distal[0]
         if k >= 4:  # more cuts: further along the shaft
             point = point + (-1 if proximal else 1) * (k // 4) * 1.2 * r * m.axis
@@ -853,7 +855,7 @@ def _bone_bites(joint, grade, bone: _Bone, point, width, rng) -> list[_Bite]:
         hits = hits[hits > 0]
         reach = float(hits.min()) if len(hits) else width
         r = float(np.clip(width, 2.0, 5.0)) * (0.2 + 0.3 * level) * rng.uniform(0.9, 1.1)
-        out.append(_Bite(bone.name, point + (reach - 0.2 * r) * d, float(r)))
+        out.append(_Bite(bone.name, point + (reach - 0.5 * r) * d, float(r)))
     return out
 
 
@@ -1014,6 +1016,7 @@ def render_limb_anatomical(
         li = np.minimum(_raster(to_px(inner), inner[:, 2] - z0, b.template.faces, box), lo_)
         if b.name in ("radius", "ulna"):  # coarse meshes with cracks: remove seam lines
             lo_ = ndimage.median_filter(lo_, size=9)
+            lo_ = np.minimum(lo_, np.percentile(lo_[lo_ > 0], 97) if (lo_ > 0).any() else 0)
             li = np.minimum(ndimage.median_filter(li, size=9), lo_)
         lc = lo_ - li
         for bt in bites_by_bone.get(b.name, []):
@@ -1023,8 +1026,8 @@ def render_limb_anatomical(
             d2 = ((xx + x0 - cx) ** 2 + (yy + y0 - cy) ** 2) / (r * r)
             chord = 2 * bt.radius * np.sqrt(np.clip(1 - d2, 0, 1))
             hole = np.clip((1 - d2) * 3, 0, 1)
-            lc *= 1 - 0.85 * hole
-            li = np.clip(li - 0.5 * chord, 0, None)
+            lc *= 1 - 0.7 * hole
+            li = np.clip(li - 0.35 * chord, 0, None)
             # a thin sclerotic rim around older, larger defects
             rim = np.exp(-((np.sqrt(d2) - 1.0) ** 2) / 0.02) * (bt.radius > 2.5)
             lc += 0.25 * rim * (lo_ > 0)
@@ -1059,6 +1062,7 @@ def render_limb_anatomical(
 
     line = _MU_SOFT * soft + _MU_CORTEX * global_osteo**0.5 * cortex + mu_t * trab
     line += _ring(bones, limb, to_px, shape, spacing, rng)
+    line += _ruler(shape, spacing, rng)
     image = _acquire(line, soft > 0.5, rng, spacing, noise=noise)
     if limb.side == "left":  # the canonical limb is a right one; mirror before the marker
         image = image[:, ::-1].copy()
@@ -1089,6 +1093,24 @@ def _ring(bones, limb: Limb, to_px, shape, spacing, rng) -> np.ndarray | float:
     return np.where(band, 2.5 + 4.0 * (1 - edge), 0.0).astype(np.float32)
 
 
+def _ruler(shape: tuple[int, int], spacing: float, rng: np.random.Generator) -> np.ndarray | float:
+    """Sometimes a radiopaque ruler along one side: a faint strip with 5 and 10 mm ticks."""
+    if rng.random() > 0.2:
+        return 0.0
+    h, w = shape
+    out = np.zeros(shape, np.float32)
+    width = round(8.0 / spacing)
+    x0 = int(0.05 * w) if rng.random() < 0.5 else w - int(0.05 * w) - width
+    y0, y1 = int(0.2 * h), int(0.9 * h)
+    out[y0:y1, x0 : x0 + width] = 0.15
+    step = 5.0 / spacing
+    for k in range(int((y1 - y0) / step)):
+        y = int(y0 + k * step)
+        length = width if k % 2 == 0 else width // 2
+        out[y : y + max(int(0.5 / spacing), 1), x0 : x0 + length] = 3.0
+    return out
+
+
 def _acquire(
     line: np.ndarray, body: np.ndarray, rng: np.random.Generator, spacing: float, *, noise: bool
 ) -> np.ndarray:
@@ -1109,7 +1131,7 @@ def _acquire(
         )
     p = -np.log(np.clip(signal, 1e-4, None))
     # processing: unsharp masking (edge enhancement) then a film-like window
-    p = p + rng.uniform(0.2, 0.6) * (p - ndimage.gaussian_filter(p, 1.5 / spacing))
+    p = p + rng.uniform(0.15, 0.4) * (p - ndimage.gaussian_filter(p, 1.5 / spacing))
     inside = p[body] if body.any() else p
     lo = float(np.percentile(p, 2)) - 0.05
     hi = float(np.percentile(inside, 99.7)) * rng.uniform(1.0, 1.15)
