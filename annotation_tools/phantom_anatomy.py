@@ -898,24 +898,37 @@ def _soft_tissue(
         elif name.startswith(("mc", "mt")):
             thick = np.maximum(thick, capsule(p0, p1, bw + 9, 24 if kind == "hand" else 28))
         else:
-            thick = np.maximum(thick, capsule(p0, p1, bw + 12, 34 if kind == "hand" else 45))
-    if kind == "hand":  # palm between the metacarpals and the thenar eminence
-        from skimage.draw import polygon as fill_polygon
+            if kind == "hand":
+                thick = np.maximum(thick, capsule(p0, p1, bw + 12, 34))
+    # palm (with the thenar eminence) or midfoot: a smooth hull around the bones
+    from scipy.spatial import ConvexHull
+    from skimage.draw import polygon as fill_polygon
 
-        hull = []
-        for name in ("mc2", "mc5", "hamate", "trapezium", "mc1"):
-            pts = bones[name].points()
-            hull.append(pts[np.argmin(pts[:, 1])])
-            hull.append(pts[np.argmax(pts[:, 1])])
-        hp = np.array([to_px(p) for p in hull]) / f
-        from scipy.spatial import ConvexHull
-
-        hv = hp[ConvexHull(hp).vertices]
-        rr, cc = fill_polygon(hv[:, 1], hv[:, 0], (hs, ws))
-        palm = np.zeros((hs, ws), np.float32)
-        palm[rr, cc] = 1.0
-        palm = ndimage.gaussian_filter(palm, 6.0 / spacing / f)
-        thick = np.maximum(thick, 26 * np.clip(palm * 1.6, 0, 1))
+    if kind == "hand":
+        names, depth, pad = ("mc2", "mc5", "hamate", "trapezium", "mc1"), 26.0, 6.0
+    else:
+        names = ("mt1", "mt5", "cuneiform_medial", "cuboid", "navicular", "talus")
+        depth, pad = 36.0, 5.0
+    hull = []
+    for name in names:
+        pts = bones[name].points()
+        for k in (
+            np.argmin(pts[:, 1]),
+            np.argmax(pts[:, 1]),
+            np.argmin(pts[:, 0]),
+            np.argmax(pts[:, 0]),
+        ):
+            hull.append(pts[k])
+    hp = np.array([to_px(p) for p in hull]) / f
+    hv = hp[ConvexHull(hp).vertices]
+    rr, cc = fill_polygon(hv[:, 1], hv[:, 0], (hs, ws))
+    body = np.zeros((hs, ws), np.float32)
+    body[rr, cc] = 1.0
+    body = ndimage.gaussian_filter(body, pad / spacing / f)
+    thick = np.maximum(thick, depth * np.clip(body * 1.6, 0, 1))
+    if kind == "foot":  # the hindfoot (calcaneus not modelled) continues below the film edge
+        c = bones["talus"].centroid
+        thick = np.maximum(thick, capsule(c, c + np.array([6.0, 160.0, 0.0]), 30.0, 48.0))
     for centre, amount in swell:
         thick += capsule(centre, centre, 9.0, amount)
     thick = ndimage.gaussian_filter(thick, 0.7 / spacing / f)
