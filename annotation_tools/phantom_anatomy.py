@@ -197,9 +197,21 @@ def _hand_model():
         raise ImportError(
             "the anatomical phantoms need the MyoSuite meshes: pip install myo-sim mujoco trimesh"
         ) from err
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        model, data = myo_sim.load("myohand")[:2]
+    # MuJoCo prints a harmless warning about an empty spec prefix from C: silence fd 2 briefly
+    import os
+    import sys
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+                warnings.simplefilter("ignore")
+                model, data = myo_sim.load("myohand")[:2]
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
     mujoco.mj_forward(model, data)
     geoms = {}
     for g in range(model.ngeom):
@@ -620,6 +632,7 @@ def _normalise_gaps(
             site_rng.choice([-1, 1]),
             site_rng.uniform(2, 4),
         )
+        sublux = site_rng.random() < 0.35
         grade = int(grades.get(site.site, {}).get("narrowing", 0))
         target = _NORMAL_GAP[site.family] * jitter * _GAP_FACTOR[grade]
         hw = _site_half_width(bones, site)
@@ -637,6 +650,12 @@ def _normalise_gaps(
             tilt = _rot(np.array([0.0, 0.0, 1.0]), side * math.radians(angle))
             for name in moved:
                 bones[name].rotate_about(tilt, pivot)
+        # grade 3-4 at an MCP/MTP: sometimes subluxation - the base of the phalanx slides
+        # ulnar/lateral (+x on the canonical right limb) off the metacarpal head
+        if grade >= 3 and sublux and site.family in ("mcp", "mtp"):
+            shift = np.array([0.35 * hw * (1 if grade == 4 else 0.7), 0.0, 0.0])
+            for name in moved:
+                bones[name].move(shift)
 
 
 # =============================================================================== raster
