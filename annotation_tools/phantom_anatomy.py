@@ -17,15 +17,16 @@ derived from the MoBL upper-extremity model of Holzbaur et al. 2005):
   the distal bone (and everything distal to it) along the joint axis, measured by casting rays
   through the meshes; narrowing grade ``g`` sets it to ``(1, 0.72, 0.5, 0.28, -0.6)[g]`` of
   normal (grade 1 with a tilt so that one side narrows more: focal narrowing; grade 4 overlaps
-  the bone ends: ankylosis). Erosions are spherical cuts at the bare areas at the joint margins
-  (on the bone surface found by rays), more and larger with the grade; periarticular
-  osteopenia and soft-tissue swelling grow with the joint's damage.
+  the bone ends: ankylosis; grade 3-4 MCPs/MTPs are sometimes subluxed sideways). Erosions
+  are spherical cuts at the bare areas at the joint margins (on the bone surface found by
+  rays), more and larger with the grade; periarticular osteopenia and soft-tissue swelling
+  grow with the joint's damage.
 * **X-ray physics**: per-bone path lengths by rasterising the meshes (signed depth sum over the
   triangles) for the outer surface and an inward-offset surface: cortical shell and trabecular
   interior with different attenuation and a trabecular texture; a soft-tissue thickness map
   from an envelope around the bones (thicker palm, thenar and forearm); Beer-Lambert, scatter
   (low-pass of the primary), detector blur, quantum noise, heel effect, exposure, log
-  processing with unsharp masking, collimation, a lead marker and sometimes a ring.
+  processing with unsharp masking, collimation, a lead marker, sometimes a ring or a ruler.
 
 Ground truth (joint centres, axes, joint-space polygons, gap widths, bone radii, erosion bites)
 is measured on the same posed meshes and projected, so it is exact for the pixels drawn.
@@ -397,15 +398,6 @@ _FOOT_PLAN = {
 # Metatarsal bases (x, y in mm; y grows proximally) and ray angles of a right foot.
 _MT_BASES = {1: (-22.0, 0.0), 2: (-7.0, 6.0), 3: (3.0, 3.0), 4: (13.0, 5.0), 5: (23.0, 9.0)}
 _MT_ANGLES = {1: -8.0, 2: -1.0, 3: 4.0, 4: 9.0, 5: 15.0}
-
-
-def _template_axis(t: _Template) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(centre, long axis, lateral axis) of a template at the neutral pose, in the view plane."""
-    v = t.verts @ t.neutral_rot.T
-    c = v.mean(0)
-    _, _, vt = np.linalg.svd(v - c, full_matrices=False)
-    a = vt[0] * (1.0 if vt[0][1] < 0 else -1.0)  # pointing up (distal)
-    return c, a, np.array([-a[1], a[0], 0.0])
 
 
 def _place(name: str, plan: tuple, direction: np.ndarray, start: np.ndarray, rng) -> _Bone:
