@@ -262,6 +262,15 @@ def _templates() -> dict[str, _Template]:
         tm = trimesh.Trimesh(verts, faces, process=False)
         normals = np.asarray(tm.vertex_normals)
         inner = verts - _cortex_mm(name) * normals
+        if name in ("radius", "ulna"):
+            # coarse meshes: vertex normals fold the offset surface, so move every vertex
+            # radially towards the long (local z) axis instead - a star-shaped, fold-free shell
+            c = verts.mean(0)
+            radial = verts[:, :2] - c[:2]
+            rho = np.linalg.norm(radial, axis=1, keepdims=True)
+            keep = np.clip(1 - _cortex_mm(name) / np.maximum(rho, 1e-6), 0.3, 1.0)
+            inner = verts.copy()
+            inner[:, :2] = c[:2] + radial * keep
         rot = view @ data.geom_xmat[g].reshape(3, 3)
         out[name] = _Template(name, verts, inner, faces, rot, view @ data.geom_xpos[g] * 1000.0)
     return out
@@ -1038,10 +1047,11 @@ def render_limb_anatomical(
         depth = float(np.ptp(outer[:, 2]))
         lo_ = np.minimum(_raster(to_px(outer), outer[:, 2] - z0, b.template.faces, box), depth)
         li = np.minimum(_raster(to_px(inner), inner[:, 2] - z0, b.template.faces, box), lo_)
-        if b.name in ("radius", "ulna"):  # coarse meshes with cracks: remove seam lines
-            lo_ = ndimage.median_filter(lo_, size=9)
+        if b.name in ("radius", "ulna"):  # coarse meshes with a seam: smooth it away
+            size = max(round(3.0 / spacing) | 1, 5)
+            lo_ = ndimage.median_filter(lo_, size=size)
             lo_ = np.minimum(lo_, np.percentile(lo_[lo_ > 0], 97) if (lo_ > 0).any() else 0)
-            li = np.minimum(ndimage.median_filter(li, size=9), lo_)
+            li = np.minimum(ndimage.median_filter(li, size=size), lo_)
         lc = lo_ - li
         for bt in bites_by_bone.get(b.name, []):
             cx, cy = to_px(bt.centre)
