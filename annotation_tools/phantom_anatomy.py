@@ -203,6 +203,8 @@ def _hand_model():
     import sys
 
     sys.stderr.flush()
+    log = os.path.abspath("MUJOCO_LOG.TXT")  # MuJoCo also appends the warning to this file
+    had_log = os.path.exists(log)
     saved = os.dup(2)
     try:
         with open(os.devnull, "w") as null:
@@ -213,6 +215,9 @@ def _hand_model():
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+        if not had_log and os.path.exists(log):
+            with contextlib.suppress(OSError):
+                os.remove(log)
     mujoco.mj_forward(model, data)
     geoms = {}
     for g in range(model.ngeom):
