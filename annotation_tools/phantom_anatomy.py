@@ -1001,7 +1001,9 @@ def render_limb_anatomical(
     for b in bones.values():
         b.rotate_about(pron, centre)
     _normalise_gaps(bones, sites, children, by_site, damage_rng)
-    inplane = _rot(np.array([0.0, 0.0, 1.0]), math.radians(pose_rng.normal(0, 6)))
+    # in-plane rotation: mostly upright, sometimes placed at a slant on the detector
+    tilt = pose_rng.normal(0, 6) + (pose_rng.uniform(-22, 22) if pose_rng.random() < 0.12 else 0.0)
+    inplane = _rot(np.array([0.0, 0.0, 1.0]), math.radians(tilt))
     for b in bones.values():
         b.rotate_about(inplane, centre)
     truth = _measure_truth(bones, limb, sites, bone_sites, by_site, damage_rng)
