@@ -33,7 +33,7 @@ def heldout_cohort(
         return Path(folder)
     folder = Path(folder or Path("runs") / f"heldout_s{seed}_n{patients}")
     if not (folder / "cohort.json").exists():
-        generate_cohort(folder, patients, seed, height=height, us_pairs=us_pairs)
+        generate_cohort(folder, patients, seed, height=height, us_pairs=us_pairs, style="schematic")
     return folder
 
 

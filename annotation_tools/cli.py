@@ -580,8 +580,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--style",
         default=None,
-        help="how the phantoms are drawn (default: the project's default style; schematic: "
-        "fast capsule bones, for unit tests)",
+        help="how the phantoms are drawn (default: anatomical, real bone meshes posed and "
+        "X-rayed; schematic: fast capsule bones, for unit tests and the shipped weights)",
     )
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -3,10 +3,13 @@
 No real RA images can be downloaded here, so every model of the project is trained and measured
 on phantoms first. They are built to make the scores *visible in the pixels*:
 
-* **Radiographs.** Bones are chains of capsules (shaft + rounded head and base) laid out along
-  the rays of a left hand or foot, drawn as a bright cortical rim around darker medulla with
-  trabecular texture, inside a blurred soft-tissue silhouette. The gap between two bone ends is
-  the joint space: narrowing grade ``g`` shrinks it (grade 4 overlaps the bones, i.e. fusion).
+* **Radiograph styles.** ``anatomical`` (the default, :mod:`annotation_tools.phantom_anatomy`):
+  the MyoSuite bone meshes posed by a hand model (the foot from scaled hand meshes), RA damage
+  in 3D and X-ray physics. ``schematic`` (below) is fast, for unit tests and the shipped weights.
+* **Schematic radiographs.** Bones are chains of capsules (shaft + rounded head and base) laid
+  out along the rays of a left hand or foot, drawn as a bright cortical rim around darker
+  medulla with trabecular texture, inside a blurred soft-tissue silhouette. The gap between two
+  bone ends is the joint space: narrowing grade ``g`` shrinks it (grade 4 overlaps the bones).
   Erosion grade ``e`` bites ``e`` cortical defects, growing with the grade, into the bone ends
   (or the wrist bone) of that site. Right limbs are mirrored left ones. Then pose (finger spread,
   rotation, scale, shift), exposure, gamma, heel effect, blur, noise, collimation and a lead
@@ -66,8 +69,13 @@ STYLES: dict[str, dict[str, str]] = {
         "radiograph": "annotation_tools.phantoms:render_limb",
         "ultrasound": "annotation_tools.phantoms:render_ultrasound",
     },
+    # real bone meshes (MyoSuite), posed, damaged in 3D and X-rayed (phantom_anatomy.py)
+    "anatomical": {
+        "radiograph": "annotation_tools.phantom_anatomy:render_limb_anatomical",
+        "ultrasound": "annotation_tools.phantoms:render_ultrasound",
+    },
 }
-DEFAULT_STYLE = "schematic"
+DEFAULT_STYLE = "anatomical"
 
 # Joint-space width relative to grade 0, by narrowing grade; grade 4 overlaps the bones (fusion).
 _GAP_FACTOR = (1.0, 0.72, 0.5, 0.28, -0.6)

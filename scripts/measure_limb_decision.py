@@ -24,7 +24,9 @@ def main() -> None:
     seed, n = int(sys.argv[1]), int(sys.argv[2])
     root = Path(sys.argv[3] if len(sys.argv) > 3 else tempfile.mkdtemp()) / f"limbs{seed}_{n}"
     if not (root / "truth.json").exists():
-        generate_cohort(root / "cohort", n, seed=seed, height=512, us_pairs=0, progress=False)
+        generate_cohort(
+            root / "cohort", n, seed=seed, height=512, us_pairs=0, progress=False, style="schematic"
+        )
         (root / "anon").mkdir()
         truth = {}
         for i, f in enumerate(sorted((root / "cohort" / "radiographs").iterdir())):

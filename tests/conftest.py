@@ -14,7 +14,9 @@ def small_cohort(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from annotation_tools.phantoms import generate_cohort
 
     out = tmp_path_factory.mktemp("cohort") / "project"
-    generate_cohort(out, 3, seed=11, height=512, us_pairs=2, workers=1, progress=False)
+    generate_cohort(
+        out, 3, seed=11, height=512, us_pairs=2, workers=1, progress=False, style="schematic"
+    )
     return out
 
 
@@ -42,7 +44,9 @@ def cohort20(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from annotation_tools.phantoms import generate_cohort
 
     out = tmp_path_factory.mktemp("cohort20") / "project"
-    generate_cohort(out, 20, seed=4, height=384, us_pairs=1, workers=2, progress=False)
+    generate_cohort(
+        out, 20, seed=4, height=384, us_pairs=1, workers=2, progress=False, style="schematic"
+    )
     return out
 
 
@@ -52,7 +56,9 @@ def full_res_pair(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from annotation_tools.phantoms import generate_cohort
 
     out = tmp_path_factory.mktemp("fullres") / "project"
-    generate_cohort(out, 2, seed=21, height=1200, us_pairs=1, workers=2, progress=False)
+    generate_cohort(
+        out, 2, seed=21, height=1200, us_pairs=1, workers=2, progress=False, style="schematic"
+    )
     return out
 
 

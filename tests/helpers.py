@@ -127,7 +127,7 @@ def pacs_export(root):
 
     expected = {}
     for index in range(2):
-        patient = generate_patient(5, index, height=256, us_pairs=1)
+        patient = generate_patient(5, index, height=256, us_pairs=1, style="schematic")
         pid = patient.patient_id
         study = root / pid / "STUDY1"
         for k, (limb, phantom) in enumerate(sorted(patient.limbs.items())):

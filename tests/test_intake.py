@@ -72,7 +72,7 @@ def _unnamed_limbs(folder):
 
     folder.mkdir(parents=True)
     truth = {}
-    patient = generate_patient(777, 0, height=512, us_pairs=0)
+    patient = generate_patient(777, 0, height=512, us_pairs=0, style="schematic")
     for i, (limb, phantom) in enumerate(sorted(patient.limbs.items())):
         path = folder / f"scan{i:04d}.png"
         write_png(path, phantom.image)

@@ -49,7 +49,7 @@ def _infer(dataset_dir: Path, out: Path, *extra: str) -> None:
 def heldout(tmp_path_factory):
     """Two patients of a seed the shipped weights never saw (training used seed 100)."""
     out = tmp_path_factory.mktemp("mt_heldout") / "project"
-    generate_cohort(out, 2, seed=778, us_pairs=1, workers=1, progress=False)
+    generate_cohort(out, 2, seed=778, us_pairs=1, workers=1, progress=False, style="schematic")
     return out
 
 

@@ -92,7 +92,9 @@ def test_add_images_reports_broken_files_with_their_reason(
     from annotation_tools.phantoms import generate_patient
 
     good = tmp_path / "P7_LH.png"
-    write_png(good, generate_patient(3, 0, height=256, us_pairs=0).limbs["LH"].image)
+    write_png(
+        good, generate_patient(3, 0, height=256, us_pairs=0, style="schematic").limbs["LH"].image
+    )
     broken = tmp_path / "P7_RH.png"
     broken.write_bytes(good.read_bytes()[:300])
     project = tmp_path / "project"

@@ -163,9 +163,9 @@ def test_scores_are_symmetric_and_cover_the_scale():
 
 
 def test_patients_are_deterministic_for_a_seed():
-    a = generate_patient(5, 2, height=400, us_pairs=1)
-    b = generate_patient(5, 2, height=400, us_pairs=1)
-    c = generate_patient(6, 2, height=400, us_pairs=1)
+    a = generate_patient(5, 2, height=400, us_pairs=1, style="schematic")
+    b = generate_patient(5, 2, height=400, us_pairs=1, style="schematic")
+    c = generate_patient(6, 2, height=400, us_pairs=1, style="schematic")
     for limb in LIMBS:
         np.testing.assert_array_equal(a.limbs[limb.value].image, b.limbs[limb.value].image)
     np.testing.assert_array_equal(a.ultrasound[0].doppler, b.ultrasound[0].doppler)
@@ -261,6 +261,8 @@ def test_cli_writes_80_radiographs_for_20_patients(tmp_path, capsys):
             "1",
             "--height",
             "320",
+            "--style",
+            "schematic",
             "--quiet",
         ]
     )

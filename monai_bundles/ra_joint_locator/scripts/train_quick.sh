@@ -6,7 +6,7 @@ set -euo pipefail
 BUNDLE="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="${1:-$BUNDLE/../../runs/locator}"
 mkdir -p "$WORK"
-[ -f "$WORK/cohort/cohort.json" ] || ra-joints phantoms --out "$WORK/cohort" --patients 60 --seed 100
+[ -f "$WORK/cohort/cohort.json" ] || ra-joints phantoms --out "$WORK/cohort" --patients 60 --seed 100 --style schematic
 # export settings (image size, folds) come from the bundle's own quick configuration
 ra-joints export --store "$WORK/cohort" --bundle "$BUNDLE" --out "$WORK/data" --seed 0
 python -m monai.bundle run \

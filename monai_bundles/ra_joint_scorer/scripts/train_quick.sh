@@ -9,9 +9,9 @@ set -euo pipefail
 BUNDLE="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="${1:-$BUNDLE/../../runs/scorer}"
 mkdir -p "$WORK"
-[ -f "$WORK/cohort/cohort.json" ] || ra-joints phantoms --out "$WORK/cohort" --patients 60 --seed 100
-[ -f "$WORK/trees_a/cohort.json" ] || ra-joints phantoms --out "$WORK/trees_a" --patients 40 --seed 300
-[ -f "$WORK/trees_b/cohort.json" ] || ra-joints phantoms --out "$WORK/trees_b" --patients 80 --seed 301
+[ -f "$WORK/cohort/cohort.json" ] || ra-joints phantoms --out "$WORK/cohort" --patients 60 --seed 100 --style schematic
+[ -f "$WORK/trees_a/cohort.json" ] || ra-joints phantoms --out "$WORK/trees_a" --patients 40 --seed 300 --style schematic
+[ -f "$WORK/trees_b/cohort.json" ] || ra-joints phantoms --out "$WORK/trees_b" --patients 80 --seed 301 --style schematic
 # export settings (patch size, folds) come from the bundle's own quick configuration
 ra-joints export --store "$WORK/cohort" --bundle "$BUNDLE" --out "$WORK/data" --seed 0
 python -m monai.bundle run \

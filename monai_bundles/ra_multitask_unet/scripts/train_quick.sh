@@ -11,7 +11,7 @@ BUNDLE="$(cd "$(dirname "$0")/.." && pwd)"
 WORK="${1:-$BUNDLE/../../runs/multitask}"
 MEMBERS="${MEMBERS:-2}"
 mkdir -p "$WORK"
-[ -f "$WORK/cohort/cohort.json" ] || ra-joints phantoms --out "$WORK/cohort" --patients 60 --seed 100
+[ -f "$WORK/cohort/cohort.json" ] || ra-joints phantoms --out "$WORK/cohort" --patients 60 --seed 100 --style schematic
 # export settings (grid, disc radii, folds) come from the bundle's own quick configuration
 [ -f "$WORK/data/datalist.json" ] || ra-joints export --store "$WORK/cohort" --bundle "$BUNDLE" \
     --out "$WORK/data" --seed 0 --quiet
@@ -33,7 +33,7 @@ work, models, seconds = Path(sys.argv[1]), Path(sys.argv[2]), [int(s) for s in s
 members = [{"ckpt": work / f"ckpt_m{k}" / "model.pt", "seed": k, "val_fold": k,
             "training_seconds": s} for k, s in enumerate(seconds)]
 info = {"configuration": "quick (configs/train.json + configs/quick.json)",
-        "trained_on": "ra-joints phantoms --patients 60 --seed 100 (the locator's and scorer's "
+        "trained_on": "ra-joints phantoms --patients 60 --seed 100 --style schematic (the locator's and scorer's "
                       "training cohort); export --task multitask --shape 288 256 "
                       "--disc-radius 10 13 --folds 5 --seed 0",
         "pretrained_encoder": False, "cpu_count": os.cpu_count(),

@@ -21,7 +21,7 @@ RUN=(python -m monai.bundle run --meta_file "$BUNDLE/configs/metadata.json"
 mkdir -p "$WORK" "$CKPT"
 START=$(date +%s)
 [ -f "$WORK/us_train/cohort.json" ] || ra-joints phantoms --out "$WORK/us_train" --patients 100 \
-    --seed 400 --height 256 --us-pairs 4
+    --seed 400 --height 256 --us-pairs 4 --style schematic
 [ -f "$WORK/us_data/datalist.json" ] || ra-joints export --store "$WORK/us_train" \
     --bundle "$BUNDLE" --out "$WORK/us_data" --folds "$FOLDS" --seed 0
 # the permutation set is part of the bundle: reuse it so the jigsaw classes stay the same
