@@ -505,11 +505,11 @@ def table_agreement(a_csv: str | Path, b_csv: str | Path) -> dict[str, Any]:
 
 def agreement_lines(result: Mapping[str, Any]) -> str:
     """The agreement table as text (what ``ra-joints agreement`` prints)."""
-    head = f"{'':<16}{'n':>7}{'exact':>8}{'within1':>9}{'r':>7}{'kappa_lin':>10}{'mean a-b':>10}"
+    head = f"{'':<22}{'n':>7}{'exact':>8}{'within1':>9}{'r':>7}{'kappa_lin':>10}{'mean a-b':>10}"
 
     def line(name: str, s: Mapping[str, float]) -> str:
         return (
-            f"{name:<16}{s['n']:>7}{s['exact']:>8.1%}{s['within_one']:>9.1%}"
+            f"{name:<22}{s['n']:>7}{s['exact']:>8.1%}{s['within_one']:>9.1%}"
             f"{s['pearson_r']:>7.3f}{s['linear_weighted_kappa']:>10.3f}"
             f"{s['mean_difference']:>+10.3f}"
         )
