@@ -36,6 +36,7 @@ def _cmd_phantoms(args: argparse.Namespace) -> int:
         us_pairs=args.us_pairs,
         workers=args.workers,
         progress=not args.quiet,
+        raters=not args.no_raters,
         **({"style": args.style} if args.style else {}),
     )
     print(
@@ -153,8 +154,26 @@ def _cmd_export_dream(args: argparse.Namespace) -> int:
 
     sources = None if args.all_sources else ("human", "phantom")
     with AnnotationStore.open(args.project, create=False) as store:
-        path = store.export_dream_csv(args.out, sources=sources)
+        if args.annotator:
+            unknown = sorted(set(args.annotator) - set(store.authors()))
+            if unknown:
+                raise ValueError(
+                    f"no annotator {', '.join(map(repr, unknown))} in {store.path}; "
+                    f"known: {', '.join(store.authors()) or 'none'}"
+                )
+        path = store.export_dream_csv(args.out, sources=sources, authors=args.annotator)
     print(f"wrote {path}")
+    return 0
+
+
+def _cmd_agreement(args: argparse.Namespace) -> int:
+    from .evaluation import agreement_lines, table_agreement
+
+    result = table_agreement(args.a, args.b)
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        print(agreement_lines(result))
     return 0
 
 
@@ -585,6 +604,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--no-raters",
+        action="store_true",
+        help="truth only: no simulated raters (raters/ and their store revisions)",
+    )
     p.set_defaults(func=_cmd_phantoms)
 
     p = sub.add_parser("bundles", help="the MONAI bundles in use: folder, task, version, ready?")
@@ -632,7 +656,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--all-sources", action="store_true", help="include unconfirmed model predictions"
     )
+    p.add_argument(
+        "--annotator",
+        action="append",
+        help="only this annotator's grades (repeatable), e.g. a simulated rater: rater_a",
+    )
     p.set_defaults(func=_cmd_export_dream)
+
+    p = sub.add_parser(
+        "agreement",
+        help="agreement of two readers' tables (RA2-DREAM or ultrasound CSVs): exact, within "
+        "one, Pearson r, linearly weighted kappa, totals",
+    )
+    p.add_argument("a", type=Path, help="first reader's table")
+    p.add_argument("b", type=Path, help="second reader's table (same layout)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=_cmd_agreement)
 
     p = sub.add_parser("import-dream", help="read an RA2-DREAM score table into a project")
     p.add_argument("--project", required=True, type=Path)

@@ -369,3 +369,160 @@ __all__ = [
     "score_figures",
     "with_ci",
 ]
+
+
+# ------------------------------------------------------------------ reader vs reader
+
+ULTRASOUND_GRADES = ("synovial_hypertrophy", "vascularity", "combined")
+
+
+def reader_agreement(
+    a: Mapping[str, Mapping[tuple[str, str], float]],
+    b: Mapping[str, Mapping[tuple[str, str], float]],
+) -> dict[str, Any]:
+    """Agreement of two readers' grade tables (patient -> ``(joint_id, score_type)`` -> grade).
+
+    Per scale (hand/foot narrowing and erosion; kappa over the scale's grades), per score type
+    pooled, and Pearson r of the per-image (limb) and per-patient totals over the joints both
+    graded (patients missing a joint in either table are left out of the totals).
+    """
+    from .vocabulary import all_joints
+
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise ValueError("the two tables share no patient")
+    expected = {(j.id, t.value) for j in all_joints() for t in j.score_types}
+    cells: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
+    tops: dict[str, int] = {}
+    totals: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
+    images: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
+    for pid in common:
+        both = set(a[pid]) & set(b[pid])
+        per_image: dict[tuple[str, str], list[float]] = defaultdict(lambda: [0.0, 0.0])
+        for key in sorted(both):
+            joint = get_joint(key[0])
+            va, vb = float(a[pid][key]), float(b[pid][key])
+            for name in (f"{joint.limb.kind}_{key[1]}", key[1]):
+                cells[name][0].append(va)
+                cells[name][1].append(vb)
+                tops[name] = max(tops.get(name, 0), joint.max_score(key[1]))
+            per_image[(joint.limb.value, key[1])][0] += va
+            per_image[(joint.limb.value, key[1])][1] += vb
+        for (_limb, score_type), (ta, tb) in per_image.items():
+            images[score_type][0].append(ta)
+            images[score_type][1].append(tb)
+        if expected <= both:
+            for score_type in ("narrowing", "erosion"):
+                keys = [k for k in expected if k[1] == score_type]
+                totals[score_type][0].append(sum(a[pid][k] for k in keys))
+                totals[score_type][1].append(sum(b[pid][k] for k in keys))
+            totals["total"][0].append(totals["narrowing"][0][-1] + totals["erosion"][0][-1])
+            totals["total"][1].append(totals["narrowing"][1][-1] + totals["erosion"][1][-1])
+    if not cells:
+        raise ValueError("the two tables share no graded joint")
+    out: dict[str, Any] = {"n_patients": len(common), "per_scale": {}, "per_score": {}}
+    for name, (va, vb) in sorted(cells.items()):
+        target = out["per_score"] if name in ("narrowing", "erosion") else out["per_scale"]
+        target[name] = metrics.rater_agreement(va, vb, labels=range(tops[name] + 1))
+    out["image_totals"] = {
+        k: {"n": len(v[0]), "pearson_r": metrics.rater_agreement(*v)["pearson_r"]}
+        for k, v in sorted(images.items())
+    }
+    out["patient_totals"] = {
+        k: {"n": len(v[0]), "pearson_r": metrics.rater_agreement(*v)["pearson_r"]}
+        for k, v in totals.items()
+        if len(v[0]) >= 2
+    }
+    return out
+
+
+def dream_table_grades(path: str | Path) -> dict[str, dict[tuple[str, str], float]]:
+    """An RA2-DREAM table as patient -> ``(joint_id, score_type)`` -> grade (totals dropped)."""
+    out = {}
+    for pid, row in read_dream_table(path).items():
+        grades = {}
+        for column, value in row.items():
+            if column in DREAM_TOTAL_COLUMNS:
+                continue
+            joint, score_type = parse_dream_column(column)
+            grades[(joint.id, score_type.value)] = value
+        out[pid] = grades
+    return out
+
+
+def read_ultrasound_table(path: str | Path) -> dict[tuple[str, str, str], dict[str, int]]:
+    """``ultrasound_scores.csv`` (or a rater's) as (patient, site, grey-scale file) -> grades."""
+    path = Path(path)
+    with open(path, newline="") as handle:
+        reader = csv.DictReader(handle)
+        missing = {"patient_id", "site", "greyscale", *ULTRASOUND_GRADES[:2]} - set(
+            reader.fieldnames or []
+        )
+        if missing:
+            raise ValueError(f"{path} lacks column(s) {sorted(missing)}: not an ultrasound table")
+        out = {}
+        for line, row in enumerate(reader, start=2):
+            try:
+                sh, vasc = int(row["synovial_hypertrophy"]), int(row["vascularity"])
+            except ValueError as exc:
+                raise ValueError(f"{path}:{line}: grades must be integers 0-3") from exc
+            if not (0 <= sh <= 3 and 0 <= vasc <= 3):
+                raise ValueError(f"{path}:{line}: grades must be integers 0-3, got {sh}, {vasc}")
+            key = (row["patient_id"], row["site"], row["greyscale"])
+            out[key] = {"synovial_hypertrophy": sh, "vascularity": vasc, "combined": max(sh, vasc)}
+    return out
+
+
+def ultrasound_reader_agreement(
+    a: Mapping[Any, Mapping[str, int]], b: Mapping[Any, Mapping[str, int]]
+) -> dict[str, Any]:
+    """SH, vascularity and combined (EOSS) agreement of two readers over the pairs both graded."""
+    common = sorted(set(a) & set(b))
+    if not common:
+        raise ValueError("the two ultrasound tables share no pair")
+    out: dict[str, Any] = {"n_pairs": len(common)}
+    for grade in ULTRASOUND_GRADES:
+        out[grade] = metrics.rater_agreement(
+            [a[k][grade] for k in common], [b[k][grade] for k in common], labels=range(4)
+        )
+    return out
+
+
+def table_agreement(a_csv: str | Path, b_csv: str | Path) -> dict[str, Any]:
+    """Agreement of two readers' tables: RA2-DREAM or ultrasound (told apart by the header)."""
+    with open(a_csv, newline="") as handle:
+        header = next(csv.reader(handle), [])
+    if "Patient_ID" in header:
+        return {
+            "kind": "radiograph",
+            **reader_agreement(dream_table_grades(a_csv), dream_table_grades(b_csv)),
+        }
+    return {
+        "kind": "ultrasound",
+        **ultrasound_reader_agreement(read_ultrasound_table(a_csv), read_ultrasound_table(b_csv)),
+    }
+
+
+def agreement_lines(result: Mapping[str, Any]) -> str:
+    """The agreement table as text (what ``ra-joints agreement`` prints)."""
+    head = f"{'':<22}{'n':>7}{'exact':>8}{'within1':>9}{'r':>7}{'kappa_lin':>10}{'mean a-b':>10}"
+
+    def line(name: str, s: Mapping[str, float]) -> str:
+        return (
+            f"{name:<22}{s['n']:>7}{s['exact']:>8.1%}{s['within_one']:>9.1%}"
+            f"{s['pearson_r']:>7.3f}{s['linear_weighted_kappa']:>10.3f}"
+            f"{s['mean_difference']:>+10.3f}"
+        )
+
+    if result["kind"] == "ultrasound":
+        rows = [f"{result['n_pairs']} ultrasound pairs graded by both", head]
+        rows += [line(g, result[g]) for g in ULTRASOUND_GRADES]
+        return "\n".join(rows)
+    rows = [f"{result['n_patients']} patients in both tables; per joint:", head]
+    rows += [line(k, v) for k, v in result["per_scale"].items()]
+    rows += [line(k, v) for k, v in result["per_score"].items()]
+    rows.append("Pearson r of totals:")
+    for level in ("image_totals", "patient_totals"):
+        for k, v in result[level].items():
+            rows.append(f"  {level.replace('_', ' ')[:-1]} {k}: {v['pearson_r']:.3f} (n={v['n']})")
+    return "\n".join(rows)

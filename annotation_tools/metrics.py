@@ -33,6 +33,7 @@ __all__ = [
     "patient_folds",
     "patient_kfold",
     "pearson_r",
+    "rater_agreement",
     "rmse",
     "score_summary",
     "share_within",
@@ -123,18 +124,57 @@ def accuracy(y_true: Sequence[float], y_pred: Sequence[float]) -> float:
     return float(accuracy_score(np.rint(a).astype(int), np.rint(b).astype(int)))
 
 
-def linear_weighted_kappa(y_true: Sequence[float], y_pred: Sequence[float]) -> float:
-    """Cohen's kappa with linear weights, as RATING reports for EULAR-OMERACT grades."""
+def linear_weighted_kappa(
+    y_true: Sequence[float], y_pred: Sequence[float], labels: Sequence[int] | None = None
+) -> float:
+    """Cohen's kappa with linear weights, as RATING reports for EULAR-OMERACT grades.
+
+    ``labels``: the grades of the scale (e.g. ``range(4)``). Give them: without, scikit-learn
+    weighs by the position among the grades *seen*, so with a grade missing from both inputs
+    (0, 1 and 3 seen) a 1-vs-3 disagreement costs one step instead of two.
+    """
     from sklearn.metrics import cohen_kappa_score
 
     a, b = _pair(y_true, y_pred)
     ia, ib = np.rint(a).astype(int), np.rint(b).astype(int)
     if np.unique(np.concatenate([ia, ib])).size < 2:
         return _nan("kappa is undefined when every grade, true and predicted, is the same")
+    if labels is not None:
+        labels = [int(v) for v in labels]
+        outside = set(np.unique(np.concatenate([ia, ib])).tolist()) - set(labels)
+        if outside:
+            raise ValueError(f"grades {sorted(outside)} are not among labels {labels}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        value = cohen_kappa_score(ia, ib, weights="linear")
+        value = cohen_kappa_score(ia, ib, labels=labels, weights="linear")
     return float(value) if math.isfinite(value) else _nan("kappa is undefined for these data")
+
+
+def rater_agreement(
+    grades_a: Sequence[float], grades_b: Sequence[float], labels: Sequence[int] | None = None
+) -> dict[str, float]:
+    """Agreement of two readers on the same cases (neither is the truth): exact, within one
+    grade, Pearson r, linearly weighted kappa (over ``labels``, the grades of the scale), the
+    two means and their difference (``a - b``: a systematic over-call shows here).
+
+    The "second reader" reference of a benchmark: a model that agrees with a reader as well
+    as another reader does has reached the clinical limit of that figure.
+    """
+    a, b = _pair(grades_a, grades_b)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetricWarning)
+        r = pearson_r(a, b)
+        kappa = linear_weighted_kappa(a, b, labels=labels) if labels is not None else float("nan")
+    return {
+        "n": int(a.size),
+        "exact": exact_agreement(a, b),
+        "within_one": within_one_agreement(a, b),
+        "pearson_r": r,
+        "linear_weighted_kappa": kappa,
+        "mean_a": float(a.mean()),
+        "mean_b": float(b.mean()),
+        "mean_difference": float(a.mean() - b.mean()),
+    }
 
 
 def auc(y_true: Sequence[float], y_score: Sequence[float]) -> float:

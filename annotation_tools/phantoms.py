@@ -1136,7 +1136,29 @@ def _write_patient(args: tuple[int, int, str, int, int, str]) -> dict[str, Any]:
     return record
 
 
-def _store_patient(store: Any, record: dict[str, Any], prov: Any) -> None:
+def _rater_reads(record: dict[str, Any], seed: int, index: int) -> dict[str, Any]:
+    """The simulated raters' grades of one patient (their own random streams: no image or
+    truth value depends on them)."""
+    from .raters import read_patient, read_ultrasound
+
+    truth = {j: g for rad in record["radiographs"] for j, g in rad["grades"].items()}
+    pairs = [(u["synovial_hypertrophy"], u["vascularity"]) for u in record["ultrasound"]]
+    return {
+        "scores": read_patient(truth, seed, index),
+        "ultrasound": read_ultrasound(pairs, seed, index),
+    }
+
+
+def _store_patient(
+    store: Any, record: dict[str, Any], prov: Any, reads: dict[str, Any] | None = None
+) -> None:
+    """Truth (and the raters' grades) of one patient. Rater grades go in first, as human
+    revisions under the raters' names: the truth is then the newest committed revision, the one
+    every reader of the store resolves to."""
+    from .store import Provenance
+
+    scores = (reads or {}).get("scores", {})
+    us_reads = (reads or {}).get("ultrasound", {})
     with store.transaction():
         for rad in record["radiographs"]:
             image_id = store.add_image(
@@ -1152,8 +1174,13 @@ def _store_patient(store: Any, record: dict[str, Any], prov: Any) -> None:
                 if joint.id in rad["polygons"]:
                     store.set_polygon(image_id, joint.id, rad["polygons"][joint.id], prov)
                 for score_type, grade in rad["grades"][joint.id].items():
+                    for name, grades in scores.items():
+                        rater = Provenance.human(name)
+                        store.set_score(
+                            image_id, joint.id, score_type, grades[joint.id][score_type], rater
+                        )
                     store.set_score(image_id, joint.id, score_type, grade, prov)
-        for us in record["ultrasound"]:
+        for k, us in enumerate(record["ultrasound"]):
             h, w = us["shape"][:2]
             gs_id = store.add_image(
                 us["greyscale"],
@@ -1174,6 +1201,8 @@ def _store_patient(store: Any, record: dict[str, Any], prov: Any) -> None:
             pair_id = store.add_us_pair(gs_id, dp_id, site=us["site"])
             store.set_roi(gs_id, tuple(us["roi"]), prov)
             store.set_roi(dp_id, tuple(us["roi"]), prov)
+            for name, pairs in us_reads.items():
+                store.set_us_score(pair_id, *pairs[k], Provenance.human(name))
             store.set_us_score(pair_id, us["synovial_hypertrophy"], us["vascularity"], prov)
 
 
@@ -1197,11 +1226,16 @@ def generate_cohort(
     workers: int | None = None,
     progress: bool = True,
     style: str = DEFAULT_STYLE,
+    raters: bool = True,
 ) -> dict[str, Any]:
     """Write a phantom cohort: images, the annotation store, RA2-DREAM and ultrasound CSVs.
 
-    Returns the summary also written to ``cohort.json``. The folder is a ready project: open
-    it in napari or export it with ``ra-joints export``.
+    With ``raters`` (default) two simulated readers grade every joint and ultrasound pair
+    (:mod:`annotation_tools.raters`): their tables go to ``raters/`` and into the store as
+    human revisions under their names, older than the truth, which stays what the store
+    resolves to. They draw from their own random streams: images and truth are the same with
+    and without them. Returns the summary also written to ``cohort.json``. The folder is a
+    ready project: open it in napari or export it with ``ra-joints export``.
     """
     from tqdm.auto import tqdm
 
@@ -1222,16 +1256,71 @@ def generate_cohort(
     prov = Provenance.phantom(GENERATOR, f"{__version__}+seed{seed}")
     jobs = [(int(seed), i, str(out), int(height), int(us_pairs), style) for i in range(n_patients)]
     us_rows = []
+    rater_names = list(_rater_names()) if raters else []
+    rater_us: dict[str, list[dict[str, Any]]] = {name: [] for name in rater_names}
     with AnnotationStore.open(out) as store:
         records = _iter_records(jobs, workers)
-        for record in tqdm(
-            records, total=n_patients, desc="phantom patients", disable=not progress
+        for index, record in enumerate(
+            tqdm(records, total=n_patients, desc="phantom patients", disable=not progress)
         ):
-            _store_patient(store, record, prov)
-            us_rows += [{"patient_id": record["patient_id"], **u} for u in record["ultrasound"]]
+            reads = _rater_reads(record, int(seed), index) if raters else None
+            _store_patient(store, record, prov, reads)
+            rows = [{"patient_id": record["patient_id"], **u} for u in record["ultrasound"]]
+            us_rows += rows
+            for name in rater_names:
+                rater_us[name] += [
+                    {**row, "synovial_hypertrophy": sh, "vascularity": v}
+                    for row, (sh, v) in zip(rows, reads["ultrasound"][name], strict=True)
+                ]
         store.export_dream_csv(out / "scores_ra2dream.csv")
+        rater_files: dict[str, dict[str, str]] = {}
+        if raters:
+            (out / "raters").mkdir(exist_ok=True)
+        for name in rater_names:
+            rater_files[name] = {
+                "scores_csv": f"raters/{name}.csv",
+                "ultrasound_csv": f"raters/ultrasound_{name}.csv",
+                "annotator": name,
+            }
+            store.export_dream_csv(out / rater_files[name]["scores_csv"], authors=[name])
+            _write_us_csv(out / rater_files[name]["ultrasound_csv"], rater_us[name])
         summary = store.summary()
-    with open(out / "ultrasound_scores.csv", "w", newline="") as handle:
+    _write_us_csv(out / "ultrasound_scores.csv", us_rows)
+    info = {
+        "generator": GENERATOR,
+        "version": __version__,
+        "seed": int(seed),
+        "style": style,
+        "patients": int(n_patients),
+        "height": int(height),
+        "ultrasound_pairs_per_patient": int(us_pairs),
+        "radiographs": summary["radiographs"],
+        "ultrasound_pairs": summary["ultrasound_pairs"],
+        "store": "ra_joints.sqlite",
+        "scores_csv": "scores_ra2dream.csv",
+        "ultrasound_csv": "ultrasound_scores.csv",
+        "raters": rater_files,
+        "seconds": round(time.perf_counter() - started, 2),
+        "note": "Phantom data: figures measured on it are not clinical figures.",
+    }
+    if raters:
+        info["rater_note"] = (
+            "Simulated readers (annotation_tools.raters, docs/phantoms.md 'Simulated raters'): "
+            "human revisions under their names in the store, older than the phantom truth."
+        )
+    (out / "cohort.json").write_text(json.dumps(info, indent=2))
+    return info
+
+
+def _rater_names() -> tuple[str, ...]:
+    from .raters import FITTED
+
+    return FITTED.raters
+
+
+def _write_us_csv(path: Path, us_rows: list[dict[str, Any]]) -> None:
+    """The ultrasound grade table (truth or one rater's; the ROI box is the drawn one)."""
+    with open(path, "w", newline="") as handle:
         fields = [
             "patient_id",
             "site",
@@ -1259,21 +1348,3 @@ def generate_cohort(
                     "roi_y1": round(y1, 2),
                 }
             )
-    info = {
-        "generator": GENERATOR,
-        "version": __version__,
-        "seed": int(seed),
-        "style": style,
-        "patients": int(n_patients),
-        "height": int(height),
-        "ultrasound_pairs_per_patient": int(us_pairs),
-        "radiographs": summary["radiographs"],
-        "ultrasound_pairs": summary["ultrasound_pairs"],
-        "store": "ra_joints.sqlite",
-        "scores_csv": "scores_ra2dream.csv",
-        "ultrasound_csv": "ultrasound_scores.csv",
-        "seconds": round(time.perf_counter() - started, 2),
-        "note": "Phantom data: figures measured on it are not clinical figures.",
-    }
-    (out / "cohort.json").write_text(json.dumps(info, indent=2))
-    return info

@@ -722,6 +722,7 @@ class AnnotationStore:
         sources: Iterable[str] | None = None,
         latest_only: bool = True,
         include_deleted: bool = False,
+        authors: Iterable[str] | None = None,
     ) -> list[Revision]:
         spec = _KINDS[kind]
         sql = (
@@ -741,6 +742,10 @@ class AnnotationStore:
                 raise ValueError(f"unknown provenance source(s) {sorted(bad)}")
             sql += f" AND p.source IN ({', '.join('?' * len(sources))})"
             params += sources
+        if authors is not None:
+            authors = _authors(authors)
+            sql += f" AND p.author IN ({', '.join('?' * len(authors))})"
+            params += authors
         if latest_only:
             # The resolution rule: a human / phantom revision outranks every model revision,
             # then the newest wins (see Resolved).
@@ -974,12 +979,17 @@ class AnnotationStore:
         return self._append("score", image_id, key, {}, provenance, "deleted")
 
     def scores(
-        self, image_id: int, *, sources: Iterable[str] | None = None
+        self,
+        image_id: int,
+        *,
+        sources: Iterable[str] | None = None,
+        authors: Iterable[str] | None = None,
     ) -> dict[tuple[str, str], Revision]:
-        """Newest score per ``(joint_id, score_type)``."""
+        """Newest score per ``(joint_id, score_type)``; with ``authors``, only the revisions of
+        those annotators (or bundles, generators): one reader's grades, e.g. ``["rater_a"]``."""
         return {
             (r.value["joint_id"], r.value["score_type"]): r
-            for r in self._revisions("score", image_id, sources=sources)
+            for r in self._revisions("score", image_id, sources=sources, authors=authors)
         }
 
     # ------------------------------------------------------------------ ultrasound
@@ -1037,8 +1047,15 @@ class AnnotationStore:
         }
         return self._append("us_score", pair_id, {}, values, provenance)
 
-    def us_score(self, pair_id: int, *, sources: Iterable[str] | None = None) -> Revision | None:
-        found = self._revisions("us_score", pair_id, sources=sources)
+    def us_score(
+        self,
+        pair_id: int,
+        *,
+        sources: Iterable[str] | None = None,
+        authors: Iterable[str] | None = None,
+    ) -> Revision | None:
+        """The resolved grades of a pair; with ``authors``, those annotators' newest."""
+        found = self._revisions("us_score", pair_id, sources=sources, authors=authors)
         return found[0] if found else None
 
     # ------------------------------------------------------------------ JSON per image
@@ -1145,36 +1162,58 @@ class AnnotationStore:
     # ------------------------------------------------------------------ RA2-DREAM CSV
 
     def patient_scores(
-        self, *, sources: Iterable[str] | None = TRAINING_SOURCES, per_visit: bool = True
+        self,
+        *,
+        sources: Iterable[str] | None = TRAINING_SOURCES,
+        per_visit: bool = True,
+        authors: Iterable[str] | None = None,
     ) -> dict[str, dict[tuple[str, str], float]]:
         """Newest grade per ``(joint_id, score_type)`` of every patient with a radiograph.
 
         Keys are ``<patient>_<visit>`` for images with a visit unless ``per_visit`` is False;
-        patients without any score map to an empty dict.
+        patients without any score map to an empty dict. ``authors`` keeps only the grades of
+        those annotators (one reader's table, e.g. a simulated rater's).
         """
         sources = list(sources) if sources is not None else None
+        authors = _authors(authors) if authors is not None else None
         scores: dict[str, dict[tuple[str, str], float]] = {}
         for image in self.images(modality="radiograph"):
             pid = image.patient_id
             if per_visit and image.visit:
                 pid = f"{pid}_{image.visit}"
             patient = scores.setdefault(pid, {})
-            for key, rev in self.scores(image.id, sources=sources).items():
+            for key, rev in self.scores(image.id, sources=sources, authors=authors).items():
                 patient[key] = rev.value["value"]
         return scores
 
     def dream_rows(
-        self, *, sources: Iterable[str] | None = TRAINING_SOURCES
+        self,
+        *,
+        sources: Iterable[str] | None = TRAINING_SOURCES,
+        authors: Iterable[str] | None = None,
     ) -> list[dict[str, Any]]:
         """One RA2-DREAM row per patient (and visit): joint scores and, when complete, totals."""
-        scores = self.patient_scores(sources=sources)
+        scores = self.patient_scores(sources=sources, authors=authors)
         return [dream_row(pid, scores[pid]) for pid in sorted(scores)]
 
     def export_dream_csv(
-        self, path: str | Path, *, sources: Iterable[str] | None = TRAINING_SOURCES
+        self,
+        path: str | Path,
+        *,
+        sources: Iterable[str] | None = TRAINING_SOURCES,
+        authors: Iterable[str] | None = None,
     ) -> Path:
-        """Write the RA2-DREAM score table; missing scores (and incomplete totals) stay empty."""
-        return write_dream_csv(self.dream_rows(sources=sources), path)
+        """Write the RA2-DREAM score table; missing scores (and incomplete totals) stay empty.
+
+        ``authors``: only those annotators' grades (``["rater_a"]``: one reader's table)."""
+        return write_dream_csv(self.dream_rows(sources=sources, authors=authors), path)
+
+    def authors(self, source: str | None = None) -> list[str]:
+        """Every annotator, bundle or generator that wrote to the store (of one source)."""
+        sql, params = "SELECT DISTINCT author FROM provenance", []
+        if source is not None:
+            sql, params = sql + " WHERE source = ?", [source]
+        return [r["author"] for r in self._query(sql + " ORDER BY author", params)]
 
     def import_dream_csv(self, path: str | Path, provenance: Provenance) -> list[str]:
         """Read an RA2-DREAM table into the store; returns the problems found (never silent).
@@ -1305,6 +1344,16 @@ def _inspect(path: Path) -> int:
             f"to {SCHEMA_VERSION}; upgrade napari-ra-joints to open it (the file was not changed)"
         )
     return version
+
+
+def _authors(authors: Iterable[str]) -> list[str]:
+    """An author filter as a list; a bare string would be read letter by letter."""
+    if isinstance(authors, str):
+        raise TypeError(f"authors must be a list of names, e.g. [{authors!r}], not a string")
+    out = [str(a) for a in authors]
+    if not out:
+        raise ValueError("an author filter needs at least one name")
+    return out
 
 
 def _split_sql(script: str) -> list[str]:
