@@ -33,7 +33,7 @@ def agreement(tables):
 def cohorts(tmp_path_factory):
     """The same 2-patient cohort with and without raters (small images, one process)."""
     root = tmp_path_factory.mktemp("raters")
-    kw = {"height": 256, "us_pairs": 2, "workers": 1, "progress": False}
+    kw = {"height": 256, "us_pairs": 2, "workers": 1, "progress": False, "style": "schematic"}
     generate_cohort(root / "with", 2, seed=5, **kw)
     generate_cohort(root / "without", 2, seed=5, raters=False, **kw)
     return root / "with", root / "without"
