@@ -69,10 +69,11 @@ STYLES: dict[str, dict[str, str]] = {
         "radiograph": "annotation_tools.phantoms:render_limb",
         "ultrasound": "annotation_tools.phantoms:render_ultrasound",
     },
-    # real bone meshes (MyoSuite), posed, damaged in 3D and X-rayed (phantom_anatomy.py)
+    # real bone meshes (MyoSuite), posed, damaged in 3D and X-rayed (phantom_anatomy.py);
+    # ultrasound from scatterers, beam and envelope on a scanner screen (phantom_us.py)
     "anatomical": {
         "radiograph": "annotation_tools.phantom_anatomy:render_limb_anatomical",
-        "ultrasound": "annotation_tools.phantoms:render_ultrasound",
+        "ultrasound": "annotation_tools.phantom_us:render_ultrasound_physical",
     },
 }
 DEFAULT_STYLE = "anatomical"
@@ -1101,7 +1102,22 @@ def _write_patient(args: tuple[int, int, str, int, int, str]) -> dict[str, Any]:
     for k, us in enumerate(patient.ultrasound):
         stem = f"{patient.patient_id}_US{k + 1}_{us.site}"
         as_dicom = fmt_rng.random() < 0.3
-        if as_dicom:
+        if style == "anatomical":  # scanner exports: RGB or YBR_FULL_422 (JPEG) DICOM, PNG, JPEG
+            from .phantom_us import us_file_format, write_us_screen
+
+            fmt = us_file_format(fmt_rng)
+            gs, dp = (
+                write_us_screen(
+                    out / "ultrasound" / f"{stem}_{kind}",
+                    pixels,
+                    fmt,
+                    patient_id=patient.patient_id,
+                    uid_seed=f"{seed}-{index}-us{k}-{kind}",
+                    description=f"phantom {us.site} {kind}",
+                )
+                for kind, pixels in (("gs", us.greyscale), ("doppler", us.doppler))
+            )
+        elif as_dicom:
             gs = write_dicom(
                 out / "ultrasound" / f"{stem}_gs.dcm",
                 us.greyscale,
