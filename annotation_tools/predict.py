@@ -212,7 +212,6 @@ def merge_shards(out: str | Path) -> dict[str, Any]:
         merged["patients"] += part["patients"]
         merged["failed_files"] += part["failed_files"]
     merged["patients"].sort(key=lambda p: p["patient_id"])
-    (out / "summary.json").write_text(json.dumps(merged, indent=1))
     sets = sorted(out.glob("joint_scores.rank*.csv"))
     if sets:  # the grade sets: one header, every rank's rows in patient order
         set_rows: list[list[str]] = []
@@ -228,6 +227,7 @@ def merge_shards(out: str | Path) -> dict[str, Any]:
             writer.writerow(header)
             writer.writerows(set_rows)
         merged["grade_sets"] = part.get("grade_sets")
+    (out / "summary.json").write_text(json.dumps(merged, indent=1))
     for path in (*tables, *summaries, *sets):
         path.unlink()
     return merged

@@ -625,11 +625,11 @@ class OutputWriter:
         from .vocabulary import DreamCsv
 
         self.out = Path(out)
-        self._sets = JointSetsCsv(self.out / f"joint_scores{suffix}.csv", calibration, coverage)
         self.model_info = dict(model_info)
         self.suffix = suffix
         self.names = names or {}
         (self.out / "scores").mkdir(parents=True, exist_ok=True)
+        self._sets = JointSetsCsv(self.out / f"joint_scores{suffix}.csv", calibration, coverage)
         self.summary_patients: list[dict[str, Any]] = []
         self._shap_names: set[str] = set()
         self._table = DreamCsv(self.out / f"scores_ra2dream{suffix}.csv")

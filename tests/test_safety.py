@@ -196,8 +196,12 @@ def test_phantoms_refuses_a_file_out_and_huge_sizes(tmp_path, capsys):
     assert not (tmp_path / "c").exists()
 
 
-def test_benchmark_and_retrain_refuse_an_untrusted_bundle_before_reading_it(tmp_path, capsys):
-    from annotation_tools.bundles import bundle_for
+def test_benchmark_and_retrain_refuse_an_untrusted_bundle_before_reading_it(
+    tmp_path, capsys, monkeypatch
+):
+    from annotation_tools.bundles import BUNDLES_ENV, bundle_for
+
+    monkeypatch.setenv(BUNDLES_ENV, "")  # --bundles below sets it: restored after the test
 
     mine = tmp_path / "mine"
     shutil.copytree(bundle_for("locator").root, mine / "ra_joint_locator",
