@@ -66,6 +66,10 @@ STYLES: dict[str, dict[str, str]] = {
         "radiograph": "annotation_tools.phantoms:render_limb",
         "ultrasound": "annotation_tools.phantoms:render_ultrasound",
     },
+    "anatomical": {
+        "radiograph": "annotation_tools.phantoms:render_limb",
+        "ultrasound": "annotation_tools.phantom_us:render_ultrasound_physical",
+    },
 }
 DEFAULT_STYLE = "schematic"
 
