@@ -39,16 +39,28 @@ CANDIDATES = [{"shadow": s, "per_site": p} for s in (0.1, 0.15, 0.25) for p in (
 
 def phantom_pairs(style: str, seed: int, n: int) -> list[Any]:
     """``n`` ultrasound phantoms of ``style``: sites in turn, grades as a cohort draws them."""
+    import inspect
+
     from .phantoms import US_SITES, phantom_style, sample_us_grades
 
     draw = phantom_style(style)[1]
+    bars = "n_colour_bars" in inspect.signature(draw).parameters
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):
         site = f"{'LR'[(i // len(US_SITES)) % 2]}_{US_SITES[i % len(US_SITES)]}"
-        sh, vasc = sample_us_grades(rng, float(rng.uniform(0, 1)))
-        out.append(draw(site, sh, vasc, rng))
+        for _attempt in range(5):  # a renderer that fails on one draw gets a fresh one
+            sh, vasc = sample_us_grades(rng, float(rng.uniform(0, 1)))
+            try:
+                extra = {"n_colour_bars": 1 + i % 2} if bars else {}
+                out.append(draw(site, sh, vasc, rng, **extra))
+                break
+            except ValueError:
+                RENDER_FAILURES[style] = RENDER_FAILURES.get(style, 0) + 1
     return out
+
+
+RENDER_FAILURES: dict[str, int] = {}
 
 
 def add_colour_bar(rgb: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -81,6 +93,9 @@ def _colour_box_stats(pairs: Sequence[Any], two_bars: bool, seed: int) -> dict[s
 
     rng = np.random.default_rng(seed)
     ious, outside, dice, seconds = [], [], [], []
+    if any(hasattr(us, "n_colour_bars") for us in pairs):  # the renderer drew its own bars
+        pairs = [us for us in pairs if getattr(us, "n_colour_bars", 1) == (2 if two_bars else 1)]
+        two_bars = False
     for us in pairs:
         screen = add_colour_bar(us.doppler, rng) if two_bars else us.doppler
         t0 = time.perf_counter()
@@ -186,8 +201,8 @@ def run(
         for split, n in (("train", n_train), ("validation", n_val), ("test", n_test))
     }
     choices = []
+    train = [(us.greyscale, us.roi, us.site) for s in styles for us in data["train"][s]]
     for cand in CANDIDATES:
-        train = [(us.greyscale, us.roi, us.site) for s in styles for us in data["train"][s]]
         cal = fit_roi_calibration(train, **cand)
         val = [
             box_iou(propose_roi(us.greyscale, us.site, calibration=cal), us.roi)
@@ -209,6 +224,7 @@ def run(
             for m, h, c, _ in choices
         ],
         "chosen": cand,
+        "render_failures_redrawn": dict(RENDER_FAILURES),
         "styles": {},
     }
     for s in styles:

@@ -36,6 +36,7 @@ __all__ = [
     "fit_roi_calibration",
     "load_roi_calibration",
     "propose_roi",
+    "scan_box",
 ]
 
 CALIBRATION_FILE = Path(__file__).with_name("roi_calibration.json")
@@ -178,8 +179,18 @@ def _is_bar(component: np.ndarray) -> bool:
     return long_ >= 40 and long_ >= 4 * short and fill > 0.85
 
 
+def _is_flat(colours: np.ndarray) -> bool:
+    """Icons are filled with one colour; flow follows a colour map of velocity or power, so its
+    pixels spread over the map (anti-aliased text is not flat: it is told by the scan area)."""
+    if len(colours) < 30:  # a few flow pixels can share one colour; an icon is larger
+        return False
+    centre = np.median(colours, axis=0)
+    return float(np.mean(np.abs(colours - centre).max(axis=1) <= 3)) >= 0.9
+
+
 def colour_pixels(rgb: np.ndarray, *, min_chroma: int = 50, restrict_to_scan: bool = True):
-    """Colour pixels that could be flow: in the scan area, not a colour bar."""
+    """Colour pixels that could be flow: in the scan area, not a colour bar, not one-colour
+    text or an icon."""
     from .ultrasound import chroma, scan_area
 
     rgb = _as_rgb(rgb)
@@ -195,8 +206,11 @@ def colour_pixels(rgb: np.ndarray, *, min_chroma: int = 50, restrict_to_scan: bo
         mask &= area
     labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
     for i, sl in enumerate(ndimage.find_objects(labels), start=1):
-        if sl is not None and _is_bar(labels[sl] == i):
-            mask[sl] &= labels[sl] != i
+        if sl is None:
+            continue
+        part = labels[sl] == i
+        if _is_bar(part) or _is_flat(rgb[sl][part].astype(np.int16)):
+            mask[sl] &= ~part
     return mask
 
 
@@ -247,10 +261,10 @@ class BoneProfile:
 
     def features(self) -> np.ndarray:
         """The regressors of the ROI calibration: relative to the scan area."""
-        x0, y0, x1, y1 = self.scan
-        w, h = x1 - x0, y1 - y0
+        x0, y0, x1, _ = self.scan
+        w = x1 - x0  # one unit for both axes: the image's bottom is often lost in shadow
         return np.array(
-            [1.0, (self.gap_x - x0) / w, self.gap_width / w, (self.bone_y - y0) / h], np.float64
+            [1.0, (self.gap_x - x0) / w, self.gap_width / w, (self.bone_y - y0) / w], np.float64
         )
 
 
@@ -258,9 +272,47 @@ def _grey(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim == 3:
         image = image[..., :3].astype(np.float32).mean(-1)
+    if np.issubdtype(image.dtype, np.floating) and (image.size == 0 or image.max() <= 1.0):
+        return image.astype(np.float32)  # already scaled to [0, 1]
     image = image.astype(np.float32)
     top = float(image.max()) if image.size else 0.0
     return image / (top if top > 255 else 255.0)
+
+
+def scan_box(greyscale: np.ndarray, *, dark: int = 12) -> Box:
+    """The image rectangle of a screen: the union of the large lit regions that share columns
+    with the largest one, trimmed to the rows lit across a third of its width.
+
+    The acoustic shadow under a bone can be black across the whole width and split the image
+    into the tissue above it and the far field below; both are the image. A marker or text
+    touching the image top is trimmed away by the row test.
+    """
+    g = _grey(greyscale)
+    h, w = g.shape
+    u8 = (g * 255).astype(np.uint8)
+    lit = ndimage.binary_closing(u8 > dark, structure=np.ones((7, 7), bool))
+    labels, n = ndimage.label(lit)
+    if n == 0:
+        return (0.0, 0.0, float(w), float(h))
+    sizes = ndimage.sum_labels(lit, labels, index=np.arange(1, n + 1))
+    main = int(np.argmax(sizes))
+    if sizes[main] < 0.02 * lit.size:
+        return (0.0, 0.0, float(w), float(h))
+    slices = ndimage.find_objects(labels)
+    mx = slices[main][1]
+    keep = [
+        sl
+        for i, sl in enumerate(slices)
+        if sizes[i] >= 0.2 * sizes[main]
+        and min(sl[1].stop, mx.stop) - max(sl[1].start, mx.start) > 0.5 * (mx.stop - mx.start)
+    ]
+    x0, x1 = mx.start, mx.stop
+    y0 = min(sl[0].start for sl in keep)
+    y1 = max(sl[0].stop for sl in keep)
+    rows = np.nonzero((u8[y0:y1, x0:x1] > dark).mean(axis=1) > 1 / 3)[0]
+    if rows.size and rows[0] < y1 - y0 - 16:
+        y0 += int(rows[0])
+    return (float(x0), float(y0), float(x1), float(y1))
 
 
 def bone_profile(greyscale: np.ndarray, *, shadow: float = 0.15) -> BoneProfile:
@@ -270,23 +322,20 @@ def bone_profile(greyscale: np.ndarray, *, shadow: float = 0.15) -> BoneProfile:
     ``shadow`` x scan height below it (a specular line over an acoustic shadow). The joint is
     the widest, deepest break of that signature flanked by bone on both sides.
     """
-    from .ultrasound import scan_area
-
     g = _grey(greyscale)
     if g.ndim != 2 or min(g.shape) < 16:
         from .ultrasound import UltrasoundInputError
 
         raise UltrasoundInputError(f"a grey-scale scan must be 2-D and >= 16 px, got {g.shape}")
-    area = scan_area((g * 255).astype(np.uint8))
-    if area.sum() < 0.02 * area.size:
-        area = np.ones_like(area)
-    rows, cols = np.nonzero(area.any(axis=1))[0], np.nonzero(area.any(axis=0))[0]
-    y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-    scan = ndimage.gaussian_filter(np.where(area, g, 0)[y0:y1, x0:x1], (1.5, 3))
-    h, w = scan.shape
+    x0, y0, x1, y1 = (int(v) for v in scan_box(g))
+    # below the lit image the screen is black: a shadow to the end of the screen, so the
+    # shadow window may reach past the image's (lit) bottom
+    scan = ndimage.gaussian_filter(g[y0:, x0:x1], (1.5, 3))
+    h, w = y1 - y0, x1 - x0
     depth = max(4, int(shadow * h))
-    c = np.cumsum(np.vstack([np.zeros((1, w), np.float32), scan]), axis=0)
-    ys = np.arange(max(1, h - depth - 4))
+    pad = np.zeros((max(0, h + depth + 4 - scan.shape[0]), w), np.float32)
+    c = np.cumsum(np.vstack([np.zeros((1, w), np.float32), scan, pad]), axis=0)
+    ys = np.arange(max(1, h - 4))
     below = (c[ys + 4 + depth] - c[ys + 4]) / depth
     score = scan[ys] - 1.5 * below
     strength = ndimage.median_filter(score.max(axis=0), size=max(3, w // 40) | 1)
@@ -342,11 +391,11 @@ _TARGETS = ("cx", "cy", "w", "h")
 
 
 def _targets(box: Sequence[float], scan: Box) -> np.ndarray:
-    sx0, sy0, sx1, sy1 = scan
-    sw, sh = sx1 - sx0, sy1 - sy0
+    sx0, sy0, sx1, _ = scan
+    sw = sx1 - sx0
     x0, y0, x1, y1 = box
     return np.array(
-        [((x0 + x1) / 2 - sx0) / sw, ((y0 + y1) / 2 - sy0) / sh, (x1 - x0) / sw, (y1 - y0) / sh]
+        [((x0 + x1) / 2 - sx0) / sw, ((y0 + y1) / 2 - sy0) / sw, (x1 - x0) / sw, (y1 - y0) / sw]
     )
 
 
@@ -427,9 +476,10 @@ def propose_roi(
     coef = cal["coef"].get(_site_kind(site)) or cal["coef"]["any"]
     cx, cy, bw, bh = np.asarray(coef) @ prof.features()
     sx0, sy0, sx1, sy1 = prof.scan
-    sw, sh = sx1 - sx0, sy1 - sy0
-    bw, bh = max(bw, 0.05) * sw, max(bh, 0.05) * sh
-    cx, cy = sx0 + cx * sw, sy0 + cy * sh
+    sw = sx1 - sx0
+    bw, bh = max(bw, 0.02) * sw, max(bh, 0.02) * sw
+    cx, cy = sx0 + cx * sw, sy0 + cy * sw
+    sy1 = max(sy1, float(np.asarray(greyscale).shape[0]))  # the far field may be black
     x0, x1 = max(sx0, cx - bw / 2), min(sx1, cx + bw / 2)
     y0, y1 = max(sy0, cy - bh / 2), min(sy1, cy + bh / 2)
     return (round(x0, 1), round(y0, 1), round(x1, 1), round(y1, 1))
