@@ -646,17 +646,31 @@ def write_dicom(
 
     ``pixels`` are given in display orientation; with ``photometric="MONOCHROME1"`` they are
     inverted on the way out so that a conforming reader shows them the same way.
+    Colour (``(H, W, 3)`` uint8) is written as ``photometric="RGB"`` (native, exact) or
+    ``"YBR_FULL_422"``: JPEG baseline with 4:2:2 chroma, the way ultrasound scanners export
+    their screens (lossy). ``modality="US"`` uses the Ultrasound Image Storage SOP class.
     ``uid_seed`` makes the UIDs deterministic.
     """
     from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+    from pydicom.uid import (
+        ExplicitVRLittleEndian,
+        JPEGBaseline8Bit,
+        SecondaryCaptureImageStorage,
+        UltrasoundImageStorage,
+        generate_uid,
+    )
 
     path = Path(path)
+    jpeg = pixels.ndim == 3 and photometric == "YBR_FULL_422"
+    if pixels.ndim == 3 and photometric not in ("RGB", "YBR_FULL_422", "MONOCHROME2"):
+        raise ValueError(f"colour DICOM photometric must be RGB or YBR_FULL_422, got {photometric}")
     seeds = [uid_seed] if uid_seed else None
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPClassUID = (
+        UltrasoundImageStorage if modality == "US" else SecondaryCaptureImageStorage
+    )
     meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=seeds and [*seeds, "sop"])
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    meta.TransferSyntaxUID = JPEGBaseline8Bit if jpeg else ExplicitVRLittleEndian
     ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
     ds.SOPClassUID = meta.MediaStorageSOPClassUID
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
@@ -677,7 +691,7 @@ def write_dicom(
         if pixels.dtype != np.uint8:
             raise ValueError("colour DICOM pixels must be uint8 RGB")
         ds.SamplesPerPixel = 3
-        ds.PhotometricInterpretation = "RGB"
+        ds.PhotometricInterpretation = "YBR_FULL_422" if jpeg else "RGB"
         ds.PlanarConfiguration = 0
         ds.BitsAllocated = ds.BitsStored = 8
         ds.HighBit = 7
@@ -695,6 +709,22 @@ def write_dicom(
             raise ValueError(f"pixel values exceed {ds.BitsStored} bits")
         out = (top - pixels).astype(pixels.dtype) if photometric == "MONOCHROME1" else pixels
     ds.PixelRepresentation = 0
-    ds.PixelData = np.ascontiguousarray(out).tobytes()
+    if jpeg:
+        import io
+
+        from PIL import Image
+        from pydicom.encaps import encapsulate
+
+        buffer = io.BytesIO()
+        # quality 95, 4:2:2 (Pillow's subsampling=1); Pillow stores YCbCr (= YBR_FULL)
+        Image.fromarray(np.ascontiguousarray(out)).save(
+            buffer, format="JPEG", quality=95, subsampling=1
+        )
+        ds.PixelData = encapsulate([buffer.getvalue()])
+        ds["PixelData"].is_undefined_length = True
+        ds.LossyImageCompression = "01"
+        ds.LossyImageCompressionMethod = "ISO_10918_1"
+    else:
+        ds.PixelData = np.ascontiguousarray(out).tobytes()
     ds.save_as(path, enforce_file_format=True)
     return path

@@ -10,7 +10,7 @@ EULAR-OMERACT defines them (D'Agostino et al. 2017) and the pixels come from an 
   reflectors (bone cortex, cartilage surface, skin). The field is attenuated on the way down
   and back (per-tissue dB/cm/MHz; bone stops the beam: posterior acoustic shadow, fluid lets it
   through: posterior enhancement), convolved with an RF pulse (axial) and a depth-dependent beam
-  (lateral, narrowest at the focus), envelope-detected with the Hilbert transform, corrected by
+  (lateral, narrowest at the focus), envelope-detected by quadrature demodulation, corrected by
   a time-gain compensation that does not match the tissue exactly, and log-compressed over a
   dynamic range. Fully developed speckle is Rayleigh: mean/sd = 1.91 before log compression.
 * **Anatomy.** Dorsal longitudinal scans, proximal to the left: MCP (metacarpal head with its
@@ -46,7 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage, signal
+from scipy import ndimage
 
 from .phantoms import UltrasoundPhantom
 
@@ -55,8 +55,10 @@ __all__ = [
     "PhysicalUltrasoundPhantom",
     "bmode_envelope",
     "doppler_pattern",
+    "pixel_count_baselines",
     "render_ultrasound_physical",
     "sh_grade_from_shape",
+    "us_file_format",
     "write_us_screen",
 ]
 
@@ -95,7 +97,7 @@ LABEL_NAMES = (
     "gel",
 )
 # backscatter amplitude (relative to dermis) and attenuation (dB/cm/MHz, one way)
-_ECHO = np.array([0.6, 1.0, 0.32, 2.0, 2.6, 1.6, 0.9, 0.1, 0.008, 0.015, 0.25, 0.03, 0.0])
+_ECHO = np.array([0.6, 1.0, 0.22, 2.0, 3.0, 1.6, 0.9, 0.1, 0.008, 0.015, 0.25, 0.03, 0.0])
 _ATTEN = np.array([1.0, 0.9, 0.6, 0.7, 1.1, 0.9, 0.6, 0.5, 0.02, 0.5, 25.0, 0.6, 0.0])
 _ATTEN_REF = 0.7  # what the time-gain compensation assumes
 
@@ -139,7 +141,7 @@ def _site_kind(site: str) -> str:
 _SITES: dict[str, dict[str, tuple[float, float]]] = {
     "mcp": {
         "depth": (15, 20),
-        "bone": (4.2, 6.0),
+        "bone": (4.5, 7.0),
         "radius": (6.0, 8.0),
         "gap": (1.0, 1.7),
         "lip": (1.0, 1.8),
@@ -331,8 +333,8 @@ def _synovium_top(
         au = np.clip(np.abs(u), 0, 1)
         if grade == 2:  # flat or concave (sagging) upper surface, steep ends
             sag = rng.uniform(0.0, 0.3)
-            core = height * (1 - sag * (1 - (au / 0.8) ** 2).clip(0, 1))
-            ends = np.clip((1 - au) / 0.2, 0, 1)
+            core = height * (1 - sag * (1 - (au / 0.65) ** 2).clip(0, 1))
+            ends = np.clip((1 - au) / 0.35, 0, 1)
             h = core * (3 * ends**2 - 2 * ends**3)
         else:  # convex dome
             h = height * (1 - au**2) ** rng.uniform(0.55, 1.0)
@@ -391,6 +393,7 @@ def _tissue_map(
     """Labels and backscatter amplitude on a (depth z) x (column) grid, plus layer depths."""
     x = an.x
     px = float(x[1] - x[0])
+    dz_mm = float(z[1] - z[0])
     nx = len(x)
     zg = np.broadcast_to(z[:, None], (len(z), nx))
     eff_top, eff_bot = eff
@@ -413,14 +416,17 @@ def _tissue_map(
     labels[(zg >= 0.08) & (zg < dermis_bot)] = DERMIS
     sub = (zg >= dermis_bot) & (zg < ten_top)
     labels[sub] = FAT
-    # septa: thin echogenic lines roughly parallel to the skin
-    for _ in range(int(rng.integers(2, 6))):
-        z0 = rng.uniform(0, 1)
-        wl, amp, ph = rng.uniform(4, 12), rng.uniform(0.1, 0.5), rng.uniform(0, 6.3)
-        frac = np.clip(z0 + rng.uniform(-0.02, 0.02) * x, 0, 1)
-        curve = dermis_bot + frac * (ten_top - dermis_bot) + amp * np.sin(2 * np.pi * x / wl + ph)
-        thick = rng.uniform(0.03, 0.07)
-        labels[sub & (np.abs(zg - curve) < thick)] = SEPTUM
+    # septa: thin echogenic lines, irregular, roughly parallel to the skin, of limited length,
+    # some branching off obliquely (the walls of the fat lobules)
+    for _ in range(int(rng.integers(3, 8))):
+        frac = rng.uniform(0.05, 0.95)
+        wander = np.cumsum(rng.normal(0, 1, nx)) * px
+        wander = ndimage.gaussian_filter1d(wander - wander.mean(), 1.0 / px) * rng.uniform(0.3, 1)
+        curve = dermis_bot + frac * (ten_top - dermis_bot) + wander + rng.uniform(-0.1, 0.1) * x
+        x_mid, length = rng.uniform(x[0], x[-1]), rng.uniform(4, 25)
+        extent = (np.abs(x - x_mid) < length / 2)[None, :]
+        thick = rng.uniform(0.03, 0.07) * (1 + 0.5 * np.sin(x / rng.uniform(1, 3)))
+        labels[sub & extent & (np.abs(zg - curve) < thick)] = SEPTUM
     labels[(zg >= ten_top) & (zg < ten_bot)] = TENDON
     labels[(zg >= cap_top) & (zg < cap_bot)] = CAPSULE
     # recess: fat pad in the notch, synovium, effusion, then cartilage and bone
@@ -437,20 +443,20 @@ def _tissue_map(
     # tendon: fibrils parallel to the tendon axis, dimmer where it curves (anisotropy)
     centre = (ten_top + ten_bot) / 2
     slope = np.gradient(centre, px)
-    period = rng.uniform(0.14, 0.22)
-    phase = ndimage.gaussian_filter1d(rng.normal(0, 1, nx), 1.5 / px) * 25
+    period = rng.uniform(0.2, 0.32)
+    phase = ndimage.gaussian_filter1d(rng.normal(0, 1, nx), 3.0 / px) * 25
     fib = 0.5 + 0.5 * np.cos(2 * np.pi * (zg - centre) / period + phase)
     aniso = np.cos(np.arctan(slope)) ** 6
     tendon = labels == TENDON
-    echo[tendon] = (2.6 * (0.25 + 1.3 * fib**2) * (0.2 + 0.8 * aniso))[tendon]
+    echo[tendon] = (3.0 * (0.2 + 1.6 * fib**4) * (0.2 + 0.8 * aniso))[tendon]
     # synovium: hypoechoic with a patient-specific, patchy echogenicity (never black)
     level = rng.uniform(0.045, 0.2)
-    patches = ndimage.gaussian_filter(rng.normal(0, 1, echo.shape), (4, 0.6 / px))
+    patches = _smooth_field(rng, echo.shape, (0.1 / dz_mm, 0.6 / px))
     patches = patches / (patches.std() + 1e-6)
     s = labels == SYNOVIUM
     echo[s] = (level * np.exp(0.35 * patches))[s]
     fat = labels == FAT
-    lobules = ndimage.gaussian_filter(rng.normal(0, 1, echo.shape), (12, 1.0 / px))
+    lobules = _smooth_field(rng, echo.shape, (0.3 / dz_mm, 1.0 / px))
     echo[fat] *= np.exp(0.5 * lobules[fat] / (lobules.std() + 1e-6))
     pad = labels == FAT_PAD
     echo[pad] *= np.exp(0.3 * lobules[pad] / (lobules.std() + 1e-6))
@@ -461,6 +467,19 @@ def _tissue_map(
         "capsule_bot": cap_bot,
     }
     return labels, echo, layers
+
+
+def _smooth_field(
+    rng: np.random.Generator, shape: tuple[int, int], sigma: tuple[float, float]
+) -> np.ndarray:
+    """A smooth random field (sd 1), drawn on a coarse grid and upsampled (fast)."""
+    step = max(1, int(sigma[0] // 2))
+    coarse = rng.normal(0, 1, (shape[0] // step + 2, shape[1]))
+    coarse = ndimage.gaussian_filter(coarse, (sigma[0] / step, sigma[1]))
+    fine = ndimage.zoom(coarse, (step, 1), order=1)[: shape[0]]
+    if fine.shape[0] < shape[0]:
+        fine = np.vstack([fine, np.repeat(fine[-1:], shape[0] - fine.shape[0], 0)])
+    return (fine / (fine.std() + 1e-9)).astype(np.float32)
 
 
 # =============================================================================== B-mode physics
@@ -499,7 +518,8 @@ def bmode_envelope(
     Scatterers: Gaussian amplitudes with sd ``echo`` (fully developed speckle), plus coherent
     ``specular`` reflectors. ``attenuation`` (dB/cm/MHz) attenuates them on the way down and
     back, ``transmission`` (0-1) is the share passed at an interface (bone stops the beam).
-    RF = pulse (axial) * beam (lateral, depth-dependent) * scatterers; envelope = |Hilbert|.
+    RF = pulse (axial) * beam (lateral, depth-dependent) * scatterers; the envelope comes
+    from quadrature demodulation (|I + iQ|).
     Electronic noise (``scan.noise_db``) is added to the RF. In a homogeneous region the
     envelope is Rayleigh distributed (mean/sd = sqrt(pi / (4 - pi)) = 1.91).
     """
@@ -515,7 +535,7 @@ def bmode_envelope(
     rf = ndimage.convolve1d(amp * gain, pulse, axis=0, mode="constant")
     z = (np.arange(nz) + 0.5) * dz
     sig = _beam_sigma(scan, z) / scan.pixel_mm
-    levels = np.linspace(sig.min(), sig.max(), 5) if sig.max() > sig.min() else sig[:1]
+    levels = np.linspace(sig.min(), sig.max(), 3) if sig.max() > sig.min() else sig[:1]
     blurred = [ndimage.gaussian_filter1d(rf, s, axis=1, mode="reflect") for s in levels]
     if len(levels) == 1:
         rf = blurred[0]
@@ -530,21 +550,29 @@ def bmode_envelope(
     tgc_max = 2 * _ATTEN_REF * scan.freq_mhz * scan.depth_mm / 10
     noise = ref * 10 ** ((scan.noise_db - tgc_max) / 20) / math.sqrt(math.pi / 2)
     rf = rf + noise * rng.standard_normal(rf.shape).astype(np.float32)
-    env = _envelope(rf, len(pulse))
+    env = _envelope(rf, dz, scan.wavelength_mm)
     if specular is not None:
         # a smooth specular surface echoes in phase along the surface: its RF is formed per
         # line (axially) and adds to the speckle in power, so the bright line stays unbroken
-        spec_rf = ndimage.convolve1d(specular * gain, pulse, axis=0, mode="constant")
-        spec_env = ndimage.gaussian_filter1d(_envelope(spec_rf, len(pulse)), 0.7, axis=1)
+        # (the envelope of one reflector's echo is the pulse's Gaussian window)
+        sigma = 2.0 * (scan.wavelength_mm / 2) / 2.355 / dz
+        window = ndimage.gaussian_filter(np.abs(specular * gain), (sigma, 0.7), truncate=3.0)
+        spec_env = window * float(np.abs(pulse).max() * sigma * math.sqrt(2 * math.pi))
         env = np.sqrt(env**2 + spec_env**2)
     return env.astype(np.float32)
 
 
-def _envelope(rf: np.ndarray, pad_rows: int) -> np.ndarray:
-    """|analytic signal| along depth (Hilbert transform), padded so nothing wraps around."""
-    pad = np.zeros((pad_rows + 16, rf.shape[1]), np.float32)
-    analytic = signal.hilbert(np.vstack([pad, rf, pad]), axis=0)[len(pad) : len(pad) + len(rf)]
-    return np.abs(analytic)
+def _envelope(rf: np.ndarray, dz: float, wavelength: float) -> np.ndarray:
+    """Envelope by quadrature demodulation, as scanners do it: mix the RF down by the
+    two-way carrier, low-pass (removes the 2 f0 term), take the magnitude. Local in depth,
+    so a bright echo never leaks far (a Hilbert transform over the whole line would)."""
+    z = (np.arange(rf.shape[0]) + 0.5) * dz
+    carrier = np.exp(-1j * 4 * np.pi * z / wavelength)[:, None]
+    mixed = rf * carrier
+    s = wavelength / 4 / dz
+    i = ndimage.gaussian_filter1d(mixed.real.astype(np.float32), s, axis=0)
+    q = ndimage.gaussian_filter1d(mixed.imag.astype(np.float32), s, axis=0)
+    return 2 * np.hypot(i, q)
 
 
 def _speckle_reference(scan: Scan, dz: float) -> float:
@@ -661,7 +689,7 @@ def _spots(
         i = int(rng.integers(len(rows)))
         start = np.array([rows[i], cols[i]], float)
         if kind == "single":
-            out.append((np.array([start, [*start, 0.3, 0.3]]), rng.uniform(0.2, 0.8)))
+            out.append((np.array([start, start + 0.3]), rng.uniform(0.2, 0.8)))
         else:
             ang = rng.uniform(0, 2 * np.pi)
             length = rng.uniform(0.6, 1.4) / px_mm
@@ -673,17 +701,19 @@ def _spots(
 
 def doppler_pattern(
     synovium: np.ndarray, grade: int, rng: np.random.Generator, px_mm: float
-) -> np.ndarray:
-    """Colour-signal mask of the synovial vessels for a Doppler grade (image grid).
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Colour signal of the synovial vessels for a Doppler grade (image grid): the mask, the
+    power (0-1) and the velocity (signed, in Nyquist units; above 1 it aliases).
 
     Grade 1: the spot patterns of the definition; 2: branching vessels covering 15-45 % of
     the synovium; 3: 55-85 %. Blooming (the Doppler resolution, wider with gain) is part of the
     displayed signal, as a reader sees it.
     """
     shape = synovium.shape
+    empty = np.zeros(shape, np.float32)
     if grade == 0 or synovium.sum() < 4:
-        return np.zeros(shape, bool)
-    blur = max(0.12 / px_mm, 1.0)
+        return np.zeros(shape, bool), empty, empty
+    blur = max(0.09 / px_mm, 1.0) * rng.uniform(1.0, 1.6)  # resolution x blooming
     if grade == 1:
         spots = _spots(synovium, rng, px_mm)
         flow = _vessels_to_flow(spots, shape, blur)
@@ -692,30 +722,38 @@ def doppler_pattern(
         if n > len(spots):  # never more spots than the pattern has
             sizes = ndimage.sum_labels(mask, labels, np.arange(1, n + 1))
             mask = np.isin(labels, np.argsort(sizes)[::-1][: len(spots)] + 1)
-        return mask
-    target = rng.uniform(0.15, 0.45) if grade == 2 else rng.uniform(0.58, 0.85)
-    rows, cols = np.nonzero(synovium)
-    trees = []
-    n_trees = int(rng.integers(3, 7)) if grade == 2 else int(rng.integers(6, 12))
-    for _ in range(n_trees):
-        i = int(rng.integers(len(rows)))
-        trees += [
-            (p, rng.uniform(0.3, 1.5))
-            for p in _grow_tree(
-                synovium,
-                (rows[i], cols[i]),
-                rng.uniform(0, 2 * np.pi),
-                rng,
-                step=max(0.1 / px_mm, 0.8),
-                max_steps=int(rng.integers(15, 45)),
-                branch=0.08,
-            )
-        ]
-    flow = _vessels_to_flow(trees, shape, blur * rng.uniform(1.0, 2.0))
-    inside = flow.power[synovium]
-    thr = float(np.quantile(inside, 1 - target)) if inside.size else 1.0
-    mask = flow.power > max(thr, 1e-4)
-    return mask
+        top = flow.power.max()
+    else:
+        target = rng.uniform(0.15, 0.45) if grade == 2 else rng.uniform(0.58, 0.85)
+        area_mm2 = synovium.sum() * px_mm**2
+        if grade == 2:
+            n_trees = int(np.clip(area_mm2 / 2.0, 3, 10))
+        else:
+            n_trees = int(np.clip(area_mm2 / 0.7, 6, 40))
+        rows, cols = np.nonzero(synovium)
+        trees = []
+        for _ in range(n_trees):
+            i = int(rng.integers(len(rows)))
+            trees += [
+                (p, rng.uniform(0.3, 1.6))
+                for p in _grow_tree(
+                    synovium,
+                    (rows[i], cols[i]),
+                    rng.uniform(0, 2 * np.pi),
+                    rng,
+                    step=max(0.1 / px_mm, 0.8),
+                    max_steps=int(rng.integers(15, 45)),
+                    branch=0.1,
+                )
+            ]
+        flow = _vessels_to_flow(trees, shape, blur)
+        inside = flow.power[synovium]
+        thr = float(np.quantile(inside, 1 - target)) if inside.size else 1.0
+        mask = flow.power > max(thr, 1e-4)
+        top = float(np.quantile(inside, 0.995)) if inside.size else 1.0
+    power = np.where(mask, np.clip(flow.power / max(top, 1e-6), 0, 1), 0).astype(np.float32)
+    velocity = np.where(mask, flow.velocity * (0.35 + 0.65 * power), 0).astype(np.float32)
+    return mask, power, velocity
 
 
 # =============================================================================== screens
@@ -869,7 +907,7 @@ def _screen(
     mx = ix0 + 6 if rng.random() < 0.8 else ix1 - 14
     draw.ellipse((mx, iy0 - 14, mx + 8, iy0 - 6), fill=white)
     # grey map bar, then colour bar(s) on Doppler screens
-    bx = min(sx + 40, w - 60)
+    bx = min(sx + 40, w - 75)
     bar_h = int(0.28 * (iy1 - iy0)) + 60
     g = np.linspace(255, 0, bar_h).astype(np.uint8)[:, None].repeat(10, 1)
     arr = np.asarray(pil).copy()
@@ -925,16 +963,20 @@ def _screen(
 # =============================================================================== render
 
 
-def _draw_scan(rng: np.random.Generator, kind: str) -> tuple[Scan, tuple[int, int], int, int]:
+def _draw_scan(
+    rng: np.random.Generator, kind: str, screen: tuple[int, int] | None = None
+) -> tuple[Scan, tuple[int, int], int, int]:
     p = _SITES[kind]
-    screen = _SCREENS[int(rng.choice(len(_SCREENS), p=[0.45, 0.4, 0.15]))]
+    drawn = _SCREENS[int(rng.choice(len(_SCREENS), p=[0.45, 0.4, 0.15]))]
+    screen = screen or drawn
     w_screen, h_screen = screen
     footprint = float(rng.choice([38.0, 25.0, 50.0], p=[0.5, 0.35, 0.15]))
     depth = _u(rng, p["depth"])
     # the scanner fills the screen height and shows as much of the footprint as fits
     height_px = int(h_screen * rng.uniform(0.55, 0.72))
     pixel = depth / height_px
-    width_px = int(min(footprint / pixel, w_screen * rng.uniform(0.6, 0.7)))
+    # room is left for the text panel on the left and the scale and bars on the right
+    width_px = int(min(footprint / pixel, w_screen * rng.uniform(0.6, 0.7), w_screen - 250))
     width_mm = width_px * pixel
     bone = np.mean(p["bone"])
     scan = Scan(
@@ -961,11 +1003,13 @@ def render_ultrasound_physical(
     effusion: bool | None = None,
     doppler_mode: str | None = None,
     n_colour_bars: int | None = None,
+    screen: tuple[int, int] | None = None,
 ) -> PhysicalUltrasoundPhantom:
     """A grey-scale and a Doppler scanner screen of a dorsal longitudinal joint scan.
 
-    ``effusion``, ``doppler_mode`` ("colour" or "power") and ``n_colour_bars`` (1 or 2) are
-    drawn at random unless given. The anatomy, the synovium and the vessels are drawn from
+    ``effusion``, ``doppler_mode`` ("colour" or "power"), ``n_colour_bars`` (1 or 2) and the
+    ``screen`` size (width, height; 800x600, 1024x768 or 1280x960) are drawn at random unless
+    given. The anatomy, the synovium and the vessels are drawn from
     ``rng`` before the effusion, so forcing ``effusion`` leaves the synovium unchanged.
     """
     sh, vasc = int(synovial_hypertrophy), int(vascularity)
@@ -977,10 +1021,12 @@ def render_ultrasound_physical(
         raise ValueError("vascularity > 0 needs synovial hypertrophy > 0 (EULAR-OMERACT)")
     if doppler_mode not in (None, "colour", "power"):
         raise ValueError(f"doppler_mode must be 'colour' or 'power', got {doppler_mode!r}")
+    if screen is not None and (len(screen) != 2 or min(screen) < 400):
+        raise ValueError(f"screen must be (width, height) of at least 400 px, got {screen!r}")
     if n_colour_bars not in (None, 1, 2):
         raise ValueError(f"n_colour_bars must be 1 or 2, got {n_colour_bars!r}")
     kind = _site_kind(site)
-    scan, (w_screen, h_screen), nx, nz = _draw_scan(rng, kind)
+    scan, (w_screen, h_screen), nx, nz = _draw_scan(rng, kind, screen)
     px = scan.pixel_mm
     # columns in mm, the joint somewhere in the middle third
     centre = rng.uniform(0.42, 0.58) * scan.width_mm
@@ -1010,7 +1056,7 @@ def render_ultrasound_physical(
     z = (np.arange(nz) + 0.5) * px
     labels = labels_rf[m // 2 :: m][:nz]
     sri = rng_screen.uniform(0.4, 1.0)  # the scanner's speckle reduction (display only)
-    grey = ndimage.gaussian_filter(_log_compress(env, scan, z, dz), sri)
+    grey = ndimage.gaussian_filter(_log_compress(env, scan, z, dz), (sri, 1.6 * sri))
     image_gs = (grey * 255).astype(np.uint8)
     # the Doppler frame: the same tissue a moment later (partly decorrelated speckle)
     env2 = bmode_envelope(
@@ -1023,37 +1069,46 @@ def render_ultrasound_physical(
         transmission=trans,
     )
     env2 = env2.reshape(nz, m, nx).mean(axis=1)
-    grey2 = ndimage.gaussian_filter(_log_compress(0.75 * env + 0.45 * env2, scan, z, dz), sri)
+    grey2 = ndimage.gaussian_filter(
+        _log_compress(0.75 * env + 0.45 * env2, scan, z, dz), (sri, 1.6 * sri)
+    )
     image_dp = (np.clip(grey2 * rng_screen.uniform(0.9, 1.0), 0, 1) * 255).astype(np.uint8)
 
     synovium = labels == SYNOVIUM
     eff_mask = labels == EFFUSION
     line_y = an.line(x) / px - 0.5
     # screen placement
-    ix0 = int((w_screen - nx) * rng_screen.uniform(0.4, 0.55))
+    ix0 = int((w_screen - nx) * rng_screen.uniform(0.4, 0.5))
     iy0 = int(h_screen * rng_screen.uniform(0.07, 0.12))
     iy0 = min(iy0, h_screen - nz - 4)
     box = (ix0, iy0, ix0 + nx, iy0 + nz)
     trapezoid = rng_screen.uniform(0.04, 0.1) if rng_screen.random() < 0.2 else 0.0
-    # ROI: the annotator's box over the joint recess (from the anatomy, not the synovium)
+    # ROI: the annotator's box over the joint recess, from the anatomy (not the synovium's
+    # size), widened where the synovium sticks out of it
     xa, xb = an.recess
     half = rng_screen.uniform(4.0, 6.0) * (0.7 if kind == "pip" else 1.0)
     mid = (xa + xb) / 2 - rng_screen.uniform(0.0, 1.5)
-    roi_x = (mid - half + centre) / px, (mid + half + centre) / px
-    bone_at = float(np.nanmin(np.where(np.isfinite(an.bone), an.bone, np.nan)))
-    top_mm = max(0.3, an.dermis * rng_screen.uniform(0.6, 1.1))
-    bot_mm = bone_at + rng_screen.uniform(2.0, 3.5)
+    rx0, rx1 = (mid - half + centre) / px, (mid + half + centre) / px
+    joint_floor = float(np.interp(0.0, x, an.floor))
+    ry0 = max(0.3, an.dermis * rng_screen.uniform(0.6, 1.1)) / px
+    ry1 = (joint_floor + rng_screen.uniform(1.0, 2.5)) / px
+    if synovium.any():
+        rows, cols = np.nonzero(synovium)
+        margin = 0.5 / px
+        rx0, rx1 = min(rx0, cols.min() - margin), max(rx1, cols.max() + margin)
+        ry0, ry1 = min(ry0, rows.min() - margin), max(ry1, rows.max() + margin)
+    side = trapezoid * nx + 2
     roi = (
-        float(ix0 + max(roi_x[0], 2)),
-        float(iy0 + top_mm / px),
-        float(ix0 + min(roi_x[1], nx - 2)),
-        float(iy0 + min(bot_mm / px, nz - 2)),
+        float(ix0 + max(rx0, side)),
+        float(iy0 + max(ry0, 2)),
+        float(ix0 + min(rx1, nx - side)),
+        float(iy0 + min(ry1, nz - 2)),
     )
     # Doppler
     mode = doppler_mode or ("power" if rng_dop.random() < 0.45 else "colour")
     bars = n_colour_bars or (2 if rng_dop.random() < 0.35 else 1)
     colour_img, signal_mask, artefacts, cbox = _doppler_frame(
-        image_dp, labels, synovium, an, vasc, mode, roi, box, scan, rng_dop
+        image_dp, labels, synovium, an, vasc, mode, roi, box, scan, rng_dop, trapezoid
     )
     settings = {
         "freq": scan.freq_mhz * rng_dop.uniform(0.5, 0.7),
@@ -1202,6 +1257,7 @@ def _doppler_frame(
     box: tuple[int, int, int, int],
     scan: Scan,
     rng: np.random.Generator,
+    trapezoid: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray, list[str], tuple[int, int, int, int]]:
     """The Doppler image (RGB, image grid), the synovial signal mask, the artefacts drawn and
     the colour box (screen pixels)."""
@@ -1210,25 +1266,17 @@ def _doppler_frame(
     ix0, iy0 = box[0], box[1]
     # colour box: around the ROI, inside the image
     rx0, ry0, rx1, ry1 = (roi[0] - ix0, roi[1] - iy0, roi[2] - ix0, roi[3] - iy0)
-    cx0 = int(max(2, rx0 - rng.uniform(1, 5) / px))
-    cx1 = int(min(nx - 2, rx1 + rng.uniform(1, 5) / px))
+    side = math.ceil(trapezoid * nx) + 2  # the box stays inside a trapezoid's top
+    cx0 = int(max(side, rx0 - rng.uniform(1, 5) / px))
+    cx1 = int(min(nx - side, rx1 + rng.uniform(1, 5) / px))
     cy0 = int(max(2, ry0 - rng.uniform(0.2, 1.0) / px))
     cy1 = int(min(nz - 2, ry1 + rng.uniform(0.5, 3.0) / px))
     inbox = np.zeros((nz, nx), bool)
     inbox[cy0 + 1 : cy1 - 1, cx0 + 1 : cx1 - 1] = True
     artefacts: list[str] = []
-    signal_mask = doppler_pattern(synovium, grade, rng, px)
-    power = np.zeros((nz, nx), np.float32)
-    vel = np.zeros((nz, nx), np.float32)
-    if signal_mask.any():
-        d = ndimage.distance_transform_edt(signal_mask)
-        power = np.where(signal_mask, 0.35 + 0.65 * np.clip(d / (0.25 / px), 0, 1), 0)
-        sign = np.where(rng.random() < 0.5, 1.0, -1.0)
-        lab, n = ndimage.label(signal_mask)
-        speeds = rng.uniform(0.3, 1.6, n + 1) * rng.choice([-1, 1], n + 1) * sign
-        vel = np.where(signal_mask, speeds[lab] * (0.4 + 0.6 * np.clip(d / (0.3 / px), 0, 1)), 0)
+    signal_mask, power, vel = doppler_pattern(synovium, grade, rng, px)
     colour = signal_mask.copy()
-    soft = np.isin(labels, (FAT, SEPTUM, DERMIS, CAPSULE, FAT_PAD, DEEP))
+    soft = np.isin(labels, (FAT, SEPTUM))
     # feeding / normal vessels outside the synovium (also when the grade is 0)
     if rng.random() < (0.55 if grade else 0.3):
         artefacts.append("feeding vessel")
@@ -1246,8 +1294,8 @@ def _doppler_frame(
                 max_steps=int(rng.integers(10, 40)),
                 branch=0.03,
             )
-            fl = _vessels_to_flow([(p, 1.0) for p in paths], (nz, nx), max(0.1 / px, 1.0))
-            vm = fl.power > 0.2 * max(fl.power.max(), 1e-6)
+            fl = _vessels_to_flow([(p, 1.0) for p in paths], (nz, nx), max(0.06 / px, 0.8))
+            vm = fl.power > 0.45 * max(fl.power.max(), 1e-6)
             vm &= ~synovium
             colour |= vm
             power = np.where(vm, np.maximum(power, 0.5), power)
@@ -1269,9 +1317,12 @@ def _doppler_frame(
     # flash: a patchy sheet of low-level colour in the superficial tissue (probe motion)
     if rng.random() < 0.08:
         artefacts.append("flash")
-        patch = ndimage.gaussian_filter(rng.normal(0, 1, (nz, nx)), 2.5 / px * 0.4)
+        patch = ndimage.gaussian_filter(rng.normal(0, 1, (nz, nx)), 0.15 / px)
         sup = np.isin(labels, (FAT, SEPTUM, DERMIS, TENDON))
-        fl = (patch > np.quantile(patch, 0.7)) & sup
+        sheet = np.zeros((nz, nx), bool)
+        c0 = int(rng.integers(0, max(nx // 2, 1)))
+        sheet[:, c0 : c0 + int(nx * rng.uniform(0.2, 0.5))] = True
+        fl = (patch > np.quantile(patch, 0.8)) & sup & sheet
         colour |= fl
         power = np.where(fl, 0.3, power)
         vel = np.where(fl, rng.uniform(0.1, 0.3) * rng.choice([-1, 1]), vel)
@@ -1304,6 +1355,15 @@ def _doppler_frame(
 
 
 # =============================================================================== files
+
+
+US_FILE_FORMATS = {"png": 0.35, "jpeg": 0.15, "dcm_rgb": 0.2, "dcm_ybr": 0.3}
+
+
+def us_file_format(rng: np.random.Generator) -> str:
+    """How a scanner's export is saved: PNG, JPEG, RGB DICOM or YBR_FULL_422 (JPEG) DICOM."""
+    names = list(US_FILE_FORMATS)
+    return str(rng.choice(names, p=list(US_FILE_FORMATS.values())))
 
 
 def write_us_screen(
@@ -1340,3 +1400,67 @@ def write_us_screen(
         uid_seed=uid_seed,
         series_description=description,
     )
+
+
+# =============================================================================== leakage
+
+
+def _pixel_features(us: UltrasoundPhantom) -> dict[str, float]:
+    """What a pixel counter sees: dark share in the ROI and colour pixels in the colour box."""
+    from .ultrasound import doppler_mask
+
+    x0, y0, x1, y1 = (round(v) for v in us.roi)
+    grey = us.greyscale if us.greyscale.ndim == 2 else us.greyscale[..., :3].mean(-1)
+    roi = ndimage.uniform_filter(grey[y0:y1, x0:x1].astype(np.float32), 5)
+    flow = doppler_mask(us.doppler, us.colour_box, restrict_to_scan=False)
+    dark = float((roi < 30).mean())
+    n_flow = float(flow[y0:y1, x0:x1].sum())
+    return {
+        "dark_30": dark,
+        "dark_60": float((roi < 60).mean()),
+        "flow": n_flow,
+        "flow_per_dark": n_flow / max(float((roi < 30).sum()), 1.0),
+    }
+
+
+def pixel_count_baselines(
+    phantoms: list[UltrasoundPhantom], *, folds: int = 5, seed: int = 0
+) -> dict[str, dict[str, float]]:
+    """Cross-validated accuracy of depth-3 trees on pixel counts (the leakage the physical
+    phantoms must not have): SH from the dark share in the ROI, vascularity from the
+    flow/dark ratio, the combined grade from all counts; with the majority-class accuracy."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_score
+    from sklearn.tree import DecisionTreeClassifier
+
+    if len(phantoms) < 2 * folds:
+        raise ValueError(
+            f"need at least {2 * folds} pairs for {folds}-fold CV, got {len(phantoms)}"
+        )
+    feats = [_pixel_features(us) for us in phantoms]
+    tasks = {
+        "sh_from_dark_share": (["dark_30"], [us.synovial_hypertrophy for us in phantoms]),
+        "sh_from_dark_shares": (
+            ["dark_30", "dark_60"],
+            [us.synovial_hypertrophy for us in phantoms],
+        ),
+        "vascularity_from_flow_per_dark": (["flow_per_dark"], [us.vascularity for us in phantoms]),
+        "combined_from_pixel_counts": (
+            ["dark_30", "dark_60", "flow", "flow_per_dark"],
+            [us.combined for us in phantoms],
+        ),
+    }
+    out = {}
+    for name, (cols, y) in tasks.items():
+        X = np.array([[f[c] for c in cols] for f in feats])
+        y = np.asarray(y)
+        n_min = int(np.bincount(y).compress(np.bincount(y) > 0).min())
+        cv = StratifiedKFold(n_splits=min(folds, max(n_min, 2)), shuffle=True, random_state=seed)
+        tree = DecisionTreeClassifier(max_depth=3, random_state=seed)
+        acc = cross_val_score(tree, X, y, cv=cv, scoring="accuracy")
+        out[name] = {
+            "accuracy": float(acc.mean()),
+            "sd": float(acc.std()),
+            "majority": float(np.bincount(y).max() / len(y)),
+            "n": len(y),
+        }
+    return out

@@ -1097,7 +1097,22 @@ def _write_patient(args: tuple[int, int, str, int, int, str]) -> dict[str, Any]:
     for k, us in enumerate(patient.ultrasound):
         stem = f"{patient.patient_id}_US{k + 1}_{us.site}"
         as_dicom = fmt_rng.random() < 0.3
-        if as_dicom:
+        if style == "anatomical":  # scanner exports: RGB or YBR_FULL_422 (JPEG) DICOM, PNG, JPEG
+            from .phantom_us import us_file_format, write_us_screen
+
+            fmt = us_file_format(fmt_rng)
+            gs, dp = (
+                write_us_screen(
+                    out / "ultrasound" / f"{stem}_{kind}",
+                    pixels,
+                    fmt,
+                    patient_id=patient.patient_id,
+                    uid_seed=f"{seed}-{index}-us{k}-{kind}",
+                    description=f"phantom {us.site} {kind}",
+                )
+                for kind, pixels in (("gs", us.greyscale), ("doppler", us.doppler))
+            )
+        elif as_dicom:
             gs = write_dicom(
                 out / "ultrasound" / f"{stem}_gs.dcm",
                 us.greyscale,
