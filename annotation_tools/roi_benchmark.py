@@ -194,11 +194,17 @@ def run(
     n_test: int = 120,
     fit: bool = False,
     rating: bool = True,
+    counts: dict[str, dict[str, int]] | None = None,
 ) -> dict[str, Any]:
     """Fit on the training seed, choose on the validation seed, measure on the test seed."""
+    counts = counts or {}
+    sizes = {"train": n_train, "validation": n_val, "test": n_test}
     data = {
-        split: {s: phantom_pairs(s, SEEDS[split] + 100 * k, n) for k, s in enumerate(styles)}
-        for split, n in (("train", n_train), ("validation", n_val), ("test", n_test))
+        split: {
+            s: phantom_pairs(s, SEEDS[split] + 100 * k, counts.get(s, sizes)[split])
+            for k, s in enumerate(styles)
+        }
+        for split in sizes
     }
     choices = []
     train = [(us.greyscale, us.roi, us.site) for s in styles for us in data["train"][s]]
@@ -249,8 +255,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--train", type=int, default=240)
     p.add_argument("--validation", type=int, default=120)
     p.add_argument("--test", type=int, default=120)
+    p.add_argument(
+        "--counts",
+        action="append",
+        default=[],
+        metavar="STYLE=TRAIN,VAL,TEST",
+        help="pairs per split for one style (a slow renderer gets fewer), e.g. anatomical=60,30,60",
+    )
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
+    counts = {}
+    for item in args.counts:
+        style, _, numbers = item.partition("=")
+        n = [int(v) for v in numbers.split(",")]
+        if len(n) != 3:
+            p.error(f"--counts wants STYLE=TRAIN,VAL,TEST, got {item!r}")
+        counts[style.strip()] = dict(zip(("train", "validation", "test"), n, strict=True))
     report = run(
         [s.strip() for s in args.styles.split(",") if s.strip()],
         n_train=args.train,
@@ -258,6 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         n_test=args.test,
         fit=args.fit,
         rating=not args.no_rating,
+        counts=counts,
     )
     text = json.dumps(report, indent=1)
     if args.out:

@@ -118,9 +118,11 @@ def doppler_mask(
     if region is None and mask.any():
         from .us_roi import colour_pixels, find_colour_box
 
-        region = find_colour_box(rgb, min_chroma=min_chroma)
-        if region is None:
+        found = find_colour_box(rgb, min_chroma=min_chroma)
+        if found is None:
             return np.zeros(mask.shape, bool)
+        # inside the outline: a coloured (yellow, green) outline is not flow
+        region = (found[0] + 1, found[1] + 1, found[2] - 1, found[3] - 1)
         mask &= colour_pixels(rgb, min_chroma=min_chroma, restrict_to_scan=restrict_to_scan)
     if region is not None:
         x0, y0, x1, y1 = _box(region, rgb.shape)

@@ -181,7 +181,8 @@ def _is_bar(component: np.ndarray) -> bool:
 
 def _is_flat(colours: np.ndarray) -> bool:
     """Icons are filled with one colour; flow follows a colour map of velocity or power, so its
-    pixels spread over the map (anti-aliased text is not flat: it is told by the scan area)."""
+    pixels spread over the map (anti-aliased text is not flat: it is told by the scan area).
+    A saturated flow blob can be flat too, so an icon must also fill its bounding box."""
     if len(colours) < 30:  # a few flow pixels can share one colour; an icon is larger
         return False
     centre = np.median(colours, axis=0)
@@ -197,19 +198,15 @@ def colour_pixels(rgb: np.ndarray, *, min_chroma: int = 50, restrict_to_scan: bo
     mask = chroma(rgb) >= min_chroma
     if not mask.any():
         return mask
-    if restrict_to_scan:
-        # the scan area is the grey image: the screen's colour furniture is not part of it
-        # even when the largest lit region touches a bar, so grey-scale pixels define it
-        grey_lit = (rgb.max(-1) > 12) & (chroma(rgb) < min_chroma)
-        area = scan_area(np.where(grey_lit[..., None], rgb, 0).astype(np.uint8))
-        area = ndimage.binary_fill_holes(ndimage.binary_closing(area, np.ones((9, 9), bool)))
-        mask &= area
+    if restrict_to_scan:  # text and icons in the screen margins; a bar touching the image
+        mask &= scan_area(rgb)  # is dropped by its shape below
     labels, _ = ndimage.label(mask, structure=np.ones((3, 3), bool))
     for i, sl in enumerate(ndimage.find_objects(labels), start=1):
         if sl is None:
             continue
         part = labels[sl] == i
-        if _is_bar(part) or _is_flat(rgb[sl][part].astype(np.int16)):
+        icon = part.mean() >= 0.75 and _is_flat(rgb[sl][part].astype(np.int16))
+        if icon or _is_bar(part):
             mask[sl] &= ~part
     return mask
 

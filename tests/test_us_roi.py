@@ -45,6 +45,25 @@ def test_colour_box_is_found_on_screens_with_one_and_two_colour_bars(bars):
         assert box is not None and box_iou(box, us.colour_box) > 0.95
 
 
+@pytest.mark.parametrize("bars", [1, 2])
+def test_colour_box_is_found_on_scanner_screens_with_one_and_two_colour_bars(bars):
+    """The anatomical scanner screens: grey map and colour bar(s), depth scale, coloured
+    parameter text, a coloured icon, flash and noise speckles, the box outline."""
+    from annotation_tools.phantom_us import render_ultrasound_physical
+
+    us = render_ultrasound_physical(
+        "L_mcp_2", 2, 2, np.random.default_rng(60 + bars), n_colour_bars=bars
+    )
+    assert us.n_colour_bars == bars
+    box = find_colour_box(us.doppler)
+    assert box is not None and box_iou(box, us.colour_box) > 0.95
+    # no box given: the same signal as with the true box (the bars and icon not counted)
+    x0, y0, x1, y1 = us.colour_box
+    inside = (x0 + 1, y0 + 1, x1 - 1, y1 - 1)  # the outline is yellow or green on some screens
+    mask, boxed = doppler_mask(us.doppler), doppler_mask(us.doppler, inside)
+    assert (mask & ~boxed).sum() == 0 and mask.sum() >= 0.97 * boxed.sum() > 0
+
+
 def test_colour_box_without_outline_is_the_flow_extent_not_the_bars_or_text():
     """With the outline erased the box comes from the colour pixels; bars, coloured text and an
     icon next to the colour box do not stretch it (a plain bounding box of all colour would)."""
