@@ -410,8 +410,8 @@ def fit_roi_calibration(
     without ``per_site``, or for a kind with fewer than 12 examples, ``"any"`` is used.
     """
     rows: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for grey, roi, site in items:
-        prof = bone_profile(grey, shadow=shadow)
+    for grey, roi, site in items:  # a precomputed BoneProfile may stand for the image
+        prof = grey if isinstance(grey, BoneProfile) else bone_profile(grey, shadow=shadow)
         pair = (prof.features(), _targets(roi, prof.scan))
         rows.setdefault("any", []).append(pair)
         if per_site:
@@ -461,6 +461,7 @@ def propose_roi(
     site: str | None = None,
     *,
     calibration: dict[str, Any] | None = None,
+    profile: BoneProfile | None = None,
 ) -> Box:
     """A proposed ROI ``(x0, y0, x1, y1)`` over the joint recess of a grey-scale scan.
 
@@ -469,7 +470,7 @@ def propose_roi(
     no gap is seen the box is centred on the scan (a proposal to correct, never a finding).
     """
     cal = calibration if calibration is not None else load_roi_calibration()
-    prof = bone_profile(greyscale, **cal.get("profile", {}))
+    prof = profile if profile is not None else bone_profile(greyscale, **cal.get("profile", {}))
     coef = cal["coef"].get(_site_kind(site)) or cal["coef"]["any"]
     cx, cy, bw, bh = np.asarray(coef) @ prof.features()
     sx0, sy0, sx1, sy1 = prof.scan
