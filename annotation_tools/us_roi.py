@@ -260,9 +260,9 @@ class BoneProfile:
         """The regressors of the ROI calibration: relative to the scan area."""
         x0, y0, x1, _ = self.scan
         w = x1 - x0  # one unit for both axes: the image's bottom is often lost in shadow
-        return np.array(
-            [1.0, (self.gap_x - x0) / w, self.gap_width / w, (self.bone_y - y0) / w], np.float64
-        )
+        # the gap's position is not a regressor: the box is placed relative to it (slope 1),
+        # so it follows the joint wherever it lies on the screen
+        return np.array([1.0, self.gap_width / w, (self.bone_y - y0) / w], np.float64)
 
 
 def _grey(image: np.ndarray) -> np.ndarray:
@@ -383,16 +383,25 @@ def bone_profile(greyscale: np.ndarray, *, shadow: float = 0.15) -> BoneProfile:
 
 # ------------------------------------------------------------------------ ROI proposal
 
-# the targets of the calibration: box centre and size relative to the scan area
-_TARGETS = ("cx", "cy", "w", "h")
+# the targets of the calibration: box centre offset from the joint, and size (scan widths)
+_TARGETS = ("cx - gap_x", "cy - bone_y", "w", "h")
 
 
-def _targets(box: Sequence[float], scan: Box) -> np.ndarray:
-    sx0, sy0, sx1, _ = scan
+def _targets(box: Sequence[float], prof: BoneProfile) -> np.ndarray:
+    """The box relative to the joint: centre offset from the gap and the bone line, and size,
+    in scan widths. Regressing the offset (not the centre) keeps the box on the joint when the
+    gap is found far from where it usually is: a noisy gap would otherwise pull the centre's
+    slope below 1 and the box back towards the middle of the screen."""
+    sx0, _, sx1, _ = prof.scan
     sw = sx1 - sx0
     x0, y0, x1, y1 = box
     return np.array(
-        [((x0 + x1) / 2 - sx0) / sw, ((y0 + y1) / 2 - sy0) / sw, (x1 - x0) / sw, (y1 - y0) / sw]
+        [
+            ((x0 + x1) / 2 - prof.gap_x) / sw,
+            ((y0 + y1) / 2 - prof.bone_y) / sw,
+            (x1 - x0) / sw,
+            (y1 - y0) / sw,
+        ]
     )
 
 
@@ -406,13 +415,13 @@ def fit_roi_calibration(
     """Least-squares map from bone-profile features to the ROI, per site kind and overall.
 
     ``items``: (grey-scale, truth ROI, site). Returns a JSON-able dict
-    ``{"profile": {"shadow": ...}, "features": [...], "targets": [...], "coef": {kind: 4 x 4}}``;
+    ``{"profile": {"shadow": ...}, "features": [...], "targets": [...], "coef": {kind: 4 x 3}}``;
     without ``per_site``, or for a kind with fewer than 12 examples, ``"any"`` is used.
     """
     rows: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {}
     for grey, roi, site in items:  # a precomputed BoneProfile may stand for the image
         prof = grey if isinstance(grey, BoneProfile) else bone_profile(grey, shadow=shadow)
-        pair = (prof.features(), _targets(roi, prof.scan))
+        pair = (prof.features(), _targets(roi, prof))
         rows.setdefault("any", []).append(pair)
         if per_site:
             rows.setdefault(_site_kind(site), []).append(pair)
@@ -426,7 +435,7 @@ def fit_roi_calibration(
         coef[kind] = np.linalg.solve(a, x.T @ y).T.round(6).tolist()
     return {
         "profile": {"shadow": shadow},
-        "features": ["1", "gap_x", "gap_width", "bone_y"],
+        "features": ["1", "gap_width", "bone_y"],
         "targets": list(_TARGETS),
         "coef": coef,
     }
@@ -476,7 +485,7 @@ def propose_roi(
     sx0, sy0, sx1, sy1 = prof.scan
     sw = sx1 - sx0
     bw, bh = max(bw, 0.02) * sw, max(bh, 0.02) * sw
-    cx, cy = sx0 + cx * sw, sy0 + cy * sw
+    cx, cy = prof.gap_x + cx * sw, prof.bone_y + cy * sw
     sy1 = max(sy1, float(np.asarray(greyscale).shape[0]))  # the far field may be black
     x0, x1 = max(sx0, cx - bw / 2), min(sx1, cx + bw / 2)
     y0, y1 = max(sy0, cy - bh / 2), min(sy1, cy + bh / 2)
