@@ -252,7 +252,8 @@ def _build_anatomy(kind: str, x: np.ndarray, rng: np.random.Generator, tilt: flo
         xc = end - r * math.sin(phi)  # head peak
         head = _arc_head(x, xc, d, r)
         neck_x = xc - r * rng.uniform(0.55, 0.8)
-        shaft = d + rng.uniform(0.7, 1.2) + 0.35 * np.exp(-(((x - neck_x) / (0.3 * r)) ** 2))
+        neck = {"mcp": (0.7, 1.2), "pip": (0.35, 0.6), "mtp": (0.8, 1.4)}[kind]
+        shaft = d + rng.uniform(*neck) + 0.35 * np.exp(-(((x - neck_x) / (0.3 * r)) ** 2))
         shaft = shaft + 0.01 * (neck_x - x)
         prox = np.where(x <= end, np.minimum(head, np.where(x < xc, shaft, np.inf)), np.inf)
         start = gap / 2
@@ -320,8 +321,9 @@ def _synovium_top(
     if grade == 1:
         a = xa + rng.uniform(0.05, 0.25) * span
         b = xb - rng.uniform(0.0, 0.15) * span
-        below = rng.uniform(0.15, 0.9)
         u = (x - (a + b) / 2) / ((b - a) / 2)
+        room = float(np.max(np.where(np.abs(u) <= 1, an.floor - an.line(x), 0)))
+        below = min(rng.uniform(0.15, 0.9), max(0.12, 0.5 * room))  # always some synovium
         surface = an.line(x) + below + 0.25 * np.clip(np.abs(u), 0, 1) ** 4
         inside = np.abs(u) <= 1
     else:
@@ -681,9 +683,8 @@ def _spots(
         kinds = ["confluent"] + ["single"] * int(rng.integers(0, 3))
     else:
         kinds = ["confluent"] * int(rng.integers(1, 3))
-    rows, cols = np.nonzero(
-        ndimage.binary_erosion(region, iterations=2) if region.sum() > 60 else region
-    )
+    core = ndimage.binary_erosion(region, iterations=2)
+    rows, cols = np.nonzero(core if core.sum() > 20 else region)  # thin synovium: any pixel
     out = []
     for kind in kinds:
         i = int(rng.integers(len(rows)))
@@ -1330,7 +1331,7 @@ def _doppler_frame(
     if rng.random() < 0.7:
         artefacts.append("noise")
         dark = image < 40
-        prob = rng.uniform(0.00005, 0.0008) * (1 + 4 * dark)
+        prob = rng.uniform(0.00003, 0.0004) * (1 + 4 * dark)
         seeds = rng.random((nz, nx)) < prob
         speck = ndimage.binary_dilation(seeds) if rng.random() < 0.5 else seeds
         colour |= speck & ~signal_mask

@@ -17,11 +17,11 @@ from PIL import Image, ImageDraw
 
 from annotation_tools.phantom_us import SYNOVIUM, render_ultrasound_physical
 
-CASES = (  # (site, SH, Doppler, file name)
-    ("R_mcp_2", 2, 2, "us_mcp"),
-    ("L_pip_2", 3, 3, "us_pip"),
-    ("R_wrist", 2, 1, "us_wrist"),
-    ("L_mtp_2", 3, 2, "us_mtp"),
+CASES = (  # (site, SH, Doppler, Doppler mode, colour bars, file name)
+    ("R_mcp_2", 2, 2, "colour", 1, "us_mcp"),
+    ("L_pip_2", 3, 3, "power", 1, "us_pip"),
+    ("R_wrist", 2, 1, "colour", 2, "us_wrist"),
+    ("L_mtp_2", 3, 2, "power", 2, "us_mtp"),
 )
 
 
@@ -73,8 +73,15 @@ def main() -> None:
     args = ap.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for k, (site, sh, vasc, name) in enumerate(CASES):
-        us = render_ultrasound_physical(site, sh, vasc, np.random.default_rng([args.seed, k]))
+    for k, (site, sh, vasc, mode, bars, name) in enumerate(CASES):
+        us = render_ultrasound_physical(
+            site,
+            sh,
+            vasc,
+            np.random.default_rng([args.seed, k]),
+            doppler_mode=mode,
+            n_colour_bars=bars,
+        )
         _side_by_side(us.greyscale, us.doppler).save(out / f"{name}.png", optimize=True)
         print(f"{name}.png: {site} SH {sh} Doppler {vasc} ({us.doppler_mode}), {us.artefacts}")
     _grades_figure(args.seed).save(out / "us_sh_grades.png", optimize=True)
