@@ -522,13 +522,29 @@ def _merge_when_all_ranks_are_done(out: Path, shard: tuple[int, int]) -> None:
 def _predict_ultrasound(service: Any, args: argparse.Namespace) -> int:
     """``--ultrasound TABLE``: the RATING bundle on a pairs table -> OUT/ultrasound/."""
     out = args.out / "ultrasound"
+    source: dict[str, Any] = (
+        {"project": args.ultrasound}
+        if args.ultrasound.is_dir()
+        else {"pairs_table": args.ultrasound}
+    )
     graded = service.grade_ultrasound(
-        out, pairs_table=args.ultrasound, explain=not args.no_explain, progress=not args.quiet
+        out,
+        explain=not args.no_explain,
+        progress=not args.quiet,
+        auto_roi=args.auto_roi,
+        **source,
     )
     summary = graded.summary
+    proposed = 0
+    if (out / "ultrasound_grades.csv").exists():
+        import csv
+
+        with open(out / "ultrasound_grades.csv", newline="") as handle:
+            proposed = sum(r.get("roi_source") == "proposed" for r in csv.DictReader(handle))
     print(
         f"graded {summary['n_graded']} of {summary['n_pairs']} ultrasound pair(s) -> {out} "
         "(ultrasound_grades.csv, <pair>.json, heatmaps, summary.json)"
+        + (f"; {proposed} with the proposed ROI" if args.auto_roi else "")
     )
     for reason in graded.skipped:
         print(f"skipped {reason}", file=sys.stderr)
@@ -841,7 +857,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--ultrasound",
         type=Path,
         help="pairs table (ultrasound_scores.csv or ultrasound_pairs.json layout, see the "
-        "ra_us_rating bundle's docs) of grey-scale/Doppler pairs with ROI boxes",
+        "ra_us_rating bundle's docs) of grey-scale/Doppler pairs with ROI boxes, or a project "
+        "folder: its pairs are graded and the grades written there as model revisions",
+    )
+    p.add_argument(
+        "--auto-roi",
+        action="store_true",
+        help="ultrasound: a pair without a drawn ROI is cut with the proposed box over the "
+        "joint recess (found from the bone profile) instead of being skipped; the proposal is "
+        "recorded in <pair>.json (roi_source) and, in a project, as a model ROI revision that "
+        "never replaces a person's box",
     )
     p.add_argument("--us-bundle", type=Path, help="ultrasound bundle (default: the shipped one)")
     p.add_argument("--out", type=Path, required=True)

@@ -684,12 +684,16 @@ class PredictionService:
         explain_steps: int | None = None,
         explain_copies: int | None = None,
         progress: bool = True,
+        auto_roi: bool = False,
     ) -> UltrasoundPrediction:
         """The RATING bundle's own ``inference.json`` on a pairs table or a project's pairs.
 
         With ``project`` the grades become ``model`` revisions (proposals) there; ``pair_id``
         grades one pair of it, ``patient_id`` one patient's pairs. Heatmaps come from one
         member (fast enough for a folder; RATING's 50 steps x 8 noisy copies unless told).
+        ``auto_roi``: pairs without a drawn ROI are cut with the proposed joint-recess box; in a
+        project the proposal is recorded as a ``model`` ROI revision (a person's box is never
+        replaced, and is always the one used when there is one).
         """
         from .us_rating import run_bundle_inference
 
@@ -713,6 +717,8 @@ class PredictionService:
             overrides["patient_id"] = patient_id
         if pair_id is not None:
             overrides["pair_id"] = int(pair_id)
+        if auto_roi:
+            overrides["auto_roi"] = True
         if chosen is not None:  # a retrained ensemble: its folder holds the manifest
             overrides["models_dir"] = str(Path(chosen).parent)
         if self.device:  # an object through the parser's overrides, never an expression

@@ -367,7 +367,8 @@ def save_roi(
     annotator: str,
 ) -> int:
     """One ROI box for both images of a pair (drawn once, shown on both); written only when
-    it changed."""
+    it differs from the committed (person's or phantom) box - accepting a model proposal
+    unchanged still commits it as the annotator's."""
     pair = next((p for p in store.us_pairs() if p["id"] == pair_id), None)
     if pair is None:
         raise ValueError(f"no ultrasound pair {pair_id} in {store.path}")
@@ -379,7 +380,7 @@ def save_roi(
     written = 0
     with store.transaction():
         for image_id in (pair["greyscale_image_id"], pair["doppler_image_id"]):
-            old = store.roi(image_id)
+            old = store.roi(image_id, sources=TRAINING_SOURCES)
             new = {"x0": x0, "y0": y0, "x1": x1, "y1": y1}
             if old is not None and all(
                 abs(old.value[k] - v) <= MOVE_TOLERANCE_PX for k, v in new.items()

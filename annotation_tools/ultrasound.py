@@ -6,7 +6,9 @@ first pixel, so an integer box crops exactly ``image[y0:y1, x0:x1]``.
 The Doppler mask must hold up on scanner screenshots: colour pixels are those with a large
 chroma (max - min over RGB), and only inside the scan area (the largest connected region of
 non-black screen), so colour bars, coloured text and icons in the screen margins are ignored.
-Giving the colour box (or the ROI) as ``region`` restricts it further.
+Giving the colour box (or the ROI) as ``region`` restricts it further; with no region the
+colour box is found on the screen (:func:`annotation_tools.us_roi.find_colour_box`), so a bar
+or icon that touches the scan area is not counted as flow either.
 """
 
 from __future__ import annotations
@@ -103,13 +105,25 @@ def doppler_mask(
     """Boolean mask of Doppler colour signal in an RGB screenshot.
 
     ``region`` is the colour box or ROI ``(x0, y0, x1, y1)``; outside it nothing counts.
-    Specks smaller than ``min_pixels`` are dropped (JPEG colour noise).
+    Without one the colour box is found on the screen (its outline, else the extent of the
+    colour pixels in the scan area with colour bars removed); a screen with neither has no
+    Doppler signal and gives an all-False mask. Specks smaller than ``min_pixels`` are dropped
+    (JPEG colour noise).
     """
     if rgb.ndim != 3 or rgb.shape[2] < 3:
         raise UltrasoundInputError(f"a Doppler image must be RGB, got shape {rgb.shape}")
     mask = chroma(rgb[..., :3]) >= min_chroma
     if restrict_to_scan:
         mask &= scan_area(rgb[..., :3])
+    if region is None and mask.any():
+        from .us_roi import colour_pixels, find_colour_box
+
+        found = find_colour_box(rgb, min_chroma=min_chroma)
+        if found is None:
+            return np.zeros(mask.shape, bool)
+        # inside the outline: a coloured (yellow, green) outline is not flow
+        region = (found[0] + 1, found[1] + 1, found[2] - 1, found[3] - 1)
+        mask &= colour_pixels(rgb, min_chroma=min_chroma, restrict_to_scan=restrict_to_scan)
     if region is not None:
         x0, y0, x1, y1 = _box(region, rgb.shape)
         keep = np.zeros_like(mask)
@@ -179,14 +193,18 @@ class PreparedPair:
 def prepare_pair(
     greyscale: np.ndarray,
     doppler: np.ndarray,
-    roi: Sequence[float],
+    roi: Sequence[float] | None,
     doppler_roi: Sequence[float] | None = None,
     size: int = RATING_SIZE,
+    *,
+    site: str | None = None,
 ) -> PreparedPair:
     """Check a pair and cut out its RATING inputs; raises :class:`UltrasoundInputError` with
     every problem found (grey-scale as Doppler, no colour, sizes differ, bad ROI).
 
-    Export and inference both go through here, so a model sees the same crops it learnt from.
+    ``roi=None`` takes the proposed ROI over the joint recess
+    (:func:`annotation_tools.us_roi.propose_roi`, with ``site`` when known). Export and
+    inference both go through here, so a model sees the same crops it learnt from.
     """
     problems = check_pair(greyscale, doppler)
     if problems:
@@ -195,6 +213,10 @@ def prepare_pair(
         greyscale = np.rint(greyscale[..., :3].astype(np.float32).mean(-1)).astype(np.uint8)
     greyscale = _to_uint8(greyscale)
     dop_rgb = _to_uint8(doppler[..., :3])
+    if roi is None:
+        from .us_roi import propose_roi
+
+        roi = propose_roi(greyscale, site)
     dop_box = roi if doppler_roi is None else doppler_roi
     grey_crop = crop_roi(greyscale, roi, size)
     mask_crop = crop_roi(doppler_mask(dop_rgb, dop_box), dop_box, size)

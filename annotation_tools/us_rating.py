@@ -53,6 +53,7 @@ __all__ = [
     "load_ensemble",
     "load_us_cases",
     "rating_figures",
+    "record_proposed_roi",
     "run_bundle_inference",
 ]
 
@@ -77,6 +78,7 @@ class UsCase:
     doppler_roi: list[float] | None = None
     pair_id: int | None = None  # the store's pair id, when the case came from a store
     truth: dict[str, int] | None = None
+    roi_source: str = "drawn"  # "drawn" (table / store) or "proposed" (--auto-roi)
 
 
 @dataclass
@@ -118,12 +120,24 @@ def _prepare(
     roi: Sequence[float] | None,
     doppler_roi: Sequence[float] | None,
     size: int,
-) -> np.ndarray:
-    if roi is None:
-        raise UltrasoundInputError("no ROI box: draw one on the grey-scale or Doppler image")
+    *,
+    auto_roi: bool = False,
+    site: str | None = None,
+) -> tuple[np.ndarray, list[float], str]:
+    """The network input, the ROI it was cut with, and where that ROI came from."""
+    if roi is None and not auto_roi:
+        raise UltrasoundInputError(
+            "no ROI box: draw one on the grey-scale or Doppler image (or let the joint-recess "
+            "proposal stand in: --auto-roi, auto_roi=True)"
+        )
     grey = read_image(grey_path).pixels
     dop = read_image(doppler_path).pixels
-    return prepare_pair(grey, dop, roi, doppler_roi, size).network_input()
+    source = "drawn"
+    if roi is None:
+        from .us_roi import propose_roi
+
+        roi, source = list(propose_roi(grey, site)), "proposed"
+    return prepare_pair(grey, dop, roi, doppler_roi, size).network_input(), list(roi), source
 
 
 def _reason(exc: BaseException) -> str:
@@ -142,8 +156,14 @@ def load_us_cases(
     size: int = RATING_SIZE,
     patient_id: str | None = None,
     pair_id: int | None = None,
+    auto_roi: bool = False,
 ) -> UsCaseSet:
     """Read and crop every pair; pairs that cannot be used go to ``failed`` with the reason.
+
+    ``auto_roi``: a pair without a drawn ROI (none in the table, none from ``sources`` in the
+    store) is cut with the proposed joint-recess box
+    (:func:`annotation_tools.us_roi.propose_roi`) instead of failing; the case says so
+    (``roi_source="proposed"``). A drawn box is always used as it is.
 
     With ``store`` (a project folder or its ``.sqlite``) the pairs, ROI boxes (from ``sources``)
     and any annotated grades come from the store; otherwise from ``pairs_table`` (default:
@@ -153,7 +173,9 @@ def load_us_cases(
     """
     out = UsCaseSet()
     if store is not None:
-        return _cases_from_store(Path(store), sources, size, out, patient_id, pair_id)
+        return _cases_from_store(
+            Path(store), sources, size, out, patient_id, pair_id, auto_roi=auto_roi
+        )
     table = Path(pairs_table) if pairs_table else _default_table(Path(dataset_dir or "."))
     rows = _read_pairs_table(table)
     taken: set[str] = set()
@@ -166,12 +188,14 @@ def load_us_cases(
         )
         try:
             roi, doppler_roi = _box(row, "roi_"), _box(row, "doppler_roi_")
-            image = _prepare(
+            image, roi, roi_source = _prepare(
                 table.parent / row["greyscale"],
                 table.parent / row["doppler"],
                 roi,
                 doppler_roi,
                 size,
+                auto_roi=auto_roi,
+                site=row.get("site") or None,
             )
         except Cancelled:
             raise
@@ -190,6 +214,7 @@ def load_us_cases(
                 image,
                 doppler_roi=doppler_roi,
                 truth=_truth(row),
+                roi_source=roi_source,
             )
         )
     return out
@@ -242,6 +267,8 @@ def _cases_from_store(
     out: UsCaseSet,
     patient_id: str | None = None,
     pair_id: int | None = None,
+    *,
+    auto_roi: bool = False,
 ) -> UsCaseSet:
     sources = tuple(sources) if sources is not None else None
     with AnnotationStore.open(path, create=False) as st:
@@ -263,7 +290,15 @@ def _cases_from_store(
                 out.failed.append({"case": case_id, "file": grey_rec.path, "reason": changed})
                 continue
             try:
-                image = _prepare(st.resolve(grey_rec), st.resolve(dop_rec), roi, dop_roi, size)
+                image, roi, roi_source = _prepare(
+                    st.resolve(grey_rec),
+                    st.resolve(dop_rec),
+                    roi,
+                    dop_roi,
+                    size,
+                    auto_roi=auto_roi,
+                    site=pair["site"],
+                )
             except Cancelled:
                 raise
             except Exception as exc:  # any error in one pair costs that pair only
@@ -282,6 +317,7 @@ def _cases_from_store(
                     doppler_roi=dop_roi,
                     pair_id=int(pair["id"]),
                     truth=_truth(truth_rev.value) if truth_rev else None,
+                    roi_source=roi_source,
                 )
             )
     return out
@@ -559,6 +595,7 @@ class RatingWriter:
                 "greyscale": case.greyscale,
                 "doppler": case.doppler,
                 "roi": case.roi,
+                "roi_source": case.roi_source,
                 "doppler_roi": case.doppler_roi,
                 **decision,
             }
@@ -606,7 +643,15 @@ class RatingWriter:
 
     @staticmethod
     def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-        columns = ["patient_id", "site", "greyscale", "doppler", *GRADE_KEYS, "uncertainty"]
+        columns = [
+            "patient_id",
+            "site",
+            "greyscale",
+            "doppler",
+            *GRADE_KEYS,
+            "uncertainty",
+            "roi_source",
+        ]
         with open(path, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
@@ -623,6 +668,8 @@ class RatingWriter:
             for case, row in zip(case_set.cases, rows, strict=True):
                 if case.pair_id is None:
                     continue
+                if case.roi_source == "proposed":
+                    record_proposed_roi(st, case.pair_id, case.roi)
                 st.set_us_score(
                     case.pair_id,
                     row["synovial_hypertrophy"],
@@ -630,6 +677,28 @@ class RatingWriter:
                     prov,
                     uncertainty=float(row["uncertainty"]),
                 )
+
+
+def record_proposed_roi(store: AnnotationStore, pair_id: int, box: Sequence[float]) -> int:
+    """The proposed ROI as a ``model`` revision on both images of a pair (written only when it
+    differs from the newest proposal). Under the store's resolution rule a model revision never
+    hides a person's box: it waits beside it."""
+    from . import __version__
+    from .us_roi import CALIBRATION_FILE
+
+    pair = next((p for p in store.us_pairs() if int(p["id"]) == int(pair_id)), None)
+    if pair is None:
+        raise ValueError(f"no ultrasound pair {pair_id} in {store.path}")
+    prov = Provenance.model("roi_proposal", __version__, weights_hash([CALIBRATION_FILE]))
+    written = 0
+    for image_id in (pair["greyscale_image_id"], pair["doppler_image_id"]):
+        old = store.roi(image_id, sources=("model",))
+        new = dict(zip(("x0", "y0", "x1", "y1"), (float(v) for v in box), strict=True))
+        if old is not None and all(abs(old.value[k] - v) < 0.5 for k, v in new.items()):
+            continue
+        store.set_roi(image_id, tuple(new.values()), prov)
+        written += 1
+    return written
 
 
 def _save_png(path: Path, rgb: np.ndarray) -> None:

@@ -24,6 +24,7 @@ __all__ = [
     "OUTLINE_STYLE",
     "PROPOSAL_STYLE",
     "PROPOSED_OUTLINE_STYLE",
+    "PROPOSED_ROI_STYLE",
     "ROI_STYLE",
     "SOURCE_COLOURS",
     "box_from_layer",
@@ -62,6 +63,13 @@ PROPOSED_OUTLINE_STYLE: dict[str, Any] = {  # a proposed outline: the model's co
     "edge_width": 1,
 }
 ROI_STYLE: dict[str, Any] = {"edge_color": "yellow", "face_color": "transparent", "edge_width": 2}
+# a proposed ROI (found from the bone profile, or a model revision): the model's colour and a
+# thinner line, until a person accepts or edits it
+PROPOSED_ROI_STYLE: dict[str, Any] = {
+    "edge_color": SOURCE_COLOURS["model"],
+    "face_color": "transparent",
+    "edge_width": 1,
+}
 HEATMAP_STYLE: dict[str, Any] = {"colormap": "yellow", "blending": "additive", "opacity": 0.6}
 
 

@@ -36,6 +36,7 @@ from ._layers import (
     OUTLINE_STYLE,
     PROPOSAL_STYLE,
     PROPOSED_OUTLINE_STYLE,
+    PROPOSED_ROI_STYLE,
     ROI_STYLE,
     SOURCE_COLOURS,
     box_from_layer,
@@ -763,6 +764,8 @@ class UltrasoundSession(_Saving):
         dop_rec = store.image(pair["doppler_image_id"])
         title = f"{pair['patient_id']} {pair['site']}"
         g, gk, _ = image_layer_data(read_image(store.resolve(grey_rec)), name=f"{title} grey-scale")
+        self._grey_pixels = g
+        self.proposal: tuple[float, float, float, float] | None = None  # shown, not committed
         d, dk, _ = image_layer_data(read_image(store.resolve(dop_rec)), name=f"{title} Doppler")
         self.offset = float(g.shape[1] + self.GAP)
         self.grey_layer = viewer.add_image(g, **gk)
@@ -858,32 +861,79 @@ class UltrasoundSession(_Saving):
                 return box_from_layer(layer.data[-1])
         return None
 
-    def _show(self, box: tuple[float, float, float, float] | None) -> None:
+    def _show(
+        self, box: tuple[float, float, float, float] | None, *, proposed: bool = False
+    ) -> None:
+        """Show one box on both images: committed (yellow) or a proposal (the model's colour)."""
+        style = PROPOSED_ROI_STYLE if proposed else ROI_STYLE
         self._loading = True
         try:
             for layer in (self.roi_grey, self.roi_doppler):
                 layer.data = []
                 if box is not None:
-                    layer.add_rectangles(box_to_layer(box))
+                    layer.add_rectangles(
+                        box_to_layer(box),
+                        edge_color=style["edge_color"],
+                        edge_width=style["edge_width"],
+                    )
+                # a box the person draws next is theirs: it looks committed
+                layer.current_edge_color = ROI_STYLE["edge_color"]
+                layer.current_edge_width = ROI_STYLE["edge_width"]
         finally:
             self._loading = False
+        self.proposal = box if proposed else None
+
+    def committed_roi(self) -> Any:
+        """The person's (or phantom truth) ROI revision of the pair, or None."""
+        from annotation_tools.store import TRAINING_SOURCES
+
+        return self.store.roi(self.pair["greyscale_image_id"], sources=TRAINING_SOURCES) or (
+            self.store.roi(self.pair["doppler_image_id"], sources=TRAINING_SOURCES)
+        )
+
+    def proposed_roi(self) -> tuple[float, float, float, float] | None:
+        """The proposal for a pair with no committed ROI: the newest model ROI revision (a
+        ``--auto-roi`` run), else the joint-recess box found from the bone profile now."""
+        rev = self.store.roi(self.pair["greyscale_image_id"], sources=("model",))
+        if rev is not None:
+            return tuple(rev.value[k] for k in ("x0", "y0", "x1", "y1"))
+        from annotation_tools.us_roi import propose_roi
+
+        try:
+            return propose_roi(self._grey_pixels, self.pair["site"])
+        except (ValueError, FileNotFoundError):  # no proposal: the person draws the box
+            return None
 
     def reload(self) -> None:
-        rev = self.store.roi(self.pair["greyscale_image_id"]) or self.store.roi(
-            self.pair["doppler_image_id"]
-        )
-        box = tuple(rev.value[k] for k in ("x0", "y0", "x1", "y1")) if rev else None
+        rev = self.committed_roi()
+        if rev is not None and rev.status != "deleted":
+            self._show(tuple(rev.value[k] for k in ("x0", "y0", "x1", "y1")))
+        else:
+            self._show(self.proposed_roi(), proposed=True)
+
+    def accept_roi(self) -> int:
+        """Commit the shown proposal, unchanged, as the annotator's ROI on both images."""
+        if self.proposal is None:
+            return 0
+        box = self.proposal
+        written = save_roi(self.store, self.pair["id"], box, self.annotator)
         self._show(box)
+        self.on_change("proposed ROI accepted for both images")
+        return written
 
     def _roi_changed(self, event: Any) -> None:
         if self._loading or str(getattr(event, "action", "changed")) not in ACTIONS_THAT_SAVE:
             return
         source = event.source
         if len(source.data):  # keep only the newest box, mirror it onto the other image
-            self._show(box_from_layer(source.data[-1]))
+            self._show(box_from_layer(source.data[-1]))  # edited or drawn: the person's now
+        elif self.proposal is not None:  # the proposal deleted: nothing to accept any more
+            self._show(None)
         self._save_guarded()
 
     def save(self) -> int:
+        if self.proposal is not None:  # an untouched proposal is not the person's box
+            return 0
         box = self.box()
         if box is None:
             return 0

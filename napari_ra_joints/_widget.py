@@ -160,6 +160,8 @@ class RAJointsWidget(QWidget):
             self.project_panel.refresh_open()
             if self.radiograph_session() is not None:
                 self.scores_panel.fill()
+        if self.ultrasound_session() is not None:  # a proposal edited becomes the person's
+            self.grades_panel.load_roi()
 
     def guarded(self, action: Any) -> Any:
         """Run a store-changing action; a refusal (bad grade, locked store) is shown, not raised."""

@@ -82,6 +82,7 @@ def ultrasound_job(
             explain_steps=steps,
             explain_copies=copies,
             progress=False,  # the dock shows its own progress bar
+            auto_roi=True,  # a pair with no drawn box is graded on the proposal it shows
         )
         if int(one["id"]) == int(pair["id"]):
             result = graded

@@ -66,6 +66,16 @@ class GradesPanel(QGroupBox):
         self.accept_button.setToolTip("Take the model's proposal as your grades")
         self.accept_button.clicked.connect(self.accept)
         grid.addWidget(self.accept_button, 2, 4)
+        self.roi_label = QLabel("")
+        self.roi_label.setWordWrap(True)
+        grid.addWidget(self.roi_label, 3, 0, 1, 4)
+        self.accept_roi_button = QPushButton("Accept proposed ROI")
+        self.accept_roi_button.setToolTip(
+            "Take the proposed box over the joint recess (thin, model colour) as your ROI; "
+            "moving or redrawing it saves your box instead"
+        )
+        self.accept_roi_button.clicked.connect(self.accept_roi)
+        grid.addWidget(self.accept_roi_button, 3, 4)
 
     def load(self) -> None:
         """Fill the boxes from the open pair's committed grades, or reset them: the previous
@@ -76,6 +86,7 @@ class GradesPanel(QGroupBox):
         self.committed_label.setText("")
         self.proposal_label.setText("")
         self.accept_button.setEnabled(False)
+        self.load_roi()
         if session is None:
             return
         grades = session.grades()
@@ -99,6 +110,29 @@ class GradesPanel(QGroupBox):
                 + (f"\n{votes}" if votes else "")
             )
             self.accept_button.setEnabled(grades.pending is not None)
+
+    def load_roi(self) -> None:
+        """Say whether the ROI shown is the person's or a proposal waiting for them."""
+        session = self.dock.ultrasound_session()
+        proposed = session is not None and session.proposal is not None
+        self.accept_roi_button.setEnabled(proposed)
+        if session is None:
+            self.roi_label.setText("")
+        elif proposed:
+            self.roi_label.setText(
+                "ROI: proposed over the joint recess (model colour) - accept it, or move or "
+                "redraw it to save your own."
+            )
+            self.roi_label.setStyleSheet(f"color: {SOURCE_COLOURS['model']}")
+        else:
+            self.roi_label.setText("ROI: yours" if session.box() else "ROI: none - draw one.")
+            self.roi_label.setStyleSheet("")
+
+    def accept_roi(self) -> None:
+        if (session := self.dock.ultrasound_session()) is not None:
+            self.dock.guarded(session.accept_roi)
+            self.load_roi()
+            self.dock.project_panel.refresh()
 
     def show_grades(self, synovial_hypertrophy: int, vascularity: int) -> None:
         self.sh_spin.setValue(int(synovial_hypertrophy))
@@ -126,3 +160,4 @@ class GradesPanel(QGroupBox):
         self.save_grades_button.setEnabled(state.ultrasound)
         if not state.ultrasound:
             self.accept_button.setEnabled(False)
+            self.accept_roi_button.setEnabled(False)
