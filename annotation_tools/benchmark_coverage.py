@@ -45,7 +45,8 @@ def benchmark_coverage(
     device: str | None = None,
     n_resamples: int = 1000,
 ) -> dict[str, Any]:
-    from .conformal import bin_of, coverage_figures, predicted_rows
+    from .calibration import predicted_rows
+    from .conformal import bin_of, coverage_figures
     from .predict import PredictionService
 
     started = time.perf_counter()

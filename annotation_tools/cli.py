@@ -326,7 +326,8 @@ def _cmd_markups(args: argparse.Namespace) -> int:
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     """Conformal grade sets for the scorer's weights, from a calibration project."""
-    from .conformal import CALIBRATION_FILE, calibrate_scorer
+    from .calibration import calibrate_scorer
+    from .conformal import CALIBRATION_FILE
     from .predict import PredictionService
 
     service = PredictionService("two-stage", device=args.device)

@@ -225,36 +225,6 @@ def score_rows(patients: Iterable[Any]) -> list[tuple[str, str, str, float, floa
     return rows
 
 
-def predicted_rows(
-    project: str | Path,
-    service: Any = None,
-    out: str | Path | None = None,
-    images: str | Path | None = None,
-) -> list[tuple[str, str, str, float, float | None, float | None]]:
-    """Run the radiograph pipeline end to end on a project's images (default: its
-    ``radiographs/`` folder) and pair every score with the project's reference table
-    ``scores_ra2dream.csv`` (the truth on phantoms; on real data an adjudicated reading
-    exported with ``ra-joints export-dream``): ``(patient, joint, score_type, pred, sd, truth)``."""
-    import tempfile
-
-    from .evaluation import read_dream_table
-    from .predict import PredictionService
-    from .vocabulary import dream_column
-
-    project = Path(project)
-    service = service or PredictionService("two-stage")
-    truth = read_dream_table(project / "scores_ra2dream.csv")
-    with tempfile.TemporaryDirectory() as tmp:
-        result = service.predict_folder(
-            images or project / "radiographs", out or tmp, explain=False, overlays=False
-        )
-    rows = []
-    for pid, joint_id, st, pred, sd in score_rows(result.patients):
-        value = truth.get(pid, {}).get(dream_column(joint_id, st))
-        rows.append((pid, joint_id, st, pred, sd, value))
-    return rows
-
-
 class JointSetsCsv:
     """``joint_scores.csv``: one row per patient, joint and score type with the grade set at
     the run's coverage (``set_low..set_high``); empty set columns when the scorer has no
@@ -311,34 +281,3 @@ class JointSetsCsv:
             "note": "marginal coverage over joints like the calibration cohort's (phantoms), "
             "not a per-joint or clinical guarantee",
         }
-
-
-def calibrate_scorer(
-    project: str | Path,
-    *,
-    images: str | Path | None = None,
-    beta: float = 0.25,
-    service: Any = None,
-) -> GradeCalibration:
-    """Calibrate the scorer the service uses on a project nobody reports figures on."""
-    from .predict import PredictionService
-
-    service = service or PredictionService("two-stage")
-    scorer = service.models()["scorer"]
-    if scorer is None:
-        raise FileNotFoundError("; ".join(service.skipped) or "no scorer bundle")
-    rows = predicted_rows(project, service, images=images)
-    usable = [r[1:] for r in rows if r[5] is not None]
-    cohort = Path(project) / "cohort.json"
-    info = json.loads(cohort.read_text()) if cohort.is_file() else {}
-    source = {
-        "project": str(Path(project).resolve()),
-        "seed": info.get("seed"),
-        "style": info.get("style"),
-        "patients": len({r[0] for r in rows if r[5] is not None}),
-        "scores": len(usable),
-        "weights_sha256": scorer.model_info.get("weights_sha256"),
-        "symmetry_sha256": scorer.model_info.get("symmetry_sha256"),
-        "pipeline": "locator -> scorer -> symmetry, end to end on the image files",
-    }
-    return calibrate_grades(usable, beta=beta, source=source)

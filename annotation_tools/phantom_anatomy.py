@@ -41,7 +41,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from scipy import ndimage
 
-from .phantoms import LimbPhantom, _collimate_and_mark
+from .phantom_records import LimbPhantom
+from .phantoms import collimate_and_mark
 from .vocabulary import Joint, Limb, ScoreType, joints_for_limb
 
 __all__ = ["render_limb_anatomical"]
@@ -1107,7 +1108,7 @@ def render_limb_anatomical(
     image = _acquire(line, soft > 0.5, rng, spacing, noise=noise)
     if limb.side == "left":  # the canonical limb is a right one; mirror before the marker
         image = image[:, ::-1].copy()
-    image = _collimate_and_mark(image, limb, rng, h / 1000.0)
+    image = collimate_and_mark(image, limb, rng, h / 1000.0)
     pixels = np.clip(image * 4095.0, 0, 4095).astype(np.uint16)
     return _finish(limb, pixels, truth, to_px, spacing, grades, joints)
 

@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from .phantoms import UltrasoundPhantom
+from .phantom_records import UltrasoundPhantom
 
 __all__ = [
     "SITE_KINDS",

@@ -34,7 +34,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,8 @@ from scipy import ndimage
 
 from . import __version__
 from .imageio import file_sha256, write_dicom, write_png
+from .phantom_grades import patient_rng, sample_patient_scores, sample_us_grades
+from .phantom_records import LimbPhantom, UltrasoundPhantom
 from .vocabulary import LIMBS, Joint, Limb, ScoreType, joints_for_limb
 
 __all__ = [
@@ -413,61 +415,7 @@ def _build_foot(sk: _Skeleton) -> list[list[str]]:
 # =============================================================================== scores
 
 
-def sample_patient_scores(rng: np.random.Generator) -> dict[str, dict[str, int]]:
-    """Per-joint grades of one patient: ``{joint_id: {"narrowing": g, "erosion": e}}``.
-
-    Grade = thresholded latent damage ``severity * susceptibility + shared + side``, where the
-    joint-level ``shared`` term is the same for left and right (strong symmetry) and ``side``
-    is small. About a third of patients have (almost) no damage, as in early RA cohorts.
-    """
-    severity = rng.uniform(0.0, 0.12) if rng.random() < 0.3 else rng.beta(1.6, 2.2) * 1.25
-    out: dict[str, dict[str, int]] = {}
-    shared: dict[tuple[str, str], float] = {}
-    for limb in LIMBS:
-        for joint in joints_for_limb(limb):
-            grades = {}
-            for score_type in joint.score_types:
-                key = (f"{limb.kind}:{joint.site}", score_type.value)
-                if key not in shared:
-                    shared[key] = rng.normal(0, 0.12)
-                latent = (
-                    severity * _susceptibility(joint, score_type)
-                    + shared[key]
-                    + rng.normal(0, 0.06)
-                )
-                top = joint.max_score(score_type)
-                thresholds = np.linspace(0.28, 0.92, top)
-                grades[score_type.value] = int(np.searchsorted(thresholds, latent))
-            out[joint.id] = grades
-    return out
-
-
-def _susceptibility(joint: Joint, score_type: ScoreType) -> float:
-    base = {"finger": 1.0, "thumb": 0.8, "wrist": 0.85, "toe": 0.95}[joint.region]
-    if joint.site in ("mcp_2", "mcp_3", "mtp_5", "wrist_nav", "wrist_ulna"):
-        base *= 1.15
-    if score_type is ScoreType.EROSION and joint.region == "wrist":
-        base *= 0.95
-    return base
-
-
 # =============================================================================== rendering
-
-
-@dataclass
-class LimbPhantom:
-    """One rendered radiograph and its ground truth (pixel coordinates, (x, y))."""
-
-    limb: Limb
-    image: np.ndarray  # uint16, 12-bit, display orientation
-    centres: dict[str, tuple[float, float]]
-    polygons: dict[str, list[tuple[float, float]]]
-    axes: dict[str, tuple[float, float]]  # joint axis (unit vector) of two-bone sites
-    gap_widths: dict[str, float]  # rendered joint-space width in pixels (negative = overlap)
-    bone_radius: dict[str, float]  # radius in pixels of the bone ends at each site
-    grades: dict[str, dict[str, int]]
-    spacing_mm: float
-    bites: dict[str, list[tuple[float, float, float]]] = field(default_factory=dict)
 
 
 def _capsule_sdf(
@@ -630,7 +578,7 @@ def render_limb(
     soft = _soft_tissue(sk, rays, px, s, shape, xx_full, yy_full, u)
     density = soft + bone
     image = _expose(density, rng, u, noise=noise)
-    image = _collimate_and_mark(image, limb, rng, u)
+    image = collimate_and_mark(image, limb, rng, u)
     pixels = np.clip(image * 4095.0, 0, 4095).astype(np.uint16)
     return LimbPhantom(
         limb=limb,
@@ -748,7 +696,7 @@ def _expose(density: np.ndarray, rng: np.random.Generator, u: float, *, noise: b
     return np.clip(image, 0, 1)
 
 
-def _collimate_and_mark(
+def collimate_and_mark(
     image: np.ndarray, limb: Limb, rng: np.random.Generator, u: float
 ) -> np.ndarray:
     """Collimator borders (white or digitally blacked out) and a lead L/R marker."""
@@ -781,33 +729,6 @@ def _collimate_and_mark(
 
 
 # =============================================================================== ultrasound
-
-
-@dataclass
-class UltrasoundPhantom:
-    """A grey-scale/Doppler screenshot pair of one joint with its EULAR-OMERACT grades."""
-
-    site: str
-    greyscale: np.ndarray  # uint8 (H, W)
-    doppler: np.ndarray  # uint8 (H, W, 3)
-    roi: tuple[float, float, float, float]  # x0, y0, x1, y1 (same on both images)
-    colour_box: tuple[int, int, int, int]  # x0, y0, x1, y1 of the Doppler colour box
-    synovial_hypertrophy: int
-    vascularity: int
-    flow_mask: np.ndarray  # bool (H, W): where the rendered Doppler signal is
-
-    @property
-    def combined(self) -> int:
-        return max(self.synovial_hypertrophy, self.vascularity)
-
-
-def sample_us_grades(rng: np.random.Generator, severity: float) -> tuple[int, int]:
-    """(SH, vascularity) with vascularity 0 whenever SH is 0 (EULAR-OMERACT rule)."""
-    sh = int(np.clip(np.round(severity * 3.4 + rng.normal(0, 0.55)), 0, 3))
-    if sh == 0:
-        return 0, 0
-    vasc = int(np.clip(np.round(sh * rng.uniform(0.3, 1.1) + rng.normal(0, 0.6)), 0, 3))
-    return sh, vasc
 
 
 def render_ultrasound(
@@ -1011,10 +932,6 @@ class PatientPhantom:
     grades: dict[str, dict[str, int]]
 
 
-def _patient_rng(seed: int, index: int) -> np.random.Generator:
-    return np.random.default_rng([int(seed), int(index), 7919])
-
-
 def patient_id_for(seed: int, index: int) -> str:
     """Cohort-unique ids, so that cohorts of different seeds never share a patient id."""
     return f"S{int(seed)}-P{int(index) + 1:04d}"
@@ -1039,7 +956,7 @@ def generate_patient(
     seed: int, index: int, *, height: int = 1200, us_pairs: int = 2, style: str = DEFAULT_STYLE
 ) -> PatientPhantom:
     draw_limb, draw_ultrasound = phantom_style(style)
-    rng = _patient_rng(seed, index)
+    rng = patient_rng(seed, index)
     grades = sample_patient_scores(rng)
     limbs = {}
     for limb in LIMBS:

@@ -279,9 +279,9 @@ def simulate_tables(
     cohort's patient streams, readers from :func:`read_patient`: the same tables a cohort of
     that seed would hold.
     """
-    from .phantoms import _patient_rng, sample_patient_scores
+    from .phantom_grades import patient_rng, sample_patient_scores
 
-    truth = [sample_patient_scores(_patient_rng(seed, i)) for i in range(n_patients)]
+    truth = [sample_patient_scores(patient_rng(seed, i)) for i in range(n_patients)]
     reads: dict[str, list[dict]] = {name: [] for name in model.raters}
     for i, patient in enumerate(truth):
         for name, grades in read_patient(patient, seed, i, model).items():
@@ -291,11 +291,11 @@ def simulate_tables(
 
 def _us_truth(n_patients: int, seed: int) -> np.ndarray:
     """(SH, vascularity) pairs drawn as a cohort draws them (two sites per patient)."""
-    from .phantoms import _patient_rng, sample_patient_scores, sample_us_grades
+    from .phantom_grades import patient_rng, sample_patient_scores, sample_us_grades
 
     pairs = []
     for i in range(n_patients):
-        rng = _patient_rng(seed, i)
+        rng = patient_rng(seed, i)
         grades = sample_patient_scores(rng)
         severity = np.mean(
             [g.get("erosion", 0) / 5 + g.get("narrowing", 0) / 4 for g in grades.values()]
@@ -380,10 +380,10 @@ def _expected_scale(
 
 
 def _fit_data(n_patients: int, seed: int) -> dict[str, Any]:
-    from .phantoms import _patient_rng, sample_patient_scores
+    from .phantom_grades import patient_rng, sample_patient_scores
 
     rng = np.random.default_rng([int(seed), 99])
-    truth = [sample_patient_scores(_patient_rng(seed, i)) for i in range(n_patients)]
+    truth = [sample_patient_scores(patient_rng(seed, i)) for i in range(n_patients)]
     data: dict[str, Any] = {"n": n_patients, "z": rng.standard_normal((2, 2, n_patients))}
     for key, (kind, score_type, _top) in SCALES.items():
         joints = _scale_joints(kind, score_type)

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .us_pixels import UltrasoundInputError, chroma, scan_area, to_uint8
+
 __all__ = [
     "RATING_SIZE",
     "PreparedPair",
@@ -33,10 +35,6 @@ __all__ = [
 
 RATING_SIZE = 224
 SIGNAL_COLOUR = (255, 0, 0)
-
-
-class UltrasoundInputError(ValueError):
-    """A grey-scale/Doppler pair or its ROI cannot be used; the message says why."""
 
 
 def _box(box: Sequence[float], shape: tuple[int, ...]) -> tuple[float, float, float, float]:
@@ -73,25 +71,6 @@ def crop_roi(image: np.ndarray, box: Sequence[float], size: int = RATING_SIZE) -
         info = np.iinfo(image.dtype)
         return np.clip(np.rint(stacked), info.min, info.max).astype(image.dtype)
     return stacked.astype(image.dtype)
-
-
-def chroma(rgb: np.ndarray) -> np.ndarray:
-    """max - min over the colour channels: 0 for grey, large for Doppler colours."""
-    rgb = rgb.astype(np.int16)
-    return (rgb.max(axis=-1) - rgb.min(axis=-1)).astype(np.int16)
-
-
-def scan_area(rgb: np.ndarray, *, dark: int = 12, close: int = 7) -> np.ndarray:
-    """The image sector of a screenshot: the largest connected non-black region, holes filled."""
-    grey = rgb.max(axis=-1) if rgb.ndim == 3 else rgb
-    lit = grey > dark
-    lit = ndimage.binary_closing(lit, structure=np.ones((close, close)), iterations=1)
-    labels, n = ndimage.label(lit)
-    if n == 0:
-        return np.zeros(lit.shape, bool)
-    sizes = ndimage.sum_labels(lit, labels, index=np.arange(1, n + 1))
-    area = labels == (int(np.argmax(sizes)) + 1)
-    return ndimage.binary_fill_holes(area)
 
 
 def doppler_mask(
@@ -211,8 +190,8 @@ def prepare_pair(
         raise UltrasoundInputError("; ".join(problems))
     if greyscale.ndim == 3:  # an RGB screenshot of a grey-scale scan
         greyscale = np.rint(greyscale[..., :3].astype(np.float32).mean(-1)).astype(np.uint8)
-    greyscale = _to_uint8(greyscale)
-    dop_rgb = _to_uint8(doppler[..., :3])
+    greyscale = to_uint8(greyscale)
+    dop_rgb = to_uint8(doppler[..., :3])
     if roi is None:
         from .us_roi import propose_roi
 
@@ -222,14 +201,3 @@ def prepare_pair(
     mask_crop = crop_roi(doppler_mask(dop_rgb, dop_box), dop_box, size)
     dop_crop = crop_roi(dop_rgb, dop_box, size)
     return PreparedPair(grey_crop, dop_crop, mask_crop, transformed_doppler(dop_crop, mask_crop))
-
-
-def _to_uint8(pixels: np.ndarray) -> np.ndarray:
-    """Screenshots are 8-bit; a 16-bit DICOM export of one is rescaled, never wrapped."""
-    if pixels.dtype == np.uint8:
-        return pixels
-    values = pixels.astype(np.float64)
-    top = float(values.max()) if values.size else 0.0
-    if top > 255:
-        values = values * (255.0 / top)
-    return np.clip(np.rint(values), 0, 255).astype(np.uint8)

@@ -55,14 +55,14 @@ def box_iou(a: Sequence[float], b: Sequence[float]) -> float:
 def _as_rgb(rgb: np.ndarray) -> np.ndarray:
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] < 3:
-        from .ultrasound import UltrasoundInputError
+        from .us_pixels import UltrasoundInputError
 
         raise UltrasoundInputError(f"a Doppler screen must be RGB (H, W, 3), got {rgb.shape}")
     rgb = rgb[..., :3]
     if rgb.dtype != np.uint8:
-        from .ultrasound import _to_uint8
+        from .us_pixels import to_uint8
 
-        rgb = _to_uint8(rgb)
+        rgb = to_uint8(rgb)
     return rgb
 
 
@@ -192,7 +192,7 @@ def _is_flat(colours: np.ndarray) -> bool:
 def colour_pixels(rgb: np.ndarray, *, min_chroma: int = 50, restrict_to_scan: bool = True):
     """Colour pixels that could be flow: in the scan area, not a colour bar, not one-colour
     text or an icon."""
-    from .ultrasound import chroma, scan_area
+    from .us_pixels import chroma, scan_area
 
     rgb = _as_rgb(rgb)
     mask = chroma(rgb) >= min_chroma
@@ -321,7 +321,7 @@ def bone_profile(greyscale: np.ndarray, *, shadow: float = 0.15) -> BoneProfile:
     """
     g = _grey(greyscale)
     if g.ndim != 2 or min(g.shape) < 16:
-        from .ultrasound import UltrasoundInputError
+        from .us_pixels import UltrasoundInputError
 
         raise UltrasoundInputError(f"a grey-scale scan must be 2-D and >= 16 px, got {g.shape}")
     x0, y0, x1, y1 = (int(v) for v in scan_box(g))
