@@ -12,7 +12,8 @@ For each file, first match wins:
 * **modality**: the cases table's ``modality`` > DICOM Modality ``US`` > an ultrasound file
   name (``radiograph.ultrasound_hint``: ``_US1_``, ``doppler``, ``gs``, an ``ultrasound``
   folder); ultrasound frames are registered as ``us_greyscale`` / ``us_doppler`` (by the table,
-  a ``doppler``/``gs`` name token, else colour = Doppler) and never as radiographs. Anything
+  a ``doppler``/``gs`` name token, else a colour box or flow on the screen = Doppler: an RGB
+  grey-scale screen with coloured icons stays grey-scale) and never as radiographs. Anything
   else must pass ``radiograph.radiograph_refusal`` (Modality CR/DX/DR/unknown, grey-scale, one
   frame, sane size) or it is skipped with the reason;
 * **patient**: the table > DICOM PatientID > the file name (``P001_LH.png`` -> ``P001``,
@@ -181,6 +182,16 @@ def _patient_from_name(path: Path, ultrasound: bool) -> str:
     if match and match.start() > 0:
         return stem[: match.start()].rstrip("_- .")
     return stem
+
+
+def _us_kind_from_pixels(image: ImageData) -> str:
+    """Doppler only when the screen has a colour box or flow inside its scan area: scanners save
+    grey-scale frames as RGB too, with coloured icons and colour bars around the image."""
+    if not image.is_colour:
+        return "us_greyscale"
+    from .us_roi import find_colour_box
+
+    return "us_doppler" if find_colour_box(image.pixels) is not None else "us_greyscale"
 
 
 def _us_name_parts(path: Path) -> tuple[str | None, str | None, str | None]:
@@ -371,7 +382,7 @@ def _register(
             kind, site, key = _us_name_parts(path)
             if row.modality in ("us_greyscale", "us_doppler"):
                 kind = row.modality
-            kind = kind or ("us_doppler" if image.is_colour else "us_greyscale")
+            kind = kind or _us_kind_from_pixels(image)
             site = row.site or site or image.metadata.get("series_description") or ""
             key = row.pair or key or image.metadata.get("series_uid") or path.stem
             image_id = store.add_image(

@@ -4,6 +4,7 @@ DICOMDIR, ultrasound frames, a broken file) imported twice gives each patient an
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 from helpers import pacs_export as _cohort
 
@@ -136,3 +137,23 @@ def test_a_cancelled_import_keeps_what_it_did_and_the_next_one_adds_the_rest(tmp
     assert len(rest.duplicates) == len(first.imported) and not rest.not_reached
     total = len(first.imported) + len(rest.imported)
     assert total + len(rest.skipped) == reached + len(first.not_reached)
+
+
+def test_an_rgb_grey_scale_screen_with_coloured_icons_is_not_taken_for_doppler(tmp_path):
+    """Scanners save grey-scale frames as RGB too, with coloured icons and colour bars beside
+    the image: only a colour box or flow on the screen makes a frame Doppler."""
+    import numpy as np
+
+    from annotation_tools.intake import import_sources
+    from annotation_tools.phantom_us import render_ultrasound_physical
+
+    us = render_ultrasound_physical("L_mcp_2", 2, 2, np.random.default_rng(11))
+    grey = np.repeat(us.greyscale[..., None], 3, axis=-1).copy()
+    grey[8:28, 8:28] = (255, 160, 0)  # a coloured icon in the screen margin, as scanners draw
+    folder = tmp_path / "ultrasound"
+    folder.mkdir()
+    write_png(folder / "P9_scan_a.png", grey)
+    write_png(folder / "P9_scan_b.png", us.doppler)
+    report = import_sources(tmp_path / "project", [folder])
+    kinds = {Path(r["path"]).name: r["modality"] for r in report.imported}
+    assert kinds == {"P9_scan_a.png": "us_greyscale", "P9_scan_b.png": "us_doppler"}
