@@ -67,10 +67,10 @@ def benchmark_coverage(
     for level in LEVELS:
         sets = scorer.calibration.grade_sets([r[1:5] for r in rows], level)
         figures = coverage_figures(sets, truths, bins)
+        covered = np.array([t in s for t, s in zip(truths, sets, strict=True)])
         for name, fig in figures.items():
             idx = np.array([name == "all" or b == name for b in bins])
-            covered = np.array([t in s for t, s in zip(truths, sets, strict=True)])[idx]
-            fig["coverage_ci"] = _patient_ci(covered, who[idx], n_resamples)
+            fig["coverage_ci"] = _patient_ci(covered[idx], who[idx], n_resamples)
         levels[str(level)] = figures
     return {
         "task": "coverage",

@@ -111,8 +111,7 @@ class GradeCalibration:
         coverage: float = 0.9,
     ) -> list[GradeSet]:
         """``(joint_id, score_type, prediction, sd)`` rows -> one grade set each."""
-        if not 0.0 < coverage < 1.0:
-            raise ValueError(f"coverage must be between 0 and 1 (e.g. 0.9), got {coverage}")
+        _check_coverage(coverage)
         if not rows:
             return []
         preds = np.array([float(r[2]) for r in rows])
@@ -160,6 +159,11 @@ class GradeCalibration:
             beta=float(doc["beta"]),
             source=dict(doc.get("source", {})),
         )
+
+
+def _check_coverage(coverage: float) -> None:
+    if not 0.0 < coverage < 1.0:
+        raise ValueError(f"coverage must be between 0 and 1 (e.g. 0.9), got {coverage}")
 
 
 def _sigma(sd: float | None, beta: float) -> float:
@@ -235,8 +239,7 @@ class JointSetsCsv:
     def __init__(self, path: str | Path, calibration: GradeCalibration | None, coverage: float):
         import csv
 
-        if not 0.0 < coverage < 1.0:
-            raise ValueError(f"coverage must be between 0 and 1 (e.g. 0.9), got {coverage}")
+        _check_coverage(coverage)
         self.path = Path(path)
         self.calibration = calibration
         self.coverage = float(coverage)

@@ -68,7 +68,7 @@ class _Saving:
     def save(self) -> int:
         raise NotImplementedError
 
-    def _save_guarded(self) -> bool:
+    def try_save(self) -> bool:
         """Save now; True when everything shown is in the store."""
         from annotation_tools.store import StoreError, StoreLockedError
 
@@ -399,7 +399,7 @@ class RadiographSession(_Saving):
         if action == "added":
             self._label_new_points()
         removed = [j for j in self._ids if j not in self.placed()]
-        self._save_guarded()
+        self.try_save()
         if action == "removed" and removed:
             # Delete rewinds the guide: the next click places the joint just removed
             self.cursor = get_joint(removed[0]).index
@@ -482,7 +482,7 @@ class RadiographSession(_Saving):
             return
         if str(event.action) == "added":
             self._label_new_shapes()
-        self._save_guarded()
+        self.try_save()
 
     def _proposed_shapes_changed(self, event: Any) -> None:
         """A proposed outline edited is a person's outline; one deleted is rejected."""
@@ -929,7 +929,7 @@ class UltrasoundSession(_Saving):
             self._show(box_from_layer(source.data[-1]))  # edited or drawn: the person's now
         elif self.proposal is not None:  # the proposal deleted: nothing to accept any more
             self._show(None)
-        self._save_guarded()
+        self.try_save()
 
     def save(self) -> int:
         if self.proposal is not None:  # an untouched proposal is not the person's box

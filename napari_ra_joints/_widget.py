@@ -231,14 +231,14 @@ class RAJointsWidget(QWidget):
         if session is None or not session.unsaved:
             self.save_retry.stop()
             return
-        if session._save_guarded():
+        if session.try_save():
             self.save_retry.stop()
             self.say("Saved: the store is free again; nothing was lost.")
 
     def close_image(self) -> bool:
         """Close the open image; refused (False) while its last edits could not be saved."""
         if self.session is not None:
-            if self.session.unsaved and not self.session._save_guarded():
+            if self.session.unsaved and not self.session.try_save():
                 show_error(
                     "Your last edits on this image are not saved yet: another program holds "
                     "the project's store. They are kept on screen and retried; close the "
