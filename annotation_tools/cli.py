@@ -240,6 +240,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             include_model=args.include_model,
             mirror=not args.no_mirror,
             target_mode=args.target_mode,
+            annotators=args.annotator,
             progress=not args.quiet,
             **options,
         )
@@ -734,6 +735,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--allow-skips", action="store_true", help="exit 0 even when items had to be skipped"
+    )
+    p.add_argument(
+        "--annotator",
+        action="append",
+        help="grades of this reader only (repeatable), e.g. a simulated rater: rater_a",
     )
     p.add_argument("--size", type=int, help="locator: image side after resizing (default 512)")
     p.add_argument(

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -87,6 +87,7 @@ class _Options:
     shape: tuple[int, int] = (864, 928)
     radius: float = 32.0
     ignore_radius: float = 40.0
+    authors: tuple[str, ...] | None = None  # grades of these readers only (None: the newest)
 
 
 def export_dataset(
@@ -104,9 +105,15 @@ def export_dataset(
     shape: tuple[int, int] = (864, 928),
     radius: float = 32.0,
     ignore_radius: float = 40.0,
+    annotators: Sequence[str] | None = None,
     progress: bool = False,
 ) -> ExportReport:
-    """Write one task's dataset and datalist(s) to ``out_dir``; returns what was done."""
+    """Write one task's dataset and datalist(s) to ``out_dir``; returns what was done.
+
+    ``annotators`` trains on named readers' grades (e.g. a simulated rater, as one would train
+    on a clinic's reader rather than on an unknowable truth); centres, outlines and ROI boxes
+    still come from the newest annotation of any person.
+    """
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
     out = Path(out_dir)
@@ -122,7 +129,15 @@ def export_dataset(
         shape=(int(shape[0]), int(shape[1])),
         radius=float(radius),
         ignore_radius=float(ignore_radius),
+        authors=tuple(annotators) if annotators else None,
     )
+    if options.authors:
+        unknown = sorted(set(options.authors) - set(store.authors()))
+        if unknown:
+            raise ValueError(
+                f"no annotator {', '.join(map(repr, unknown))} in {store.path}; "
+                f"known: {', '.join(store.authors()) or 'none'}"
+            )
     report = ExportReport(task, str(out))
     patients = store.patients()
     if len(patients) < folds:
@@ -146,6 +161,7 @@ def export_dataset(
             "folds": folds,
             "seed": seed,
             "sources": list(options.sources) if options.sources else "all (incl. model)",
+            "annotators": list(options.authors) if options.authors else "newest of any",
             **_task_header(task, name, options),
             "training": items,
             "problems": [str(p) for p in report.problems],
@@ -267,7 +283,9 @@ def _scores_by_joint(
 ) -> dict[str, dict[str, float]]:
     """Newest exported scores of an image: joint id -> score type -> grade."""
     scores: dict[str, dict[str, float]] = defaultdict(dict)
-    for (joint_id, score_type), rev in store.scores(image.id, sources=options.sources).items():
+    for (joint_id, score_type), rev in store.scores(
+        image.id, sources=options.sources, authors=options.authors
+    ).items():
         scores[joint_id][score_type] = float(rev.value["value"])
     return scores
 
@@ -488,7 +506,7 @@ def _export_ultrasound(
         grey_rec = store.image(pair["greyscale_image_id"])
         dop_rec = store.image(pair["doppler_image_id"])
         label = f"pair {pair['id']} ({pair['site']})"
-        score = store.us_score(pair["id"], sources=options.sources)
+        score = store.us_score(pair["id"], sources=options.sources, authors=options.authors)
         if score is None:
             report.problems.append(ExportProblem(grey_rec.path, label, "no ultrasound grades"))
             continue

@@ -302,3 +302,26 @@ def test_multitask_discs_sit_on_the_centres_and_carry_the_grades(cohort20, tmp_p
                     expected = erosion.value["value"] / (2 if kind == "foot" else 1)
                     assert label[2, row, col] == expected
             assert label[2].max() <= 5 and label[1].max() <= 4
+
+
+def test_an_annotator_s_grades_are_what_is_exported(small_copy, tmp_path):
+    """Training on a reader (``--annotator rater_a``) exports that reader's grades, not the
+    newest revision (the phantom truth); an unknown reader is refused by name."""
+    with AnnotationStore.open(small_copy, create=False) as store:
+        pairs = store.us_pairs()
+        rater = {p["id"]: store.us_score(p["id"], authors=["rater_a"]).value for p in pairs}
+        newest = {p["id"]: store.us_score(p["id"]).value for p in pairs}
+    assert rater != newest  # the rater disagrees with the truth somewhere in the cohort
+
+    def grades(out, *extra):
+        assert _export(small_copy, "ultrasound", out, "--folds", "2", *extra) == 0
+        items = json.loads((out / "datalist.json").read_text())["training"]
+        return [(i["synovial_hypertrophy"], i["vascularity"]) for i in items]
+
+    by_rater = grades(tmp_path / "a", "--annotator", "rater_a")
+    assert by_rater != grades(tmp_path / "newest")
+    assert sorted(by_rater) == sorted(
+        (v["synovial_hypertrophy"], v["vascularity"]) for v in rater.values()
+    )
+    with pytest.raises(ValueError, match="no annotator 'nobody'"):
+        _export(small_copy, "ultrasound", tmp_path / "x", "--annotator", "nobody")
