@@ -58,7 +58,7 @@ def benchmark_locator(
     started = time.perf_counter()
     results, failed = locator.predict_files(paths, limbs)
     wall = time.perf_counter() - started
-    report = evaluate_results(results, project)
+    report = evaluate_results(results, project, failed=failed)
     per_image = [r.seconds for r in results if r.seconds is not None]
     train_info = bundle / "models" / "train_info.json"
     return {

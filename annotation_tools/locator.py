@@ -502,7 +502,7 @@ class JointLocator:
                 image.metadata["read_seconds"] = time.perf_counter() - started
                 yield str(p), image, limbs.get(str(p))
 
-        results = self.predict_images(readable(), batch_size=batch_size)
+        results = self.predict_images(readable(), batch_size=batch_size, failures=failed)
         return results, failed
 
 
@@ -531,12 +531,17 @@ def project_datalist(project: str | Path) -> list[dict[str, str]]:
 
 
 def evaluate_results(
-    results: Sequence[LocatorResult], project: str | Path, tolerance: float = 0.02
+    results: Sequence[LocatorResult],
+    project: str | Path,
+    tolerance: float = 0.02,
+    failed: Sequence[tuple[str, str]] = (),
 ) -> dict[str, Any]:
     """Locator figures of results against a project's human/phantom centres.
 
     The figures come from :func:`annotation_tools.evaluation.locator_figures`; a result located
-    as another limb than the stored one counts as a wrong name too.
+    as another limb than the stored one counts as a wrong name too. A registered radiograph in
+    ``failed`` (``(path, reason)``: it could not be located at all) counts with every joint
+    missed, so a locator that gives up on hard films does not look better for it.
     """
     from .evaluation import PHANTOM_NOTE, locator_figures, present_centres
     from .store import TRAINING_SOURCES, AnnotationStore
@@ -551,7 +556,13 @@ def evaluate_results(
                 wrong.append(f"{record.path}: located as {result.limb}, is {record.limb}")
             truth = present_centres(store.centres(record.id, sources=TRAINING_SOURCES))
             cases.append((record.path, truth, result.present(), result.image_shape))
+        for path, _reason in failed:
+            record = store.find_image(path)
+            if record is not None:
+                truth = present_centres(store.centres(record.id, sources=TRAINING_SOURCES))
+                cases.append((record.path, truth, {}, (record.height, record.width)))
     report = locator_figures(cases, tolerance=tolerance, wrong=wrong)
+    report["not_located"] = [f"{path}: {reason}" for path, reason in failed]
     seconds = [r.seconds for r in results if r.seconds is not None]
     report["conflicts_flagged_missing"] = sum(
         1 for r in results for w in r.warnings if "claimed the same point" in w

@@ -190,6 +190,35 @@ def test_in_process_locator_matches_the_runner_figures(heldout):
     assert report["by_region"]["all"]["within_0.02"] >= 0.9 and report["wrong_names"] == 0
 
 
+def test_a_film_that_cannot_be_located_costs_only_itself(heldout, monkeypatch):
+    """One film the decoder gives up on (the shape prior refuses it, as on a film unlike the
+    training data) is listed with its reason, the rest are located, and the figures count its
+    joints as missed instead of leaving them out."""
+    import annotation_tools.locator as locator_module
+
+    store = AnnotationStore.open(heldout, create=False)
+    paths = [str(store.resolve(im)) for im in store.images(modality="radiograph")]
+    store.close()
+    real = locator_module.decode_result
+
+    def refuse_first(prob, **kw):
+        if kw["path"] == paths[0]:
+            raise ValueError("the shape prior needs at least 3 other joints to predict one")
+        return real(prob, **kw)
+
+    monkeypatch.setattr(locator_module, "decode_result", refuse_first)
+    results, failed = JointLocator.from_bundle(BUNDLE, device="cpu").predict_files(paths)
+    assert [r.path for r in results] == paths[1:]
+    assert failed == [
+        (paths[0], "ValueError: the shape prior needs at least 3 other joints to predict one")
+    ]
+    located = evaluate_results(results, heldout)
+    counted = evaluate_results(results, heldout, failed=failed)
+    assert counted["by_region"]["all"]["n"] > located["by_region"]["all"]["n"]
+    assert counted["detection_sensitivity"] < located["detection_sensitivity"]
+    assert counted["not_located"] == [f"{paths[0]}: {failed[0][1]}"]
+
+
 def test_bad_inputs_in_a_folder_are_reported_and_the_rest_runs(heldout, tmp_path, rng):
     folder = tmp_path / "mixed"
     folder.mkdir()
