@@ -236,6 +236,7 @@ def benchmark_scorer(
         for im in store.images(modality="radiograph"):
             by_patient.setdefault(im.patient_id, []).append(str(store.resolve(im)))
     e2e_patients, seconds, shap_seconds = [], [], []
+    not_located: list[str] = []  # films the locator gave up on: their joints count as missed
     first = next(iter(by_patient.values()))
     predict_images([(p, read_image(p)) for p in first], locator, shipped)  # warm-up
     for i, (_, paths) in enumerate(sorted(by_patient.items())):
@@ -243,7 +244,8 @@ def benchmark_scorer(
         result = predict_images([(p, read_image(p)) for p in paths], locator, shipped)
         seconds.append(time.perf_counter() - started)
         e2e_patients += result.patients
-        if i < shap_patients and shipped.symmetry is not None:
+        not_located += [f"{path}: {reason}" for path, reason in result.failures]
+        if i < shap_patients and shipped.symmetry is not None and result.patients:
             started = time.perf_counter()
             shipped.symmetry.explain(patient_vector(result.patients[0].scores("patch")))
             shap_seconds.append(time.perf_counter() - started)
@@ -267,7 +269,11 @@ def benchmark_scorer(
         "variants": variants,
         "symmetry": symmetry,
         "tests": tests,
-        "end_to_end": {**end_to_end, "joints_flagged_missing_by_locator": missing},
+        "end_to_end": {
+            **end_to_end,
+            "joints_flagged_missing_by_locator": missing,
+            "films_not_located": not_located,
+        },
         "speed": {
             "seconds_per_patient_median": float(np.median(seconds)),
             "seconds_per_patient_max": float(np.max(seconds)),
@@ -311,11 +317,17 @@ def scorer_markdown(result: dict[str, Any]) -> str:
         {"name": "end to end: locator + shipped scorer + symmetry", **result["end_to_end"]},
     ]
     for v in rows:
-        n, e, t = v["narrowing"], v["erosion"], v["totals"]["Overall_Tol"]
+        n, e, t = v["narrowing"], v["erosion"], v["totals"].get("Overall_Tol")
+        total = f"{value_of(t['pearson_r']):.4f} | {t['rmse']:.2f}" if t else "n/a | n/a"
         lines.append(
             f"| {v['name']} | {n['exact_agreement']:.1%} | {n['within_one_agreement']:.1%} | "
             f"{n['rmse']:.3f} | {e['exact_agreement']:.1%} | {e['within_one_agreement']:.1%} | "
-            f"{e['rmse']:.3f} | {value_of(t['pearson_r']):.4f} | {t['rmse']:.2f} |"
+            f"{e['rmse']:.3f} | {total} |"
+        )
+    if result["end_to_end"].get("films_not_located"):
+        lines.append(
+            f"\n- films the locator gave up on (their joints have no score; no patient total "
+            f"where a film is missing): {len(result['end_to_end']['films_not_located'])}"
         )
     lines.append("")
     for name, test in result["tests"].items():

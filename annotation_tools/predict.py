@@ -102,18 +102,22 @@ def predict_images(
         located = [p.located for p in preds]
         return PipelineResult(patients, located, seconds=time.perf_counter() - started)
     assert locator is not None and scorer is not None, "two-stage needs a locator and a scorer"
+    failures: list[tuple[str, str]] = []  # a film the locator gives up on costs only itself
     located = locator.predict_images(
         [(path, image, case.limb) for (path, image), case in zip(items, cases, strict=True)],
         batch_size=batch_size,
+        failures=failures,
     )
+    by_path = {str(result.path): result for result in located}
     patch_set = PatchSet(scorer.patch_size)
-    for (_, image), case, result in zip(items, cases, located, strict=True):
-        patch_set.add(
-            cases_from_locator(result.to_json(locator.model_info), image, case.patient_id),
-            image,
-        )
+    for (path, image), case in zip(items, cases, strict=True):
+        if str(path) in by_path:
+            result = by_path[str(path)].to_json(locator.model_info)
+            patch_set.add(cases_from_locator(result, image, case.patient_id), image)
     patients = scorer.score(patch_set, explain=explain)
-    return PipelineResult(patients, located, seconds=time.perf_counter() - started)
+    return PipelineResult(
+        patients, located, seconds=time.perf_counter() - started, failures=failures
+    )
 
 
 def _write_overlays(

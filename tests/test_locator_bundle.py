@@ -217,6 +217,17 @@ def test_a_film_that_cannot_be_located_costs_only_itself(heldout, monkeypatch):
     assert counted["by_region"]["all"]["n"] > located["by_region"]["all"]["n"]
     assert counted["detection_sensitivity"] < located["detection_sensitivity"]
     assert counted["not_located"] == [f"{paths[0]}: {failed[0][1]}"]
+    # the whole pipeline too: the patient's other films are still scored
+    from annotation_tools.predict import predict_images
+    from annotation_tools.scoring import JointScorer
+
+    scorer = JointScorer.from_bundle(BUNDLE.parent / "ra_joint_scorer", device="cpu")
+    locator = JointLocator.from_bundle(BUNDLE, device="cpu")
+    same_patient = [p for p in paths if Path(p).name.split("_")[0] in Path(paths[0]).name]
+    result = predict_images([(p, read_image(p)) for p in same_patient], locator, scorer)
+    assert [path for path, _ in result.failures] == [paths[0]]
+    scored = {im.case.path for patient in result.patients for im in patient.images}
+    assert scored == set(same_patient[1:]) and len(scored) >= 1
 
 
 def test_bad_inputs_in_a_folder_are_reported_and_the_rest_runs(heldout, tmp_path, rng):
