@@ -447,7 +447,9 @@ class PredictionService:
                 patients = group_patients(collector.image_scores())
                 apply_symmetry(patients, scorer.symmetry, explain=explain)
                 _check(cancel)
-                write_scores_to_store(store, patients, scorer.model_info)
+                write_scores_to_store(
+                    store, patients, scorer.model_info, calibration=scorer.calibration
+                )
             project_dir = store.root
         result = PipelineResult(patients, located, failures, time.perf_counter() - started)
         shap_png, shap_limbs = _shap_png(patients, project_dir / "predictions" / "shap")
@@ -586,7 +588,13 @@ class PredictionService:
                 writer.add(mine)
                 if store and multitask is None:
                     with isolated(failures, f"patient {patient_id}", "not written to the store"):
-                        write_scores_to_store(store, mine, scorer.model_info)
+                        write_scores_to_store(
+                            store,
+                            mine,
+                            scorer.model_info,
+                            calibration=scorer.calibration,
+                            coverage=coverage,
+                        )
                 noted += [
                     (f"patient {p.patient_id}", p.note)
                     for p in mine

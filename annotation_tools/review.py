@@ -54,6 +54,7 @@ class ImageStatus:
     scores_settled: int = 0  # radiographs: grades committed by a person (or the truth)
     scores_total: int = 0
     proposals: int = 0  # model proposals still waiting for a person
+    set_width: float | None = None  # mean width of the pending grades' conformal sets
 
     def counts_text(self) -> str:
         """``centres 7/22, scores 3/42, 15 proposals`` - what the image list shows."""
@@ -120,7 +121,19 @@ def image_status(store: AnnotationStore, image: ImageRecord) -> ImageStatus:
         scores_settled,
         scores_total,
         len(pending),
+        _set_width(pending),
     )
+
+
+def _set_width(revisions: Sequence[Revision]) -> float | None:
+    """Mean width (``high - low``, in grades) of the conformal sets of pending model grades:
+    how many grades the model cannot rule out - a calibrated measure, unlike the spread."""
+    widths = [
+        float(rev.value["set_high"] - rev.value["set_low"])
+        for rev in revisions
+        if rev.value.get("set_low") is not None
+    ]
+    return sum(widths) / len(widths) if widths else None
 
 
 def _settled(rev: Revision | None) -> bool:
@@ -137,7 +150,7 @@ def _uncertainty(revisions: Sequence[Revision]) -> float | None:
     return sum(values) / len(values) if values else None
 
 
-QUEUE_STRATEGIES = ("least confident", "first unannotated", "random")
+QUEUE_STRATEGIES = ("least confident", "widest grade sets", "first unannotated", "random")
 
 
 def annotation_queue(
@@ -149,8 +162,10 @@ def annotation_queue(
     """What to annotate next: images not done, ordered by ``strategy``.
 
     ``least confident`` puts the most uncertain pending proposals first (active learning;
-    images without proposals follow in list order); ``first unannotated`` is list order with
-    untouched images first; ``random`` shuffles (``seed`` makes it repeatable).
+    images without proposals follow in list order); ``widest grade sets`` ranks by the mean
+    width of the pending grades' conformal sets (calibrated: a width of 2 means the model
+    cannot tell three grades apart at the run's coverage); ``first unannotated`` is list order
+    with untouched images first; ``random`` shuffles (``seed`` makes it repeatable).
     """
     if strategy not in QUEUE_STRATEGIES:
         raise ValueError(f"unknown queue strategy {strategy!r}; use one of {QUEUE_STRATEGIES}")
@@ -162,6 +177,8 @@ def annotation_queue(
         return todo
     if strategy == "first unannotated":
         return sorted(todo, key=lambda s: s.status != "unannotated")
+    if strategy == "widest grade sets":
+        return sorted(todo, key=lambda s: -(s.set_width if s.set_width is not None else -1))
     return sorted(todo, key=lambda s: -(s.uncertainty if s.uncertainty is not None else -1))
 
 
@@ -172,6 +189,11 @@ def queue_reason(status: ImageStatus, strategy: str) -> str:
         return (
             f"{what}: least confident proposals (mean uncertainty {status.uncertainty:.2f}, "
             f"{status.proposals} waiting)"
+        )
+    if strategy == "widest grade sets" and status.set_width is not None:
+        return (
+            f"{what}: widest grade sets (the model's grades span {status.set_width:.1f} "
+            f"grades on average, {status.proposals} proposals waiting)"
         )
     if strategy == "random":
         return f"{what}: picked at random among the images not done ({status.status})"

@@ -563,7 +563,9 @@ class ScoreWriter:
             calibration=self.calibration,
         )
         if self.store:
-            write_scores_to_store(self.store, patients, self.model_info)
+            write_scores_to_store(
+                self.store, patients, self.model_info, calibration=self.calibration
+            )
         return patients
 
 
@@ -692,9 +694,15 @@ class OutputWriter:
 
 
 def write_scores_to_store(
-    store_path: Any, patients: Sequence[PatientScores], model_info: Mapping[str, str]
+    store_path: Any,
+    patients: Sequence[PatientScores],
+    model_info: Mapping[str, str],
+    *,
+    calibration: Any = None,
+    coverage: float = 0.9,
 ) -> int:
-    """Scores and joint-space polygons as new ``model`` revisions (nothing is overwritten)."""
+    """Scores and joint-space polygons as new ``model`` revisions (nothing is overwritten);
+    with the scorer's conformal ``calibration`` each grade keeps its set at ``coverage``."""
     from .store import AnnotationStore, Provenance
 
     prov = Provenance.model(
@@ -714,12 +722,14 @@ def write_scores_to_store(
                 if record is None:
                     image.case.warnings.append(f"not registered in {db.path}: not stored")
                     continue
+                sets = _grade_sets_of(image, calibration, coverage)
                 with db.transaction():
                     for joint_id, js in image.joints.items():
                         for st in get_joint(joint_id).score_types:
                             value = getattr(js, st.value)
                             if value is None:
                                 continue
+                            grade_set = sets.get((joint_id, st.value))
                             db.set_score(
                                 record.id,
                                 joint_id,
@@ -727,11 +737,30 @@ def write_scores_to_store(
                                 float(value),
                                 prov,
                                 uncertainty=getattr(js, f"{st.value}_sd"),
+                                grade_set=grade_set,
+                                coverage=coverage if grade_set else None,
                             )
                             written += 1
                         if js.polygon:
                             db.set_polygon(record.id, joint_id, js.polygon, prov)
     return written
+
+
+def _grade_sets_of(
+    image: ImageScores, calibration: Any, coverage: float
+) -> dict[tuple[str, str], tuple[int, int]]:
+    """(joint, score type) -> conformal grade set of one scored image (empty without a
+    calibration made for these weights: no set is better than an invented one)."""
+    if calibration is None:
+        return {}
+    rows = []
+    for joint_id, js in image.joints.items():
+        for st in get_joint(joint_id).score_types:
+            value = getattr(js, st.value)
+            if value is not None and np.isfinite(value):
+                rows.append((joint_id, st.value, float(value), getattr(js, f"{st.value}_sd")))
+    sets = calibration.grade_sets(rows, coverage)
+    return {(r[0], r[1]): (s.low, s.high) for r, s in zip(rows, sets, strict=True)}
 
 
 # ------------------------------------------------------------------------------ in-process

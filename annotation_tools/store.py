@@ -56,7 +56,7 @@ __all__ = [
     "StoreVersionError",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 STORE_FILENAME = "ra_joints.sqlite"
 IMAGE_JSON_FORMAT = "napari-ra-joints/image-annotations"
 SOURCES = ("human", "model", "phantom")
@@ -210,7 +210,10 @@ _KINDS = {
     ),
     "polygon": _Kind("joint_space_polygons", "image_id", ("joint_id",), ("vertices",)),
     "score": _Kind(
-        "joint_scores", "image_id", ("joint_id", "score_type"), ("value", "uncertainty")
+        "joint_scores",
+        "image_id",
+        ("joint_id", "score_type"),
+        ("value", "uncertainty", "set_low", "set_high", "coverage"),
     ),
     "roi": _Kind("us_rois", "image_id", (), ("x0", "y0", "x1", "y1")),
     "us_score": _Kind(
@@ -301,8 +304,16 @@ CREATE TABLE us_scores (
 );
 """
 
+# v2: a model grade keeps its conformal grade set (set_low..set_high at ``coverage``) in its
+# own revision, so a set always belongs to the model version that made it (issue #24).
+_SCHEMA_V2 = """
+ALTER TABLE joint_scores ADD COLUMN set_low INTEGER;
+ALTER TABLE joint_scores ADD COLUMN set_high INTEGER;
+ALTER TABLE joint_scores ADD COLUMN coverage REAL;
+"""
+
 # MIGRATIONS[n] upgrades a store from schema n to n + 1. Append, never edit.
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1}
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2}
 
 
 def _now() -> str:
@@ -907,6 +918,8 @@ class AnnotationStore:
     ) -> int:
         spec = _KINDS[kind]
         values = {c: rev.value.get(c) for c in spec.value_columns}
+        for column in ("set_low", "set_high", "coverage"):  # a person's grade has no set
+            values.pop(column, None)
         if kind == "polygon" and values["vertices"] is not None:
             values["vertices"] = json.dumps(values["vertices"])
         return self._append(
@@ -957,16 +970,35 @@ class AnnotationStore:
         provenance: Provenance,
         *,
         uncertainty: float | None = None,
+        grade_set: tuple[int, int] | None = None,
+        coverage: float | None = None,
     ) -> int:
-        """Record a narrowing or erosion grade (validated against the joint's scale)."""
+        """Record a narrowing or erosion grade (validated against the joint's scale).
+
+        A model grade can carry its conformal ``grade_set`` (``low, high``: the grades
+        ``low..high`` hold the truth with probability ``coverage``); it is kept in the same
+        revision so the set always belongs to the model version that made it.
+        """
         self._check_joint(image_id, joint_id)
         score_type = ScoreType(score_type)
-        get_joint(joint_id).validate_score(score_type, value)
+        joint = get_joint(joint_id)
+        joint.validate_score(score_type, value)
+        value_doc: dict[str, Any] = {"value": float(value), "uncertainty": uncertainty}
+        if grade_set is not None:
+            low, high = (int(g) for g in grade_set)
+            if not 0 <= low <= high <= joint.max_score(score_type):
+                raise ValueError(
+                    f"grade set {low}..{high} for {joint_id} {score_type.value} is not inside "
+                    f"0-{joint.max_score(score_type)} (or low > high)"
+                )
+            if coverage is None or not 0 < coverage < 1:
+                raise ValueError(f"a grade set needs its coverage in (0, 1), got {coverage!r}")
+            value_doc.update({"set_low": low, "set_high": high, "coverage": float(coverage)})
         return self._append(
             "score",
             image_id,
             {"joint_id": joint_id, "score_type": score_type.value},
-            {"value": float(value), "uncertainty": uncertainty},
+            value_doc,
             provenance,
         )
 

@@ -31,6 +31,8 @@ __all__ = [
     "box_to_layer",
     "centres_layer_data",
     "from_layer",
+    "grade_set_face",
+    "grade_sets_text",
     "image_layer_data",
     "point_tooltip",
     "polygons_layer_data",
@@ -117,13 +119,47 @@ def short_label(joint: Any) -> str:
     return kind.upper() if kind in ("ip",) else kind
 
 
-def point_tooltip(joint: Any, source: str, confidence: float | None) -> str:
-    """What hovering a point tells: the joint, who placed it, how sure the model was."""
+def point_tooltip(joint: Any, source: str, confidence: float | None, grade_sets: str = "") -> str:
+    """What hovering a point tells: the joint, who placed it, how sure the model was, and
+    the conformal sets of the model's grades (which grades it cannot rule out)."""
     text = f"{joint.name} ({joint.id}) - {source}"
     if confidence is not None and confidence == confidence:
         flag = "  LOW CONFIDENCE" if confidence < LOW_CONFIDENCE else ""
         text += f", confidence {confidence:.2f}{flag}"
-    return text
+    return text + (f"\n{grade_sets}" if grade_sets else "")
+
+
+# A point's fill says how wide the model's grade sets are (its border says who placed it):
+# none for a single grade or a person's grade, yellow for two grades, orange for three or more.
+GRADE_SET_FACES: dict[int, list[float]] = {
+    0: [0.0, 0.0, 0.0, 0.0],
+    1: [1.0, 0.85, 0.0, 0.45],
+    2: [1.0, 0.45, 0.0, 0.6],
+}
+
+
+def grade_set_face(width: int | None) -> list[float]:
+    """Fill colour of a joint whose widest conformal grade set spans ``width + 1`` grades."""
+    if width is None or width != width:  # no set (a person's grade) or NaN from a frame
+        return GRADE_SET_FACES[0]
+    return GRADE_SET_FACES[min(int(width), 2)]
+
+
+def grade_sets_text(revisions: Mapping[str, Any]) -> tuple[str, int | None]:
+    """``score type -> newest score revision`` of one joint -> the tooltip line of its model
+    grade sets (``90 % sets: narrowing 1-3, erosion 0``) and the widest set's width."""
+    parts, widths, coverage = [], [], None
+    for score_type, rev in revisions.items():
+        if rev is None or rev.value.get("set_low") is None:
+            continue
+        low, high = int(rev.value["set_low"]), int(rev.value["set_high"])
+        coverage = rev.value.get("coverage")
+        widths.append(high - low)
+        parts.append(f"{score_type} {low}" if low == high else f"{score_type} {low}-{high}")
+    if not parts:
+        return "", None
+    level = f"{coverage:.0%} " if coverage else ""
+    return f"model grade sets ({level}coverage): {', '.join(parts)}", max(widths)
 
 
 def image_layer_data(image: ImageData, name: str | None = None) -> tuple[Any, dict, str]:

@@ -42,6 +42,8 @@ from ._layers import (
     box_from_layer,
     box_to_layer,
     from_layer,
+    grade_set_face,
+    grade_sets_text,
     image_layer_data,
     point_tooltip,
     short_label,
@@ -219,6 +221,9 @@ class RadiographSession(_Saving):
             self.points.border_color = [
                 source_colour(r["source"], r["confidence"]) for r in rows
             ] or "red"
+            self.points.face_color = [grade_set_face(r["set_width"]) for r in rows] or (
+                "transparent"
+            )
             self.points.refresh_text()
             self._ids = [r["joint_id"] for r in rows]
             pending = [r.pending for r in resolved.values() if r.pending is not None]
@@ -230,6 +235,9 @@ class RadiographSession(_Saving):
             self.proposals.border_color = [
                 source_colour("model", r["confidence"]) for r in self._proposal_rows
             ] or SOURCE_COLOURS["model"]
+            self.proposals.face_color = [
+                grade_set_face(r["set_width"]) for r in self._proposal_rows
+            ] or "transparent"
             self.proposals.refresh_text()
             self.proposals.selected_data = set()
             outlines = self.store.resolved("polygon", self.record.id)
@@ -260,6 +268,9 @@ class RadiographSession(_Saving):
         confidence = rev.value.get("confidence")
         if rev.is_model:  # a proposal's grades are in the Scores tab: its label stays short
             parts = [f"?{confidence:.2f}"] if confidence is not None and confidence < 0.95 else []
+        sets_text, set_width = grade_sets_text(
+            {t: scores.get((rev.key, t)) for t in ("narrowing", "erosion")}
+        )
         return {
             "joint_id": rev.key,
             "name": joint.name,
@@ -268,7 +279,8 @@ class RadiographSession(_Saving):
             "revision": rev.revision,
             "revision_id": rev.id,
             "label": " ".join([short_label(joint), *parts]),
-            "tooltip": point_tooltip(joint, rev.source, confidence),
+            "tooltip": point_tooltip(joint, rev.source, confidence, sets_text),
+            "set_width": set_width,
         }
 
     # ------------------------------------------------------------------ guidance
@@ -329,6 +341,7 @@ class RadiographSession(_Saving):
             "revision_id": 0,
             "label": short_label(joint) if joint else "",
             "tooltip": point_tooltip(joint, "human", None) if joint else "",
+            "set_width": np.nan,
         }
 
     def guide_text(self) -> str:
@@ -969,6 +982,7 @@ def _empty_features() -> dict[str, Any]:
         "revision_id": np.array([], dtype=int),
         "label": np.array([], dtype=object),
         "tooltip": np.array([], dtype=object),
+        "set_width": np.array([], dtype=float),
     }
 
 
@@ -979,4 +993,5 @@ def _features(rows: list[dict[str, Any]]) -> Any:
         return pd.DataFrame(_empty_features())
     frame = pd.DataFrame(rows)
     frame["confidence"] = frame["confidence"].astype(float)
+    frame["set_width"] = frame["set_width"].astype(float)
     return frame

@@ -160,6 +160,22 @@ def test_predictions_are_editable_model_revisions_and_export_takes_the_correctio
     assert (
         widget.scores_panel.table.rowCount() == 22 and "Totals" in widget.scores_panel.totals.text()
     )
+    # every model grade keeps its conformal set in its own revision (#24), and the dock shows
+    # it: in the Scores table, in the point's tooltip, and as the point's fill
+    model_grades = [r for r in widget.store.scores(session.record.id).values() if r.is_model]
+    assert model_grades and all(r.value["set_low"] <= r.value["set_high"] for r in model_grades)
+    assert {r.value["coverage"] for r in model_grades} == {0.9}
+    cells = [
+        widget.scores_panel.table.item(row, col).text()
+        for row in range(22)
+        for col in (2, 4)
+        if widget.scores_panel.table.item(row, col).text()
+    ]
+    assert cells and all("[" in text for text in cells)
+    features = session.proposals.features
+    assert all("model grade sets (90% coverage)" in t for t in features["tooltip"])
+    filled = np.asarray(session.proposals.face_color)[:, 3] > 0
+    assert list(filled) == [w >= 1 for w in features["set_width"]]
     moved, accepted = session.proposals.features["joint_id"][:2]
     # drag one proposal 6 px (a correction), accept another
     data = session.proposals.data.copy()

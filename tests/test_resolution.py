@@ -205,3 +205,36 @@ def test_re_predict_proposes_no_centre_over_a_human_one_and_scores_around_it(
     case = next(c for c in patches.cases if c.limb == "LH")
     assert case.centres["LH_mcp_2"] == pytest.approx((true_mcp["x"] + 3, true_mcp["y"]))
     assert case.centres.get("LH_mcp_3") is None
+
+
+def test_grade_sets_live_in_the_model_revision_and_order_the_queue(tmp_path, rng):
+    """A model grade keeps its conformal set (validated against the scale); the queue's
+    ``widest grade sets`` puts the image whose pending grades the model is least sure of
+    first, and a person's grade (no set) takes that image's set out of the ranking."""
+    from annotation_tools.review import annotation_queue, queue_reason
+
+    store = AnnotationStore.open(tmp_path)
+    ids = {}
+    for patient in ("P1", "P2"):
+        path = write_png(
+            tmp_path / f"{patient}_LH.png", (rng.random((64, 48)) * 255).astype(np.uint8)
+        )
+        ids[patient] = store.add_image(path, patient_id=patient, limb="LH", width=48, height=64)
+    store.set_score(ids["P1"], "LH_mcp_2", "narrowing", 2, MODEL, grade_set=(2, 2), coverage=0.9)
+    store.set_score(ids["P2"], "LH_mcp_2", "narrowing", 2, MODEL, grade_set=(1, 3), coverage=0.9)
+    store.set_score(ids["P2"], "LH_mcp_3", "erosion", 0, MODEL, grade_set=(0, 1), coverage=0.9)
+    assert store.scores(ids["P2"])[("LH_mcp_2", "narrowing")].value["set_high"] == 3
+    with pytest.raises(ValueError, match="not inside 0-4"):
+        store.set_score(
+            ids["P1"], "LH_mcp_2", "narrowing", 2, MODEL, grade_set=(1, 5), coverage=0.9
+        )
+    with pytest.raises(ValueError, match="needs its coverage"):
+        store.set_score(ids["P1"], "LH_mcp_2", "narrowing", 2, MODEL, grade_set=(1, 3))
+    statuses = [image_status(store, store.image(ids[p])) for p in ("P1", "P2")]
+    assert [s.set_width for s in statuses] == [0.0, 1.5]
+    queue = annotation_queue(statuses, "widest grade sets")
+    assert [s.image.patient_id for s in queue] == ["P2", "P1"]
+    assert "span 1.5 grades" in queue_reason(queue[0], "widest grade sets")
+    store.set_score(ids["P2"], "LH_mcp_2", "narrowing", 3, HUMAN)  # settled by a person
+    assert image_status(store, store.image(ids["P2"])).set_width == 1.0
+    store.close()

@@ -225,17 +225,18 @@ def test_store_from_a_newer_schema_is_refused_untouched(tmp_path):
 def test_migration_keeps_data_and_a_backup(tmp_path, monkeypatch):
     with AnnotationStore.open(tmp_path) as store:
         store._conn.execute("INSERT INTO provenance (source, author) VALUES ('human', 'carol')")
-    monkeypatch.setattr(store_module, "SCHEMA_VERSION", 2)
+    version = store_module.SCHEMA_VERSION
+    monkeypatch.setattr(store_module, "SCHEMA_VERSION", version + 1)
     monkeypatch.setitem(
-        store_module.MIGRATIONS, 1, "ALTER TABLE images ADD COLUMN note TEXT DEFAULT ''"
+        store_module.MIGRATIONS, version, "ALTER TABLE images ADD COLUMN note TEXT DEFAULT ''"
     )
     with AnnotationStore.open(tmp_path) as store:
-        assert store.schema_version == 2
+        assert store.schema_version == version + 1
         cols = [r[1] for r in store._conn.execute("PRAGMA table_info(images)")]
         assert "note" in cols
         authors = [r[0] for r in store._conn.execute("SELECT author FROM provenance")]
         assert authors == ["carol"]
-    assert (tmp_path / "ra_joints.sqlite.v1.bak").exists()
+    assert (tmp_path / f"ra_joints.sqlite.v{version}.bak").exists()
 
 
 def test_not_a_database(tmp_path):
@@ -331,3 +332,30 @@ def test_killed_writer_loses_only_its_open_transaction(project, tmp_path):
     # and the store takes new writes
     reopened.set_centre(ids["LH"], "LH_pip_2", (3.0, 3.0), HUMAN)
     assert reopened.centres(ids["LH"])["LH_pip_2"].revision == 1
+
+
+def test_a_version_1_store_gains_grade_sets_and_keeps_its_grades(tmp_path, rng):
+    """Stores written before grade sets (schema 1) open, are backed up, keep every grade, and
+    take model grades with their conformal sets afterwards."""
+    with AnnotationStore.open(tmp_path) as store:
+        image = store.add_image(
+            _image(tmp_path, "P1_LH.png", rng), patient_id="P1", limb="LH", width=48, height=64
+        )
+        store.set_score(image, "LH_mcp_2", "narrowing", 3, Provenance.human("ann"))
+    with sqlite3.connect(tmp_path / "ra_joints.sqlite") as conn:  # back to what v1 wrote
+        for column in ("set_low", "set_high", "coverage"):
+            conn.execute(f"ALTER TABLE joint_scores DROP COLUMN {column}")
+        conn.execute("DELETE FROM schema_version WHERE version > 1")
+    with AnnotationStore.open(tmp_path) as store:
+        assert store.schema_version == store_module.SCHEMA_VERSION >= 2
+        assert store.scores(image)[("LH_mcp_2", "narrowing")].value["value"] == 3
+        model = Provenance.model("ra_joint_scorer", "0.2", "abc")
+        store.set_score(image, "LH_mcp_3", "narrowing", 1, model, grade_set=(0, 2), coverage=0.9)
+        rev = store.scores(image)[("LH_mcp_3", "narrowing")]
+        assert (rev.value["set_low"], rev.value["set_high"], rev.value["coverage"]) == (0, 2, 0.9)
+        key = {"joint_id": "LH_mcp_3", "score_type": "narrowing"}
+        store.confirm("score", image, key, "ann", revision_id=rev.id)
+        accepted = store.scores(image)[("LH_mcp_3", "narrowing")]
+        assert accepted.source == "human" and accepted.value["value"] == 1
+        assert accepted.value["set_low"] is None  # the person decided: no model set on it
+    assert (tmp_path / "ra_joints.sqlite.v1.bak").exists()

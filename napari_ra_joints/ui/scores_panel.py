@@ -3,7 +3,7 @@ grade (a person's, the truth's or an accepted proposal) and the model's proposal
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from qtpy.QtCore import Qt
 from qtpy.QtGui import QColor
@@ -19,7 +19,7 @@ from qtpy.QtWidgets import (
 
 from annotation_tools.vocabulary import patient_totals
 
-from .._layers import SOURCE_COLOURS
+from .._layers import SOURCE_COLOURS, grade_set_face, grade_sets_text
 
 if TYPE_CHECKING:
     from .._widget import RAJointsWidget
@@ -38,6 +38,15 @@ def _grade_text(value: float) -> str:
     return f"{value:.2f}".rstrip("0").rstrip(".")
 
 
+def _cell_text(rev: Any) -> str:
+    """``2.3`` or, for a model grade with a conformal set, ``2.3 [1-3]``."""
+    text = _grade_text(rev.value["value"])
+    if rev.value.get("set_low") is not None:
+        low, high = rev.value["set_low"], rev.value["set_high"]
+        text += f" [{low}]" if low == high else f" [{low}-{high}]"
+    return text
+
+
 class ScoresPanel(QGroupBox):
     """The scores table: type a grade in a committed column to set it (a human revision);
     double-click a model cell to accept that proposal; a clicked row centres the joint."""
@@ -50,7 +59,9 @@ class ScoresPanel(QGroupBox):
         self.table.setHorizontalHeaderLabels([c[0] for c in COLUMNS])
         self.table.setToolTip(
             "narrowing / erosion: the committed grade (type a whole number to set it); model "
-            "N / model E: the model's pending proposal (double-click to accept it)"
+            "N / model E: the model's pending proposal (double-click to accept it) and, in "
+            "brackets, its conformal grade set (the grades it cannot rule out; yellow: two "
+            "grades, orange: three or more)"
         )
         self.table.cellClicked.connect(self._centre_on_row)
         self.table.cellDoubleClicked.connect(self._accept_cell)
@@ -97,7 +108,7 @@ class ScoresPanel(QGroupBox):
                         rev = res.committed if what == "committed" else res.pending
                     if rev is not None and rev.status == "deleted":
                         rev = None
-                    item = QTableWidgetItem(_grade_text(rev.value["value"]) if rev else "")
+                    item = QTableWidgetItem(_cell_text(rev) if rev else "")
                     if res is not None and res.current is not None:
                         shown[(joint.id, score_type)] = float(res.current.value["value"])
                     carries = joint.carries(score_type)
@@ -106,9 +117,13 @@ class ScoresPanel(QGroupBox):
                     if what == "proposal":
                         item.setForeground(QColor(SOURCE_COLOURS["model"]))
                         if rev is not None:
+                            sets, width = grade_sets_text({score_type: rev})
                             item.setToolTip(
                                 f"model {rev.author} {rev.version}: double-click to accept"
+                                + (f"\n{sets}" if sets else "")
                             )
+                            if width:
+                                item.setBackground(QColor.fromRgbF(*grade_set_face(width)))
                     elif rev is not None:
                         item.setToolTip(f"{rev.source} {rev.author}, revision {rev.revision}")
                     if not carries:
