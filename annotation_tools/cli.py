@@ -332,6 +332,15 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from .predict import PredictionService
 
     service = PredictionService("two-stage", device=args.device)
+    if args.task == "locator":
+        from .locator_calibration import LOCATOR_CALIBRATION_FILE, calibrate_locator
+
+        located = calibrate_locator(service.locator(), args.project)
+        out = args.out or service.bundle("locator").root / "models" / LOCATOR_CALIBRATION_FILE
+        located.save(out)
+        counts = {r: len(v) for r, v in located.errors.items()}
+        print(f"wrote {out}: {located.source['patients']} patients, joints per region {counts}")
+        return 0
     calibration = calibrate_scorer(args.project, images=args.images, service=service)
     out = args.out or service.bundle("scorer").root / "models" / CALIBRATION_FILE
     calibration.save(out)
@@ -951,12 +960,20 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "calibrate",
-        help="conformal grade sets for the scorer: run it on a calibration project whose "
-        "reference scores are known (never one you report figures on)",
+        help="conformal grade sets for the scorer, or the locator's radius and probability of "
+        "being right: run it on a calibration project whose reference is known (never one you "
+        "report figures on)",
+    )
+    p.add_argument(
+        "--task",
+        choices=["scorer", "locator"],
+        default="scorer",
+        help="scorer: grade sets (models/conformal.json); locator: a position radius and a "
+        "probability of being right per joint (models/locator_calibration.json)",
     )
     p.add_argument("--project", type=Path, required=True, help="with scores_ra2dream.csv")
     p.add_argument("--images", type=Path, help="default: the project's radiographs/ folder")
-    p.add_argument("--out", type=Path, help="default: the scorer bundle's models/conformal.json")
+    p.add_argument("--out", type=Path, help="default: the bundle's models/ folder")
     p.add_argument("--device", type=_device, default=None)
     p.set_defaults(func=_cmd_calibrate)
 

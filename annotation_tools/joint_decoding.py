@@ -60,6 +60,8 @@ class JointPrediction:
     y: float | None
     confidence: float
     missing: bool
+    radius: float | None = None  # conformal position radius in pixels (calibrated bundles)
+    p_correct: float | None = None  # calibrated probability that the joint is right
 
 
 @dataclass

@@ -338,6 +338,10 @@ class JointLocator:
         self.threshold = threshold
         self.model_info = dict(model_info or {})
         self.shape_priors = dict(shape_priors or {})
+        # position radius and probability of being right (locator_calibration.py), when a
+        # calibration was made for exactly these weights; ``coverage`` sets the radius
+        self.calibration: Any = None
+        self.coverage = 0.9
 
     @classmethod
     def from_bundle(
@@ -359,7 +363,7 @@ class JointLocator:
             "version": str(parser.get("_meta_#version", "")),
             "weights_sha256": weights_hash([weights_path]),
         }
-        return cls(
+        locator = cls(
             network,
             parser.get_parsed_content("spatial_size"),
             bool(parser.get_parsed_content("coordconv")),
@@ -368,6 +372,8 @@ class JointLocator:
             model_info=info,
             shape_priors=load_shape_priors(shape_prior_path(weights_path)),
         )
+        locator.calibration = _calibration_for(Path(weights_path).parent, info)
+        return locator
 
     @torch.no_grad()
     def predict_images(
@@ -412,6 +418,8 @@ class JointLocator:
                         shape_priors=self.shape_priors,
                     )
                     res.seconds = b["prep_seconds"] + per_item
+                    if self.calibration is not None:
+                        self.calibration.annotate(res, self.coverage)
                     results.append(res)
             batch.clear()
 
@@ -504,6 +512,19 @@ class JointLocator:
 
         results = self.predict_images(readable(), batch_size=batch_size, failures=failed)
         return results, failed
+
+
+def _calibration_for(folder: Path, info: Mapping[str, str]) -> Any:
+    """The bundle's locator calibration when it was made with exactly these weights."""
+    from .locator_calibration import LOCATOR_CALIBRATION_FILE, LocatorCalibration
+
+    path = folder / LOCATOR_CALIBRATION_FILE
+    if not path.is_file():
+        return None
+    calibration = LocatorCalibration.load(path)
+    if calibration.source.get("weights_sha256") != info.get("weights_sha256"):
+        return None  # calibrated for other weights: no radius rather than a wrong one
+    return calibration
 
 
 class ResultCollector(MapTransform):
