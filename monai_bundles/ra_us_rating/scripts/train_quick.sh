@@ -48,6 +48,7 @@ from annotation_tools.us_training import pack_members
 ckpt, models, pretrained = Path(sys.argv[1]), Path(sys.argv[2]), sys.argv[3] == "True"
 info = {"configuration": "quick", "jigsaw_pretraining": pretrained,
         "trained_on": "phantoms seed 400, 100 patients x 4 pairs, 3 patient folds",
+        "seeds": [400],  # the cohorts trained on (annotation_tools/seeds.py reads this)
         "training_seconds": int(sys.argv[4]), "cpu_count": os.cpu_count(),
         "note": "training time includes data generation/export only when they were not cached"}
 print("packed", pack_members(ckpt, models, info=info))
