@@ -118,6 +118,12 @@ REGISTRY: tuple[SeedUse, ...] = (
     SeedUse(
         (2100,),
         "validation",
+        RADIOGRAPH,
+        "locator decoder settings chosen on it together with 2000 (locator README)",
+    ),
+    SeedUse(
+        (2100,),
+        "validation",
         ULTRASOUND,
         "RATING figures reported and settings compared before the registry; benchmark default",
     ),

@@ -22,11 +22,16 @@ def _project(folder: Path, seed: int) -> Path:
 
 
 def test_every_seed_has_one_purpose_and_the_test_seeds_are_fresh():
-    used: dict[int, str] = {}
+    used: dict[tuple[int, str], str] = {}
+    purposes: dict[int, set[str]] = {}
     for entry in seeds.REGISTRY:
         for seed in entry.seeds:
-            assert seed not in used, f"seed {seed} is both {used[seed]} and {entry.purpose}"
-            used[seed] = entry.purpose
+            key = (seed, entry.modality)
+            assert key not in used, f"seed {key} is both {used[key]} and {entry.purpose}"
+            used[key] = entry.purpose
+            purposes.setdefault(seed, set()).add(entry.purpose)
+    # a test seed is a test seed for every modality (a cohort holds both)
+    assert all(p == {"test"} for p in purposes.values() if "test" in p)
     assert seeds.purpose_of(100, "radiograph") == "train"
     assert {seeds.purpose_of(s) for s in (300, 301, 400)} == {"train"}
     assert {seeds.purpose_of(s) for s in (2000, 2100, 3300, 3400)} == {"validation"}
