@@ -14,12 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from .benchmarking import PHANTOM_NOTE, heldout_cohort
+from .benchmarking import PHANTOM_NOTE, heldout_cohort, heldout_seed
 
 __all__ = ["benchmark_coverage", "coverage_markdown"]
 
 LEVELS = (0.8, 0.9, 0.95)
-TEST_SEED = 3400  # calibration used seed 3300 (monai_bundles/ra_joint_scorer/docs/README.md)
+# calibration used seed 3300 (monai_bundles/ra_joint_scorer/docs/README.md); 3400 reported the
+# coverage before the seed registry, so it is a validation seed now (annotation_tools/seeds.py)
+DEFAULT_SEED = 3400
 
 
 def _patient_ci(
@@ -41,7 +43,7 @@ def benchmark_coverage(
     heldout: Path | None = None,
     *,
     patients: int = 30,
-    seed: int = TEST_SEED,
+    seed: int = DEFAULT_SEED,
     device: str | None = None,
     n_resamples: int = 1000,
 ) -> dict[str, Any]:
@@ -58,7 +60,16 @@ def benchmark_coverage(
         raise FileNotFoundError(
             "the scorer has no conformal calibration for its weights; run ra-joints calibrate"
         )
-    project = heldout_cohort(heldout, patients, seed, us_pairs=0)
+    calibrated_on = scorer.calibration.source.get("seed")
+    project = heldout_cohort(
+        heldout,
+        patients,
+        seed,
+        us_pairs=0,
+        bundles=[service.bundle("scorer").root, service.bundle("locator").root],
+        calibration_seeds=[] if calibrated_on is None else [int(calibrated_on)],
+    )
+    seed = heldout_seed(project, seed)
     rows = [r for r in predicted_rows(project, service) if r[5] is not None]
     truths = [r[5] for r in rows]
     bins = [bin_of(r[1], r[2]) for r in rows]

@@ -20,7 +20,14 @@ from typing import Any
 import numpy as np
 
 from . import __version__
-from .benchmarking import PHANTOM_NOTE, compare_spec, heldout_cohort, score_summary, value_of
+from .benchmarking import (
+    PHANTOM_NOTE,
+    compare_spec,
+    heldout_cohort,
+    heldout_seed,
+    score_summary,
+    value_of,
+)
 from .bundles import bundle_path
 
 __all__ = ["benchmark_pipelines", "pipelines_markdown"]
@@ -163,7 +170,10 @@ def benchmark_pipelines(
     bundle = bundle_path("multitask", bundle)
     locator_bundle = bundle_path("locator", locator_bundle)
     scorer_bundle = bundle_path("scorer", scorer_bundle)
-    project = heldout_cohort(heldout, patients, seed)
+    project = heldout_cohort(
+        heldout, patients, seed, bundles=[bundle, locator_bundle, scorer_bundle]
+    )
+    seed = heldout_seed(project, seed)
     truth = read_dream_table(project / "scores_ra2dream.csv")
     common = {"project": str(project), "device": device}
     two_stage = "two-stage (locator + scorer + symmetry)"
@@ -267,7 +277,8 @@ def pipelines_markdown(result: dict[str, Any]) -> str:
         f"### Radiograph pipelines end to end ({held['patients']} held-out phantom patients, "
         f"seed {held['seed']})",
         "",
-        "| pipeline | finger / thumb / wrist / toe within 0.02 | wrong names | joints not scored "
+        "| pipeline | finger / thumb / wrist / toe within 0.02 (x / width, y / height) "
+        "| wrong names | joints not scored "
         "| narrowing RMSE | exact | within one | erosion RMSE | exact | within one "
         "| total r (patients) | s / radiograph | peak MB | quick training (min) |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",

@@ -8,15 +8,18 @@ from __future__ import annotations
 
 import json
 import resource
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .evaluation import PHANTOM_NOTE
+from .seeds import RADIOGRAPH, check_benchmark_seed, cohort_seed
 
 __all__ = [
     "PHANTOM_NOTE",
     "compare_spec",
     "heldout_cohort",
+    "heldout_seed",
     "peak_rss_mb",
     "score_summary",
     "value_of",
@@ -24,17 +27,46 @@ __all__ = [
 
 
 def heldout_cohort(
-    folder: Path | None, patients: int, seed: int, height: int = 1200, us_pairs: int = 2
+    folder: Path | None,
+    patients: int,
+    seed: int,
+    height: int = 1200,
+    us_pairs: int = 2,
+    *,
+    modality: str = RADIOGRAPH,
+    bundles: Sequence[Path | None] = (),
+    calibration_seeds: Sequence[int] = (),
 ) -> Path:
-    """An existing project folder, or a fresh phantom cohort of a seed the weights never saw."""
+    """An existing project folder, or a fresh phantom cohort of a seed the weights never saw.
+
+    The cohort's seed (``seed``, or the one an existing phantom project's cohort.json records)
+    must not be a training seed of ``modality`` nor one the ``bundles`` list in their
+    train_info (:func:`annotation_tools.seeds.check_benchmark_seed`); checked before anything
+    is generated.
+    """
     from .phantoms import generate_cohort
 
+    bundles = [b for b in bundles if b is not None]
     if folder is not None and (Path(folder) / "ra_joints.sqlite").exists():
+        check_benchmark_seed(
+            cohort_seed(folder), modality, bundles=bundles, calibration_seeds=calibration_seeds
+        )
         return Path(folder)
     folder = Path(folder or Path("runs") / f"heldout_s{seed}_n{patients}")
     if not (folder / "cohort.json").exists():
+        check_benchmark_seed(seed, modality, bundles=bundles, calibration_seeds=calibration_seeds)
         generate_cohort(folder, patients, seed, height=height, us_pairs=us_pairs, style="schematic")
+    else:
+        check_benchmark_seed(
+            cohort_seed(folder), modality, bundles=bundles, calibration_seeds=calibration_seeds
+        )
     return folder
+
+
+def heldout_seed(project: Path, seed: int) -> int:
+    """The seed a benchmark reports: the phantom project's own (cohort.json), else ``seed``."""
+    found = cohort_seed(project)
+    return seed if found is None else found
 
 
 def peak_rss_mb() -> float:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from .conformal import GradeCalibration, calibrate_grades, score_rows
+from .seeds import RADIOGRAPH, check_calibration_seed, cohort_seed
 
 __all__ = ["calibrate_scorer", "predicted_rows"]
 
@@ -52,17 +53,27 @@ def calibrate_scorer(
     beta: float = 0.25,
     service: Any = None,
 ) -> GradeCalibration:
-    """Calibrate the scorer the service uses on a project nobody reports figures on."""
+    """Calibrate the scorer the service uses on a project nobody reports figures on.
+
+    A phantom project of a test seed, or of a seed the scorer or locator was trained on, is
+    refused (:func:`annotation_tools.seeds.check_calibration_seed`) before anything runs.
+    """
     from .predict import PredictionService
 
+    cohort = Path(project) / "cohort.json"
+    info = json.loads(cohort.read_text()) if cohort.is_file() else {}
     service = service or PredictionService("two-stage")
+    # a choice made on validation data: never a test seed, nor a seed the weights saw
+    check_calibration_seed(
+        cohort_seed(project),
+        RADIOGRAPH,
+        bundles=[service.bundle("scorer").root, service.bundle("locator").root],
+    )
     scorer = service.models()["scorer"]
     if scorer is None:
         raise FileNotFoundError("; ".join(service.skipped) or "no scorer bundle")
     rows = predicted_rows(project, service, images=images)
     usable = [r[1:] for r in rows if r[5] is not None]
-    cohort = Path(project) / "cohort.json"
-    info = json.loads(cohort.read_text()) if cohort.is_file() else {}
     source = {
         "project": str(Path(project).resolve()),
         "seed": info.get("seed"),

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from .metrics import round_grade
 from .vocabulary import get_joint
 
 __all__ = [
@@ -127,7 +128,7 @@ class GradeCalibration:
             low = max(0, math.ceil(p - h - 1e-9))
             high = min(top, math.floor(p + h + 1e-9))
             if low > high:  # no integer inside: the nearest grade (only adds coverage)
-                low = high = int(np.clip(round(p), 0, top))
+                low = high = int(np.clip(round_grade(p), 0, top))
             out.append(GradeSet(float(p), int(low), int(high), float(coverage)))
         return out
 

@@ -29,6 +29,7 @@ from .imageio import ImageData, ImageReadError, read_image
 from .metrics import patient_folds
 from .paths import path_names, safe_name
 from .radiograph import GridGeometry, prepare_radiograph
+from .seeds import check_training_seed, cohort_seed
 from .store import TRAINING_SOURCES, AnnotationStore, ImageRecord
 from .targets import (
     JOINT_TYPES,
@@ -116,6 +117,8 @@ def export_dataset(
     """
     if task not in TASKS:
         raise ValueError(f"task must be one of {', '.join(TASKS)}, got {task!r}")
+    seed_of_cohort = cohort_seed(store.root)  # a phantom project records its seed
+    check_training_seed(seed_of_cohort, f"exporting {store.root} for training")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     options = _Options(
@@ -160,6 +163,7 @@ def export_dataset(
             "task": task,
             "folds": folds,
             "seed": seed,
+            "cohort_seed": seed_of_cohort,  # the phantom cohort's seed (None: not a phantom)
             "sources": list(options.sources) if options.sources else "all (incl. model)",
             "annotators": list(options.authors) if options.authors else "newest of any",
             **_task_header(task, name, options),

@@ -25,6 +25,7 @@ __all__ = [
     "auc",
     "bootstrap_ci",
     "detection_sensitivity",
+    "diagonal_errors",
     "exact_agreement",
     "linear_weighted_kappa",
     "locator_summary",
@@ -35,6 +36,7 @@ __all__ = [
     "pearson_r",
     "rater_agreement",
     "rmse",
+    "round_grade",
     "score_summary",
     "share_within",
     "wilcoxon_one_sided",
@@ -85,16 +87,31 @@ def pearson_r(y_true: Sequence[float], y_pred: Sequence[float]) -> float:
     return float(pearsonr(a, b).statistic)
 
 
+def round_grade(values: float | Sequence[float] | np.ndarray) -> np.ndarray:
+    """Scores -> whole grades, halves rounded **up** (2.5 -> 3, 0.5 -> 1).
+
+    The one rounding of the project wherever a score becomes a grade (agreement, accuracy,
+    kappa, validation metrics, grade sets). ``np.rint``/``round`` round halves to the even
+    grade (2.5 -> 2, 3.5 -> 4), so a score halfway between two grades went up or down
+    depending on the grade. Grades are >= 0; negative input is rounded the same way
+    (``floor(x + 0.5)``). Returns floats (nan stays nan); ``.astype(int)`` for labels.
+    """
+    return np.floor(np.asarray(values, dtype=float) + 0.5)
+
+
 def exact_agreement(y_true: Sequence[float], y_pred: Sequence[float]) -> float:
-    """PEA (Hirano et al.): share of cases whose rounded prediction equals the grade."""
+    """PEA (Hirano et al.): share of cases whose prediction, rounded half up to a whole grade
+    (:func:`round_grade`), equals the grade."""
     a, b = _pair(y_true, y_pred)
-    return float(np.mean(np.rint(b) == np.rint(a)))
+    return float(np.mean(round_grade(b) == round_grade(a)))
 
 
 def within_one_agreement(y_true: Sequence[float], y_pred: Sequence[float]) -> float:
-    """PCA (Hirano et al.): share of cases within one grade."""
+    """PCA (Hirano et al.): share of cases whose rounded (half up) prediction is within one
+    grade of the grade: a raw error of 1.5 (truth 0, prediction 1.5 -> 2) is outside, one
+    just under 1.5 inside."""
     a, b = _pair(y_true, y_pred)
-    return float(np.mean(np.abs(np.rint(b) - np.rint(a)) <= 1))
+    return float(np.mean(np.abs(round_grade(b) - round_grade(a)) <= 1))
 
 
 def any_damage_sensitivity_specificity(
@@ -121,7 +138,7 @@ def accuracy(y_true: Sequence[float], y_pred: Sequence[float]) -> float:
     from sklearn.metrics import accuracy_score
 
     a, b = _pair(y_true, y_pred)
-    return float(accuracy_score(np.rint(a).astype(int), np.rint(b).astype(int)))
+    return float(accuracy_score(round_grade(a).astype(int), round_grade(b).astype(int)))
 
 
 def linear_weighted_kappa(
@@ -131,19 +148,25 @@ def linear_weighted_kappa(
 
     ``labels``: the grades of the scale (e.g. ``range(4)``). Give them: without, scikit-learn
     weighs by the position among the grades *seen*, so with a grade missing from both inputs
-    (0, 1 and 3 seen) a 1-vs-3 disagreement costs one step instead of two.
+    (0, 1 and 3 seen) a 1-vs-3 disagreement costs one step instead of two. Without
+    ``labels`` the scale is taken as ``0..max`` of the grades seen (``range(max + 1)``), so a
+    missing grade inside the scale still counts as a step; give ``labels`` for the scale's
+    true top grade. Scores are rounded half up (:func:`round_grade`).
     """
     from sklearn.metrics import cohen_kappa_score
 
     a, b = _pair(y_true, y_pred)
-    ia, ib = np.rint(a).astype(int), np.rint(b).astype(int)
+    ia, ib = round_grade(a).astype(int), round_grade(b).astype(int)
     if np.unique(np.concatenate([ia, ib])).size < 2:
         return _nan("kappa is undefined when every grade, true and predicted, is the same")
-    if labels is not None:
-        labels = [int(v) for v in labels]
-        outside = set(np.unique(np.concatenate([ia, ib])).tolist()) - set(labels)
-        if outside:
-            raise ValueError(f"grades {sorted(outside)} are not among labels {labels}")
+    if labels is None:
+        if min(ia.min(), ib.min()) < 0:
+            raise ValueError("grades must be >= 0 (or give labels= for another scale)")
+        labels = list(range(int(max(ia.max(), ib.max())) + 1))
+    labels = [int(v) for v in labels]
+    outside = set(np.unique(np.concatenate([ia, ib])).tolist()) - set(labels)
+    if outside:
+        raise ValueError(f"grades {sorted(outside)} are not among labels {labels}")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         value = cohen_kappa_score(ia, ib, labels=labels, weights="linear")
@@ -202,25 +225,55 @@ def youden(y_true: Sequence[float], y_score: Sequence[float]) -> tuple[float, fl
 # ------------------------------------------------------------------------------ locator
 
 
-def normalised_errors(
+def _points(
     true_xy: np.ndarray | Sequence[Sequence[float]],
     pred_xy: np.ndarray | Sequence[Sequence[float]],
     image_shape: tuple[int, int] | Sequence[tuple[int, int]],
-) -> np.ndarray:
-    """Euclidean error of each joint divided by the image diagonal (RA2-DREAM convention).
-
-    ``image_shape`` is one ``(H, W)`` for all points or one per point. A missing prediction
-    (nan) gives an infinite error, so it counts as a miss at every threshold.
-    """
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     t = np.asarray(true_xy, dtype=float).reshape(-1, 2)
     p = np.asarray(pred_xy, dtype=float).reshape(-1, 2)
     if t.shape != p.shape:
         raise ValueError(f"{len(t)} true points but {len(p)} predicted")
     if t.size == 0:
         raise ValueError("no joints to evaluate (empty input)")
-    shapes = np.asarray(image_shape, dtype=float).reshape(-1, 2)
-    diagonal = np.hypot(shapes[:, 0], shapes[:, 1])
-    err = np.hypot(*(p - t).T) / diagonal
+    shapes = np.asarray(image_shape, dtype=float).reshape(-1, 2)  # (H, W)
+    if shapes.shape[0] not in (1, len(t)):
+        raise ValueError(f"give one image shape or one per point; got {len(shapes)} for {len(t)}")
+    return t, p, shapes
+
+
+def normalised_errors(
+    true_xy: np.ndarray | Sequence[Sequence[float]],
+    pred_xy: np.ndarray | Sequence[Sequence[float]],
+    image_shape: tuple[int, int] | Sequence[tuple[int, int]],
+) -> np.ndarray:
+    """The headline locator error, as the RA2-DREAM winner measured it: x divided by the image
+    width, y by the image height, then the Euclidean distance of the normalised points.
+
+    Li & Guan keep joint positions as fractions of the width and height (GuanLab/Mandora,
+    ``code_location/pred_consensus.py``) and report the share of joints beyond 0.01, 0.015 and
+    0.03 of that distance. On a portrait radiograph (H > W) this is stricter than dividing by
+    the diagonal (:func:`diagonal_errors`, the secondary figure): 1 % of the width is 1 % here
+    but only ``0.01 * W / diagonal`` there.
+
+    ``image_shape`` is one ``(H, W)`` for all points or one per point. A missing prediction
+    (nan) gives an infinite error, so it counts as a miss at every threshold.
+    """
+    t, p, shapes = _points(true_xy, pred_xy, image_shape)
+    scaled = (p - t) / shapes[:, ::-1]  # (dx / W, dy / H)
+    err = np.hypot(scaled[:, 0], scaled[:, 1])
+    return np.where(np.isnan(err), np.inf, err)
+
+
+def diagonal_errors(
+    true_xy: np.ndarray | Sequence[Sequence[float]],
+    pred_xy: np.ndarray | Sequence[Sequence[float]],
+    image_shape: tuple[int, int] | Sequence[tuple[int, int]],
+) -> np.ndarray:
+    """Secondary locator error: Euclidean pixel distance divided by the image diagonal (the
+    project's headline before issue 23; more lenient than :func:`normalised_errors`)."""
+    t, p, shapes = _points(true_xy, pred_xy, image_shape)
+    err = np.hypot(*(p - t).T) / np.hypot(shapes[:, 0], shapes[:, 1])
     return np.where(np.isnan(err), np.inf, err)
 
 
@@ -247,7 +300,8 @@ def locator_summary(
     regions: Sequence[str],
     thresholds: Sequence[float] = (0.01, 0.02, 0.03),
 ) -> dict[str, dict[str, float]]:
-    """Share within each threshold, overall and per region (finger, thumb, wrist, toe)."""
+    """Share within each threshold, overall and per region (finger, thumb, wrist, toe), of
+    errors from :func:`normalised_errors` (or :func:`diagonal_errors`)."""
     e = np.asarray(errors, dtype=float)
     reg = np.asarray(regions)
     if e.shape != reg.shape:

@@ -108,10 +108,12 @@ def split_heads(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch
 def smoothed_grade_targets(grade: torch.Tensor, n_classes: int, smoothing: float) -> torch.Tensor:
     """Grades ``(B, H, W)`` (may be half grades) -> soft targets ``(B, K, H, W)``.
 
-    A whole grade g keeps ``1 - smoothing`` and gives ``smoothing`` to g-1 and g+1 in equal
-    parts (all of it to the one neighbour at either end of the scale): a rater's 2 is often a
-    1 or a 3, never a 0 against a 4. A half grade (halved foot erosion, 3.5) is split evenly
-    between 3 and 4 before smoothing. Ignored pixels (< 0) get all-zero targets.
+    Maziarz et al.'s local label smoothing: a grade gives ``smoothing / 2`` to each
+    neighbouring grade it has, so an interior grade keeps ``1 - smoothing`` (2 ->
+    [0, 0.05, 0.9, 0.05, 0] for 0.1) and an end grade, with one neighbour, keeps
+    ``1 - smoothing / 2`` (0 -> [0.95, 0.05, 0, ...]): a rater's 2 is often a 1 or a 3,
+    never a 0 against a 4, and a 0 is never a -1. A half grade (halved foot erosion, 3.5) is
+    split evenly between 3 and 4 before smoothing. Ignored pixels (< 0) get all-zero targets.
     """
     valid = grade >= 0
     g = grade.clamp(0, n_classes - 1)
@@ -122,14 +124,15 @@ def smoothed_grade_targets(grade: torch.Tensor, n_classes: int, smoothing: float
     hard = hard.to(grade.device)
     hard.scatter_(1, low.unsqueeze(1), 1 - frac)
     hard.scatter_add_(1, high.unsqueeze(1), frac)
-    if smoothing:
-        to_lower = hard * (smoothing / 2)  # mass class k gives to k - 1 (and as much to k + 1)
+    if smoothing and n_classes > 1:
+        share = hard * (smoothing / 2)  # what class k gives to each of its neighbours
         moved = torch.zeros_like(hard)
-        moved[:, :-1] += to_lower[:, 1:]
-        moved[:, 1:] += to_lower[:, :-1]
-        moved[:, 1] += to_lower[:, 0]  # the ends have one neighbour: it gets both halves
-        moved[:, -2] += to_lower[:, -1]
-        hard = hard * (1 - smoothing) + moved
+        moved[:, :-1] += share[:, 1:]  # to k - 1
+        moved[:, 1:] += share[:, :-1]  # to k + 1
+        neighbours = torch.full((n_classes,), 2.0, dtype=hard.dtype, device=hard.device)
+        neighbours[[0, -1]] = 1.0  # the ends have one neighbour and give only one share
+        shape = (1, n_classes) + (1,) * (hard.ndim - 2)
+        hard = hard - share * neighbours.view(shape) + moved
     return hard * valid.unsqueeze(1).to(hard.dtype)
 
 
@@ -220,7 +223,8 @@ class DiscAgreement(CumulativeIterationMetric):
             grades = torch.arange(head.shape[1], device=head.device, dtype=head.dtype)
             expected = (head.softmax(1) * grades[None, :, None, None]).sum(1)
             valid = target[:, channel] >= 0
-            right = (expected.round() == torch.floor(target[:, channel] + 0.5)) & valid
+            # halves up on both sides (metrics.round_grade's rule; torch.round goes to even)
+            right = (torch.floor(expected + 0.5) == torch.floor(target[:, channel] + 0.5)) & valid
             parts += [right.sum((1, 2)), valid.sum((1, 2))]
         return torch.stack(parts, dim=1).float()  # (B, 6): hits, totals per head
 

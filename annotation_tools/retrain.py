@@ -19,6 +19,7 @@ from pathlib import Path
 
 from .bundles import BundleInfo, bundle_for, registry
 from .export import export_dataset
+from .seeds import cohort_seed
 from .store import AnnotationStore
 
 DEFAULT_FOLDS = 5
@@ -239,6 +240,8 @@ def iter_retrain(
             "items": report.n_items,
             "patients": report.n_patients,
         },
+        # the phantom cohorts trained on (annotation_tools/seeds.py refuses them in benchmarks)
+        "seeds": [] if cohort_seed(project) is None else [cohort_seed(project)],
         "seconds": round(time.perf_counter() - started, 1),
     }
     (target / "train_info.json").write_text(json.dumps(info, indent=1))

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .seeds import ROI_PAIR_SEEDS, ULTRASOUND, check_benchmark_seed
 from .us_roi import (
     CALIBRATION_FILE,
     bone_profile,
@@ -35,7 +36,7 @@ from .us_roi import (
     propose_roi,
 )
 
-SEEDS = {"train": 7301, "validation": 7302, "test": 7303}
+SEEDS = dict(ROI_PAIR_SEEDS)  # registered in annotation_tools/seeds.py (train/validation/test)
 CANDIDATES = [{"shadow": s, "per_site": p} for s in (0.1, 0.15) for p in (True, False)]
 
 
@@ -224,6 +225,7 @@ def _rating_stats(pairs: Sequence[Any], proposals: Sequence[Sequence[float]]) ->
     from .us_rating import load_ensemble
 
     models = shipped_bundles_dir() / "ra_us_rating" / "models"
+    check_benchmark_seed(SEEDS["test"], ULTRASOUND, bundles=[models])  # never trained on them
     network = json.loads((models / "ensemble.json").read_text())["network"]
     ensemble = load_ensemble(models, **network)
     truth = np.array([us.combined for us in pairs])

@@ -33,6 +33,7 @@ from ignite.metrics import Metric
 from torch import nn
 from torch.nn import functional as F
 
+from .metrics import round_grade
 from .targets import MASK_IGNORE
 
 __all__ = [
@@ -373,7 +374,8 @@ def oversampling_weights(
 
 
 class ScoreAgreement(Metric):
-    """Validation metric: share of scores whose rounded prediction equals the true grade.
+    """Validation metric: share of scores whose prediction, rounded half up
+    (:func:`annotation_tools.metrics.round_grade`), equals the true grade.
 
     Averages narrowing and erosion scores together (each carried score counts once). Works on
     batched ``(pred, target)`` as the engines give them with ``decollate=False``.
@@ -398,7 +400,7 @@ class ScoreAgreement(Metric):
             keep = (truth >= 0) & np.isfinite(values)
             if key == "erosion":
                 keep &= top.cpu().numpy() > 0
-            self._hits += int((np.round(values[keep]) == truth[keep]).sum())
+            self._hits += int((round_grade(values[keep]) == truth[keep]).sum())
             self._total += int(keep.sum())
 
     def compute(self) -> float:

@@ -33,6 +33,7 @@ from .cases import CaseTable, identify
 from .imageio import ImageData, ImageReadError, file_sha256, read_image
 from .radiograph import image_files
 from .scorer import decode_scores, split_output
+from .seeds import check_training_seed, cohort_seed
 from .symmetry import SCORE_INDEX, SymmetryModel, SymmetryModelError, patient_vector, plot_shap
 from .targets import joint_patch, normalise_intensity, patch_to_image, polygon_problem
 from .vocabulary import (
@@ -917,6 +918,8 @@ def fit_symmetry(
     from .symmetry import patient_matrix
 
     projects = [project] if isinstance(project, (str, Path)) else list(project)
+    for folder in projects:  # before any scoring: a test cohort never trains anything
+        check_training_seed(cohort_seed(folder), f"the symmetry fit on {folder}")
     complete, truth = [], {}
     for folder in projects:
         patch_set = load_patch_set(
@@ -952,9 +955,22 @@ def fit_symmetry_from_bundle(
     max_features: float = 1.0,
     target: str = "residual",
 ) -> Path:
-    """``train_symmetry.json``'s run step: fit on ``project`` with the bundle's patch model."""
+    """``train_symmetry.json``'s run step: fit on ``project`` with the bundle's patch model.
+
+    Every parameter of the config reaches the trees; ``--target score`` (with the default
+    ``max_features`` 1.0, scikit-learn's regression default their code kept) trains the
+    RA2-DREAM winner's forests, which predict the score itself rather than a correction.
+    """
     scorer = JointScorer.from_bundle(bundle_root, weights=weights, symmetry="")
-    model = fit_symmetry(scorer, project, n_estimators=n_estimators, max_depth=max_depth, seed=seed)
+    model = fit_symmetry(
+        scorer,
+        project,
+        n_estimators=n_estimators,
+        max_depth=max_depth,
+        seed=seed,
+        max_features=max_features,
+        target=target,
+    )
     model.info["weights_sha256"] = scorer.model_info["weights_sha256"]
     return model.save(out)
 

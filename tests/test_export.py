@@ -323,5 +323,7 @@ def test_an_annotator_s_grades_are_what_is_exported(small_copy, tmp_path, capsys
     assert sorted(by_rater) == sorted(
         (v["synovial_hypertrophy"], v["vascularity"]) for v in rater.values()
     )
+    capsys.readouterr()
+    # the command reports the unknown reader and exits 2 (main turns ValueError into status 2)
     assert _export(small_copy, "ultrasound", tmp_path / "x", "--annotator", "nobody") == 2
     assert "no annotator 'nobody'" in capsys.readouterr().err

@@ -345,10 +345,13 @@ def test_benchmark_command_writes_json_and_markdown(heldout, tmp_path, capsys):
     )
     result = json.loads(out.read_text())
     assert result["heldout"]["radiographs"] == 8
+    assert result["heldout"]["seed"] == 777  # the project's own seed, not --seed's default
     assert {"finger", "wrist", "thumb", "toe", "all"} <= set(result["accuracy"]["by_region"])
+    assert set(result["accuracy"]["by_region_diagonal"]) == set(result["accuracy"]["by_region"])
     assert result["speed"]["seconds_per_radiograph_wall"] > 0
     assert result["speed"]["peak_rss_mb"] > 0
     assert "clinical" in result["note"]
     table = out.with_suffix(".md").read_text()
     assert "| wrist |" in table and "wrongly named joints" in table
+    assert "x / image width, y / image height" in table and "/ diagonal" in table
     assert "Phantom figures" in capsys.readouterr().out

@@ -23,7 +23,7 @@ def test_regression_metrics_match_references(grades):
 
 def test_agreement_metrics_match_confusion_matrix(grades):
     t, p = grades
-    ti, pi = t.astype(int), np.rint(p).astype(int)
+    ti, pi = t.astype(int), np.floor(p + 0.5).astype(int)  # grades: halves rounded up
     cm = skm.confusion_matrix(ti, pi, labels=range(5))
     assert m.exact_agreement(t, p) == pytest.approx(np.trace(cm) / cm.sum(), abs=1e-9)
     near = sum(cm[i, j] for i in range(5) for j in range(5) if abs(i - j) <= 1)
@@ -66,14 +66,66 @@ def test_wilcoxon_one_sided_matches_scipy(rng):
 def test_locator_errors_and_shares():
     true = [[0, 0], [10, 0], [0, 0]]
     pred = [[3, 4], [10, 0], [np.nan, np.nan]]
-    err = m.normalised_errors(true, pred, (300, 400))
-    np.testing.assert_allclose(err[:2], [5 / 500, 0.0], atol=1e-12)
+    err = m.normalised_errors(true, pred, (300, 400))  # (H, W): dx / 400, dy / 300
+    np.testing.assert_allclose(err[:2], [np.hypot(3 / 400, 4 / 300), 0.0], atol=1e-12)
     assert np.isinf(err[2])  # a missed joint is wrong at every threshold
-    assert m.share_within(err, 0.01) == pytest.approx(2 / 3)
+    assert m.share_within(err, 0.02) == pytest.approx(2 / 3)
+    assert m.share_within(err, 0.01) == pytest.approx(1 / 3)  # 0.0153 > 0.01
     summary = m.locator_summary(err, ["finger", "finger", "wrist"])
     assert summary["finger"]["within_0.02"] == 1.0 and summary["wrist"]["within_0.03"] == 0.0
     assert summary["all"]["n"] == 3
     assert m.detection_sensitivity([True, True, False], [True, False, False]) == 0.5
+
+
+def test_grades_round_half_up_everywhere():
+    np.testing.assert_array_equal(
+        m.round_grade([0.5, 1.5, 2.5, 3.49, 3.5, 0.49]), [1, 2, 3, 3, 4, 0]
+    )
+    assert m.round_grade(2.5) == 3 and np.rint(2.5) == 2  # np.rint goes to the even grade
+    # PEA (Hirano): exact after rounding half up; 0.5 and 2.5 are the next grade up
+    assert m.exact_agreement([1, 3], [0.5, 2.5]) == 1.0
+    assert m.exact_agreement([0, 2], [0.5, 2.5]) == 0.0
+    assert m.accuracy([1, 3], [0.5, 2.5]) == 1.0
+    # PCA: within one grade after rounding, so a raw error of 1.5 (0 -> 1.5 -> 2) is outside,
+    # one of 1.49 inside, and 2.5 from 1 (rounded to 3) is outside too
+    assert m.within_one_agreement([0, 0, 1], [1.5, 1.49, 2.5]) == pytest.approx(1 / 3)
+    assert m.within_one_agreement([2], [0.5]) == 1.0  # 0.5 -> 1, one grade from 2
+
+
+def test_weighted_kappa_counts_a_missing_grade_as_a_step():
+    """Grade 2 given by nobody: scikit-learn without labels= weighs 1 vs 3 as one step."""
+    t = [0, 1, 3, 3, 1, 0, 3, 1]
+    p = [0, 3, 1, 3, 1, 0, 3, 0]
+    full = skm.cohen_kappa_score(t, p, labels=range(4), weights="linear")
+    assert m.linear_weighted_kappa(t, p) == pytest.approx(full, abs=1e-12)
+    assert m.linear_weighted_kappa(t, p, labels=range(4)) == pytest.approx(full, abs=1e-12)
+    seen_only = skm.cohen_kappa_score(t, p, weights="linear")
+    assert abs(seen_only - full) > 0.01  # the bug the default labels fix
+    # a grade missing at the top of the scale changes nothing (linear weights scale out)
+    assert m.linear_weighted_kappa(t, p, labels=range(6)) == pytest.approx(full, abs=1e-12)
+    # sparse 0-10 foot erosion: the default scale is 0..max, not the grades seen
+    t10, p10 = [0, 2, 6, 10, 10, 2, 0, 6], [0, 6, 2, 10, 6, 2, 2, 10]
+    assert m.linear_weighted_kappa(t10, p10) == pytest.approx(
+        skm.cohen_kappa_score(t10, p10, labels=range(11), weights="linear"), abs=1e-12
+    )
+
+
+def test_locator_headline_error_scales_x_by_width_and_y_by_height():
+    """Li & Guan: positions as fractions of width and height; the diagonal is secondary."""
+    h, w = 1200, 900  # a portrait radiograph
+    diag = np.hypot(h, w)
+    true = [[300.0, 400.0], [300.0, 400.0]]
+    pred = [[300.0 + 0.01 * w, 400.0], [300.0, 400.0 + 0.01 * h]]
+    np.testing.assert_allclose(m.normalised_errors(true, pred, (h, w)), [0.01, 0.01])
+    np.testing.assert_allclose(
+        m.diagonal_errors(true, pred, (h, w)), [0.01 * w / diag, 0.01 * h / diag]
+    )
+    # one shape per point; a missing prediction is infinitely wrong in both
+    per_point = m.normalised_errors(true, [pred[0], [np.nan, np.nan]], [(h, w), (w, h)])
+    assert per_point[0] == pytest.approx(0.01) and np.isinf(per_point[1])
+    assert np.isinf(m.diagonal_errors(true, [pred[0], [np.nan, np.nan]], (h, w))[1])
+    with pytest.raises(ValueError, match="one image shape"):
+        m.normalised_errors(true, pred, [(h, w)] * 3)
 
 
 def test_bootstrap_is_seeded_and_brackets_the_value(grades):

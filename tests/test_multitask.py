@@ -66,13 +66,18 @@ def test_foot_joints_take_finger_types_and_half_erosion():
 
 
 def test_local_label_smoothing_moves_mass_to_neighbouring_grades_only():
-    grades = torch.tensor([[[0.0, 2.0, 4.0, 2.5, -1.0]]])
+    """Maziarz et al.: p / 2 to each neighbour; an end grade has one and keeps 1 - p / 2."""
+    grades = torch.tensor([[[0.0, 2.0, 4.0, 2.5, -1.0, 3.5]]])
     soft = smoothed_grade_targets(grades, 5, 0.1)[0, :, 0].T  # (pixels, K)
-    np.testing.assert_allclose(soft[0], [0.9, 0.1, 0, 0, 0], atol=1e-6)
+    np.testing.assert_allclose(soft[0], [0.95, 0.05, 0, 0, 0], atol=1e-6)
     np.testing.assert_allclose(soft[1], [0, 0.05, 0.9, 0.05, 0], atol=1e-6)
-    np.testing.assert_allclose(soft[2], [0, 0, 0, 0.1, 0.9], atol=1e-6)
+    np.testing.assert_allclose(soft[2], [0, 0, 0, 0.05, 0.95], atol=1e-6)
     np.testing.assert_allclose(soft[3], [0, 0.025, 0.475, 0.475, 0.025], atol=1e-6)
     np.testing.assert_allclose(soft[4], 0)  # ignored pixel
+    np.testing.assert_allclose(soft[5], [0, 0, 0.025, 0.475, 0.5], atol=1e-6)
+    np.testing.assert_allclose(soft[[0, 1, 2, 3, 5]].sum(1), 1.0, atol=1e-6)
+    wide = smoothed_grade_targets(torch.tensor([[[0.0, 10.0]]]), 11, 0.2)[0, :, 0].T
+    assert wide[0, 0] == pytest.approx(0.9) and wide[1, 10] == pytest.approx(0.9)
     np.testing.assert_allclose(smoothed_grade_targets(grades, 5, 0.0)[0, :, 0, 1], [0, 0, 1, 0, 0])
 
 

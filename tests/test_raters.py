@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn import metrics as skm
 
 from annotation_tools import metrics, raters
 from annotation_tools.cli import main
@@ -223,7 +224,8 @@ def test_weighted_kappa_weighs_by_grade_not_by_rank():
     expected = np.outer(observed.sum(1), observed.sum(0)) / len(a)
     by_hand = 1 - (weights * observed).sum() / (weights * expected).sum()
     assert metrics.linear_weighted_kappa(a, b, labels=labels) == pytest.approx(by_hand)
-    assert metrics.linear_weighted_kappa(a, b) != pytest.approx(by_hand)  # scikit's default
+    assert metrics.linear_weighted_kappa(a, b) == pytest.approx(by_hand)  # default 0..max
+    assert skm.cohen_kappa_score(a, b, weights="linear") != pytest.approx(by_hand)  # scikit's
     with pytest.raises(ValueError, match="labels"):
         metrics.linear_weighted_kappa([0, 5], [0, 1], labels=range(4))
     result = metrics.rater_agreement(a, b, labels=labels)

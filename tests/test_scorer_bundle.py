@@ -3,9 +3,9 @@
 import csv
 import json
 import shutil
-import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -308,32 +308,39 @@ def test_training_config_runs_and_saves_weights(patch_data, tmp_path):
     assert any(k.startswith("unet.") for k in state)
 
 
-def test_symmetry_config_fits_on_a_project(small_cohort, tmp_path):
-    target = tmp_path / "symmetry.skops"
-    project = tmp_path / "project"
-    shutil.copytree(small_cohort, project)
-    # three patients are too few; the stage needs at least five
-    proc = subprocess.run(
-        bundle_cmd(
-            "run",
-            "--config_file",
-            "configs/train_symmetry.json",
-            "--bundle_root",
-            ".",
-            "--tree_store",
-            str(project),
-            "--symmetry_file",
-            str(target),
-            "--n_estimators",
-            "5",
-        ),
-        cwd=BUNDLE,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode != 0 and "at least 5" in proc.stdout + proc.stderr
-    assert not target.exists()
+def test_symmetry_config_fits_on_a_project_with_its_parameters(small_cohort, tmp_path, monkeypatch):
+    """train_symmetry.json's run step (in process: the same ConfigParser as monai.bundle run):
+    too few patients are refused; the config's target and max_features (the RA2-DREAM forests:
+    target "score") end up in the fitted model - they used to stop at fit_symmetry_from_bundle."""
+    from annotation_tools.bundles import bundle_parser
+
+    out = tmp_path / "symmetry.skops"
+    scored: dict[str, Any] = {}
+    real = JointScorer.score_patches
+
+    def score_once(self, patch_set, *args, **kwargs):  # the same patches are scored once
+        key = repr(patch_set.meta)
+        if key not in scored:
+            scored[key] = real(self, patch_set, *args, **kwargs)
+        return scored[key]
+
+    monkeypatch.setattr(JointScorer, "score_patches", score_once)
+
+    def run(stores: list[str]) -> None:
+        overrides = {"tree_store": stores, "symmetry_file": str(out), "n_estimators": 3}
+        overrides |= {"max_depth": 2, "target": "score", "max_features": 0.5}
+        bundle_parser(BUNDLE, ["configs/train_symmetry.json"], overrides).get_parsed_content("run")
+
+    with pytest.raises(Exception) as failed:  # three patients are too few
+        run([str(small_cohort)])
+    assert "at least 5" in str(failed.value.__cause__ or failed.value.__context__)
+    assert not out.exists()
+    run([str(small_cohort)] * 2)  # the fixture twice: 6 rows, enough for the minimum of 5
+    model = SymmetryModel.load(out)
+    assert (model.target, model.max_features, model.n_estimators) == ("score", 0.5, 3)
+    assert model.info["patients"] == 6 and model.fitted_keys
+    # the old call dropped both: the model came back as ("residual", 1.0) whatever the config
+    assert model.info["projects"] == [str(small_cohort)] * 2
 
 
 def test_multi_gpu_config_trains_with_two_processes(patch_data, tmp_path):

@@ -48,6 +48,7 @@ info = {"configuration": "quick (configs/train.json + configs/quick.json)",
                       + os.environ.get("STYLE", "schematic") + " (the locator's and scorer's "
                       "training cohort); export --task multitask --shape 288 256 "
                       "--disc-radius 10 13 --folds 5 --seed 0",
+        "seeds": [100],  # the cohorts trained on (annotation_tools/seeds.py reads this)
         "pretrained_encoder": False, "cpu_count": os.cpu_count(),
         "note": "phantom-trained weights: not for clinical use"}
 print("packed", pack_ensemble(members, models, info))

@@ -61,6 +61,7 @@ info = {"configuration": "quick", "jigsaw_pretraining": pretrained,
         "trained_on": "phantoms seed 400 (style " + os.environ.get("STYLE", "schematic")
                       + "), 100 patients x 4 pairs, 3 patient folds"
                       + (", grades of " + os.environ["ANNOTATOR"] if os.environ.get("ANNOTATOR") else ""),
+        "seeds": [400],  # the cohorts trained on (annotation_tools/seeds.py reads this)
         "training_seconds": int(sys.argv[4]), "cpu_count": os.cpu_count(),
         "note": "training time includes data generation/export only when they were not cached"}
 print("packed", pack_members(ckpt, models, info=info))
