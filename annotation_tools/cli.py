@@ -334,7 +334,12 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     service = PredictionService("two-stage", device=args.device)
     if args.task == "locator":
         from .locator_calibration import LOCATOR_CALIBRATION_FILE, calibrate_locator
+        from .seeds import RADIOGRAPH, check_calibration_seed, cohort_seed
 
+        # a choice made on validation data: never a test seed, nor one the weights saw
+        check_calibration_seed(
+            cohort_seed(args.project), RADIOGRAPH, bundles=[service.bundle("locator").root]
+        )
         located = calibrate_locator(service.locator(), args.project)
         out = args.out or service.bundle("locator").root / "models" / LOCATOR_CALIBRATION_FILE
         located.save(out)
