@@ -88,9 +88,29 @@ def benchmark_coverage(
         "calibration": scorer.calibration.source,
         "test_cohort": {"project": str(project), "seed": seed, "patients": len(set(who))},
         "levels": levels,
+        "locator": _locator_coverage(service.locator(), project),
         "seconds": round(time.perf_counter() - started, 1),
         "note": PHANTOM_NOTE,
     }
+
+
+def _locator_coverage(locator: Any, project: Path) -> dict[str, Any] | None:
+    """The locator's radii and probability of being right on the same held-out films."""
+    from .evaluation import present_centres
+    from .locator_calibration import calibration_joints, radius_coverage
+    from .store import TRAINING_SOURCES, AnnotationStore
+
+    if locator is None or locator.calibration is None:
+        return None  # no calibration for these weights: nothing to measure
+    with AnnotationStore.open(project, create=False) as store:
+        truth = {
+            str(store.resolve(im)): present_centres(store.centres(im.id, sources=TRAINING_SOURCES))
+            for im in store.images(modality="radiograph")
+        }
+    results, failed = locator.predict_files(list(truth))
+    joints = calibration_joints([(truth[r.path], r) for r in results])
+    figures = radius_coverage(locator.calibration, joints, LEVELS)
+    return {"calibration": locator.calibration.source, "not_located": len(failed), **figures}
 
 
 def coverage_markdown(result: dict[str, Any]) -> str:
@@ -112,5 +132,32 @@ def coverage_markdown(result: dict[str, Any]) -> str:
                 f"| {float(level):.0%} | {name} | {fig['coverage']:.3f} ({lo:.3f}-{hi:.3f}) | "
                 f"{fig['mean_width']:.2f} | {fig['single_grade']:.2f} | {fig['n']} |"
             )
+    located = result.get("locator")
+    if located:
+        pc = located["p_correct"]
+        lines += [
+            "",
+            "## Locator radius and probability of being right",
+            "",
+            f"Calibrated on {located['calibration'].get('project')} "
+            f"({located['calibration'].get('patients')} patients); same test films as above. "
+            "The radius is in units of the image diagonal; a joint is covered when its true "
+            "centre lies within it.",
+            "",
+            "| nominal | region | coverage | mean radius | n |",
+            "| --- | --- | --- | --- | --- |",
+        ]
+        for level in LEVELS:
+            for region, fig in located[f"{level:g}"].items():
+                lines.append(
+                    f"| {level:.0%} | {region} | {fig['coverage']:.3f} | "
+                    f"{fig['mean_radius']:.4f} | {fig['n']} |"
+                )
+        lines += [
+            "",
+            f"- p_correct (found, named and within 0.02 of the diagonal): mean predicted "
+            f"{pc['mean_predicted']:.3f} vs observed {pc['observed']:.3f}, Brier "
+            f"{pc['brier']:.4f} over {pc['n']} joints",
+        ]
     lines += ["", f"_{result['note']}_", ""]
     return "\n".join(lines)
