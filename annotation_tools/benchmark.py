@@ -597,6 +597,10 @@ def _task(task: str) -> tuple[Any, Any]:
         from .benchmark_coverage import benchmark_coverage, coverage_markdown
 
         return benchmark_coverage, coverage_markdown
+    if task == "hitl":  # a simulated annotator with and without the proposals
+        from .benchmark_hitl import benchmark_hitl, hitl_markdown
+
+        return benchmark_hitl, hitl_markdown
     if task not in TASKS:
         raise ValueError(f"no benchmark for {task!r}; available: all, {', '.join(ALL_TASKS)}")
     return TASKS[task]

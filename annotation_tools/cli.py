@@ -360,9 +360,10 @@ def _benchmark_bundle_roots(args: argparse.Namespace) -> list[Path]:
 
     if args.task == "all":
         return [info.root for info in registry().values()]
-    task = "scorer" if args.task == "coverage" else args.task  # coverage: the scorer's sets
+    # coverage and hitl: the two-stage pipeline (the scorer's bundle, and the locator's)
+    task = "scorer" if args.task in ("coverage", "hitl") else args.task
     roots = [args.bundle or bundle_for(task).root]
-    if args.task == "coverage":
+    if args.task in ("coverage", "hitl"):
         roots.append(bundle_for("locator").root)
     return roots + [b for b in (args.locator_bundle, args.scorer_bundle) if b is not None]
 
@@ -405,7 +406,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
             "scorer_bundle": args.scorer_bundle,
             "n_resamples": args.resamples,
         }
-    elif args.task == "coverage":
+    elif args.task in ("coverage", "hitl"):
         extra = {"n_resamples": args.resamples}
     if args.locator_bundle and args.task not in ("scorer", "multitask"):
         raise ValueError("--locator-bundle belongs to --task scorer or multitask")
@@ -419,6 +420,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         "ultrasound": (60, 2100),
         "multitask": (40, 2000),
         "coverage": (30, 3400),
+        "hitl": (10, 2000),
     }
     args.patients = args.patients or defaults[args.task][0]
     args.seed = args.seed if args.seed is not None else defaults[args.task][1]
@@ -808,7 +810,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--task",
         default="all",
-        choices=["all", "locator", "scorer", "ultrasound", "multitask", "coverage"],
+        choices=["all", "locator", "scorer", "ultrasound", "multitask", "coverage", "hitl"],
         help="one bundle, or all of them in one run (default); multitask: the radiograph "
         "pipelines side by side (two-stage, Hirano via --compare, multi-task U-Net)",
     )
