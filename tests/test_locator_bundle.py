@@ -207,7 +207,8 @@ def test_a_film_that_cannot_be_located_costs_only_itself(heldout, monkeypatch):
         return real(prob, **kw)
 
     monkeypatch.setattr(locator_module, "decode_result", refuse_first)
-    results, failed = JointLocator.from_bundle(BUNDLE, device="cpu").predict_files(paths)
+    locator = JointLocator.from_bundle(BUNDLE, device="cpu")
+    results, failed = locator.predict_files(paths)
     assert [r.path for r in results] == paths[1:]
     assert failed == [
         (paths[0], "ValueError: the shape prior needs at least 3 other joints to predict one")
@@ -222,7 +223,6 @@ def test_a_film_that_cannot_be_located_costs_only_itself(heldout, monkeypatch):
     from annotation_tools.scoring import JointScorer
 
     scorer = JointScorer.from_bundle(BUNDLE.parent / "ra_joint_scorer", device="cpu")
-    locator = JointLocator.from_bundle(BUNDLE, device="cpu")
     same_patient = [p for p in paths if Path(p).name.split("_")[0] in Path(paths[0]).name]
     result = predict_images([(p, read_image(p)) for p in same_patient], locator, scorer)
     assert [path for path, _ in result.failures] == [paths[0]]
