@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -379,15 +380,17 @@ def _patient_error_rates(
     """Is A's combined grade wrong less often than B's? Per-patient error rates, paired
     one-sided Wilcoxon over patients, effect with a patient CI (not McNemar over pairs: the
     pairs of one patient are not independent)."""
-    from .metrics import paired_patient_comparison
+    from .metrics import MetricWarning, paired_patient_comparison
 
-    out = paired_patient_comparison(
-        (~right_a).astype(float),
-        (~right_b).astype(float),
-        patient_ids,
-        loss="raw",
-        n_resamples=max(n_resamples, 200),
-    )
+    with warnings.catch_warnings():  # identical decisions (an ablation that changes nothing)
+        warnings.simplefilter("ignore", MetricWarning)  # give p = nan, said in the table
+        out = paired_patient_comparison(
+            (~right_a).astype(float),
+            (~right_b).astype(float),
+            patient_ids,
+            loss="raw",
+            n_resamples=max(n_resamples, 200),
+        )
     out["only_first_right"] = int(np.sum(right_a & ~right_b))
     out["only_second_right"] = int(np.sum(~right_a & right_b))
     return out
@@ -589,6 +592,10 @@ def _task(task: str) -> tuple[Any, Any]:
     """(benchmark function, markdown function) of a task."""
     if task == "multitask":  # its own module: it runs every radiograph pipeline
         return benchmark_pipelines, pipelines_markdown
+    if task == "baselines":  # not in ALL_TASKS: it generates and trains its own cohorts
+        from .benchmark_baselines import baselines_markdown, benchmark_baselines
+
+        return benchmark_baselines, baselines_markdown
     if task == "coverage":  # the scorer's conformal grade sets
         from .benchmark_coverage import benchmark_coverage, coverage_markdown
 

@@ -346,6 +346,8 @@ def _benchmark_bundle_roots(args: argparse.Namespace) -> list[Path]:
 
     if args.task == "all":
         return [info.root for info in registry().values()]
+    if args.task == "baselines":  # the shipped scorer and RATING ensemble against baselines
+        return [bundle_for("scorer").root, bundle_for("ultrasound").root]
     task = "scorer" if args.task == "coverage" else args.task  # coverage: the scorer's sets
     roots = [args.bundle or bundle_for(task).root]
     if args.task == "coverage":
@@ -391,7 +393,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
             "scorer_bundle": args.scorer_bundle,
             "n_resamples": args.resamples,
         }
-    elif args.task == "coverage":
+    elif args.task in ("coverage", "baselines"):
         extra = {"n_resamples": args.resamples}
     if args.locator_bundle and args.task not in ("scorer", "multitask"):
         raise ValueError("--locator-bundle belongs to --task scorer or multitask")
@@ -405,6 +407,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         "ultrasound": (60, 2100),
         "multitask": (40, 2000),
         "coverage": (30, 3400),
+        "baselines": (20, 1000),  # validation seeds; ultrasound seed + 100
     }
     args.patients = args.patients or defaults[args.task][0]
     args.seed = args.seed if args.seed is not None else defaults[args.task][1]
@@ -794,9 +797,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--task",
         default="all",
-        choices=["all", "locator", "scorer", "ultrasound", "multitask", "coverage"],
+        choices=["all", "locator", "scorer", "ultrasound", "multitask", "coverage", "baselines"],
         help="one bundle, or all of them in one run (default); multitask: the radiograph "
-        "pipelines side by side (two-stage, Hirano via --compare, multi-task U-Net)",
+        "pipelines side by side (two-stage, Hirano via --compare, multi-task U-Net); "
+        "baselines: trivial, pixel-feature and shuffled-label baselines vs the shipped models "
+        "(not in all: it trains its own baselines on a training-seed cohort)",
     )
     p.add_argument("--out", type=Path, help="JSON file (default: results/benchmark_<task>.json)")
     p.add_argument(

@@ -208,6 +208,7 @@ def test_patient_comparison_is_not_fooled_by_many_joints_of_few_patients():
     low, high = result["ci"]
     assert low < 0 < high  # the CI over patients says "no evidence" too
     joints = m.bootstrap_ci(np.mean, a - b, n_resamples=1000, seed=0)
+    assert joints.high < 0  # resampling joints: a "clear" win
     assert high - low > 3 * (joints.high - joints.low)
     assert "10 patients" in result["ci_method"] and "Wilcoxon" in result["test"]
 
