@@ -112,14 +112,19 @@ def _labelled(data: Mapping[str, Any], score_type: str) -> tuple[np.ndarray, np.
 
 
 def _gap_tables(
-    train: Mapping[str, Any], val: Mapping[str, Any], *, shuffled: bool, seed: int
+    train: Mapping[str, Any],
+    val: Mapping[str, Any],
+    *,
+    shuffled: bool,
+    seed: int,
+    trees: int = 200,
 ) -> dict[str, dict[str, float]]:
     """The gap-profile regressors' RA2-DREAM table of the validation patients."""
     table: dict[str, dict[str, float]] = {pid: {} for pid in val["truth"]}
     for score_type in SCORE_TYPES:
         i_tr, y_tr = _labelled(train, score_type)
         i_va, _ = _labelled(val, score_type)
-        model = PixelBaseline("regressor", shuffled=shuffled, seed=seed).fit(
+        model = PixelBaseline("regressor", shuffled=shuffled, seed=seed, trees=trees).fit(
             train["x"][i_tr], y_tr, train["patient"][i_tr], train["site"][i_tr]
         )
         pred = model.predict(val["x"][i_va], val["site"][i_va])
@@ -158,11 +163,18 @@ def _radiograph_part(
     device: str | None,
     scorer_bundle: Path | None,
     learned: bool,
+    cohorts: Mapping[str, Path] | None = None,
+    trees: int = 200,
 ) -> dict[str, Any]:
     from .evaluation import compare_score_tables, score_figures
 
-    train_dir = _cohort(work, train_seed, train_patients, style=style)
-    val_dir = _cohort(work, val_seed, val_patients, style=style)
+    given = cohorts or {}
+    train_dir = given.get("radiograph_train") or _cohort(
+        work, train_seed, train_patients, style=style
+    )
+    val_dir = given.get("radiograph_validation") or _cohort(
+        work, val_seed, val_patients, style=style
+    )
     train, val = radiograph_joint_data(train_dir), radiograph_joint_data(val_dir)
     truth = val["truth"]
     tables = {
@@ -170,9 +182,9 @@ def _radiograph_part(
         "training mean per joint (Li & Guan)": training_mean_table(
             truth, training_means(train["truth"])
         ),
-        "gap profile + random forest": _gap_tables(train, val, shuffled=False, seed=0),
+        "gap profile + random forest": _gap_tables(train, val, shuffled=False, seed=0, trees=trees),
         "gap profile + random forest, patient-shuffled labels (broken)": _gap_tables(
-            train, val, shuffled=True, seed=0
+            train, val, shuffled=True, seed=0, trees=trees
         ),
     }
     baselines = list(tables)
@@ -318,11 +330,17 @@ def _ultrasound_part(
     device: str | None,
     us_bundle: Path | None,
     learned: bool,
+    cohorts: Mapping[str, Path] | None = None,
 ) -> dict[str, Any]:
     from .metrics import paired_patient_comparison
 
-    train_dir = _cohort(work, train_seed, train_patients, style=style, height=256, us_pairs=pairs)
-    val_dir = _cohort(work, val_seed, val_patients, style=style, height=256, us_pairs=pairs)
+    given = cohorts or {}
+    train_dir = given.get("ultrasound_train") or _cohort(
+        work, train_seed, train_patients, style=style, height=256, us_pairs=pairs
+    )
+    val_dir = given.get("ultrasound_validation") or _cohort(
+        work, val_seed, val_patients, style=style, height=256, us_pairs=pairs
+    )
     train, val = ultrasound_pair_data(train_dir), ultrasound_pair_data(val_dir)
     preds: dict[str, dict[str, np.ndarray]] = {}
     for grade in US_GRADES:
@@ -427,6 +445,8 @@ def benchmark_baselines(
     work: Path | None = None,
     scorer_bundle: Path | None = None,
     us_bundle: Path | None = None,
+    cohorts: Mapping[str, Path] | None = None,
+    trees: int = 200,
 ) -> dict[str, Any]:
     """Baselines, their shuffled twins and the shipped models on validation-seed phantoms.
 
@@ -435,17 +455,26 @@ def benchmark_baselines(
     ``style``: ``schematic``, what the shipped weights were trained on (``anatomical`` for
     bundles retrained on it). ``heldout``: a folder for the generated cohorts (default
     ``runs/baselines``); ``bundle`` is not used (``scorer_bundle``, ``us_bundle``).
-    ``learned=False`` reports the baselines alone.
+    ``learned=False`` reports the baselines alone. ``cohorts``: existing projects instead of
+    generated ones, by ``radiograph_train``, ``radiograph_validation``, ``ultrasound_train``,
+    ``ultrasound_validation`` (the seeds reported are then only labels). ``trees``: of the
+    gap-profile forests.
     """
     del bundle
     started = time.perf_counter()
     work = Path(work or heldout or Path("runs") / "baselines")
     us_seed = seed + 100 if us_seed is None else us_seed
     us_patients = us_patients or patients
-    common = {"style": style, "n_resamples": n_resamples, "device": device, "learned": learned}
+    common = {
+        "style": style,
+        "n_resamples": n_resamples,
+        "device": device,
+        "learned": learned,
+        "cohorts": cohorts,
+    }
     radiograph = _radiograph_part(
         work, train_seed=train_seed, val_seed=seed, train_patients=train_patients,
-        val_patients=patients, scorer_bundle=scorer_bundle, **common,
+        val_patients=patients, scorer_bundle=scorer_bundle, trees=trees, **common,
     )  # fmt: skip
     ultrasound = _ultrasound_part(
         work, train_seed=us_train_seed, val_seed=us_seed, train_patients=us_train_patients,

@@ -107,3 +107,27 @@ def test_beats_baseline_needs_the_margin_and_a_ci_below_zero():
     assert not perfect["beats"] and "already perfect" in perfect["reason"]
     assert bl.falls_to_chance({"ci": [-0.1, 0.05]})["falls_to_chance"]
     assert not bl.falls_to_chance({"ci": [-0.3, -0.1]})["falls_to_chance"]
+
+
+def test_baselines_task_reports_every_row_and_verdict(small_cohort):
+    from annotation_tools.benchmark import _task
+    from annotation_tools.benchmark_baselines import baselines_markdown, benchmark_baselines
+
+    assert _task("baselines") == (benchmark_baselines, baselines_markdown)
+    same = {k: small_cohort for k in ("radiograph", "ultrasound")}
+    cohorts = {f"{k}_{part}": v for k, v in same.items() for part in ("train", "validation")}
+    # the shipped models' rows are left out here (learned=False): loading them costs the suite
+    result = benchmark_baselines(
+        cohorts=cohorts, n_resamples=5, patients=3, us_patients=3, learned=False, trees=5
+    )
+    rad = [r["name"] for r in result["radiograph"]["rows"]]
+    assert rad[:2] == ["all zeros (Li & Guan)", "training mean per joint (Li & Guan)"]
+    assert len(rad) == 4 and "shuffled" in rad[3]
+    us = result["ultrasound"]
+    assert len(us["rows"]) == 3 and "shuffled" in us["rows"][2]["name"]
+    assert us["validation"]["pairs"] == 6
+    shuffled = result["radiograph"]["verdicts"]["narrowing"]["shuffled_vs_training_mean"]
+    assert shuffled["n_patients"] == 3 and "falls_to_chance" in shuffled
+    assert set(us["verdicts"]) == {"synovial_hypertrophy", "vascularity", "combined"}
+    table = baselines_markdown(result)
+    assert "bootstrap over 3 patients" in table and "Phantom figures" in table
