@@ -297,6 +297,9 @@ def pipelines_markdown(result: dict[str, Any]) -> str:
             f"{'-' if minutes is None else f'{minutes:.0f}'} |"
         )
     lines.append("")
+    ci_method = result["pipelines"][0].get("ci_method") if result["pipelines"] else None
+    if ci_method:
+        lines.append(f"- CI: {ci_method}; paired tests: per patient (below)")
     for key, title in (
         ("paired_two_stage_vs_multitask", "two-stage vs multi-task"),
         ("ensemble_vs_single", "ensemble vs one member"),
