@@ -229,7 +229,7 @@ def patient_shuffled(
     Patients are cycled through a seeded random order (a derangement: no patient keeps its
     own labels), so the label distribution per key stays and only the image-label link is
     broken. A key the other patient lacks (or has fewer cases of) takes a random label of
-    that key.
+    that key from any other patient.
     """
     y = np.asarray(labels)
     ids = np.asarray(patient_ids)
@@ -253,7 +253,11 @@ def patient_shuffled(
     out = y.copy()
     for i, (p, k) in enumerate(zip(ids.tolist(), ks.tolist(), strict=True)):
         other = cells.get((donor[p], k), [])
-        j = other[rank[i]] if rank[i] < len(other) else int(rng.choice(by_key[k]))
+        if rank[i] < len(other):
+            j = other[rank[i]]
+        else:  # never the patient's own label: that would leak the truth back
+            pool = [c for c in by_key[k] if ids[c] != p] or by_key[k]
+            j = int(rng.choice(pool))
         out[i] = y[j]
     return out
 

@@ -51,6 +51,7 @@ __all__ = [
 MARGIN = 0.10  # a learned loss must be at least 10 % below the best baseline's
 SCORE_TYPES = ("narrowing", "erosion")
 US_GRADES = ("synovial_hypertrophy", "vascularity", "combined")
+SHUFFLE_SEEDS = (0, 1, 2, 3, 4)  # the broken ultrasound variant: five shuffles, pooled
 PATCH_SIZE = 96  # finer than the scorer's 64 px: the gap is a few pixels wide
 
 
@@ -348,31 +349,64 @@ def _ultrasound_part(
         preds.setdefault("majority grade of the training cohort", {})[grade] = np.full(
             len(val["x"]), int(np.argmax(counts))
         )
-    for name, shuffled in (
-        ("dark + colour pixel shares + logistic regression", False),
-        ("dark + colour pixel shares, patient-shuffled labels (broken)", True),
-    ):
-        preds[name] = {}
-        for grade in US_GRADES:
-            model = PixelBaseline("classifier", shuffled=shuffled, seed=0).fit(
-                train["x"], train["y"][grade], train["patient"], keys=train["site"]
-            )
-            preds[name][grade] = model.predict(val["x"]).astype(int)
-    baselines = list(preds)
+    real_name = "dark + colour pixel shares + logistic regression"
+    broken = (
+        f"dark + colour pixel shares, patient-shuffled labels (broken; {len(SHUFFLE_SEEDS)} "
+        "shuffles pooled)"
+    )
+    preds[real_name] = {}
+    for grade in US_GRADES:
+        model = PixelBaseline("classifier", seed=0).fit(
+            train["x"], train["y"][grade], train["patient"], keys=train["site"]
+        )
+        preds[real_name][grade] = model.predict(val["x"]).astype(int)
+    # one shuffle is a coin flip (an argmax needs only the right sign of a slope fitted to
+    # noise): the broken variant is every shuffle seed's predictions, pooled
+    shuffled = {
+        grade: np.stack(
+            [
+                PixelBaseline("classifier", shuffled=True, seed=s)
+                .fit(train["x"], train["y"][grade], train["patient"], keys=train["site"])
+                .predict(val["x"])
+                .astype(int)
+                for s in SHUFFLE_SEEDS
+            ]
+        )
+        for grade in US_GRADES
+    }
+    baselines = [*preds, broken]
+    reps = len(SHUFFLE_SEEDS)
     if learned:
         preds["shipped RATING ensemble (MULTITUDE)"] = _rating_grades(
             val["cases"], us_bundle, device
         )
-    rows = [
-        {
-            "name": name,
-            "kind": "baseline" if name in baselines else "learned",
-            **{g: _us_figures(val["y"][g], p[g], val["patient"], n_resamples) for g in US_GRADES},
+
+    def figures(name: str) -> dict[str, Any]:
+        if name == broken:  # every shuffle's predictions, each patient's pairs resampled together
+            return {
+                g: _us_figures(
+                    np.tile(val["y"][g], reps),
+                    shuffled[g].ravel(),
+                    np.tile(val["patient"], reps),
+                    n_resamples,
+                )
+                for g in US_GRADES
+            }
+        return {
+            g: _us_figures(val["y"][g], preds[name][g], val["patient"], n_resamples)
+            for g in US_GRADES
         }
-        for name, p in preds.items()
+
+    names = [*baselines, *(n for n in preds if n not in baselines)]
+    rows = [
+        {"name": n, "kind": "baseline" if n in baselines else "learned", **figures(n)}
+        for n in names
     ]
 
     def wrong(name: str, grade: str) -> np.ndarray:
+        """Per pair: 1 wrong, 0 right (the shuffled variant: the share of its shuffles wrong)."""
+        if name == broken:
+            return (shuffled[grade] != val["y"][grade]).mean(0)
         return (preds[name][grade] != val["y"][grade]).astype(float)
 
     verdicts: dict[str, Any] = {}
@@ -399,7 +433,7 @@ def _ultrasound_part(
             "pixel_shares_vs_majority": real_fit,
             "learned": {},
         }
-        for name in preds:
+        for name in names:
             if name in baselines:
                 continue
             diff = paired_patient_comparison(

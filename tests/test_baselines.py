@@ -131,3 +131,10 @@ def test_baselines_task_reports_every_row_and_verdict(small_cohort):
     assert set(us["verdicts"]) == {"synovial_hypertrophy", "vascularity", "combined"}
     table = baselines_markdown(result)
     assert "bootstrap over 3 patients" in table and "Phantom figures" in table
+
+
+def test_patient_shuffled_fallback_never_returns_the_own_label():
+    ids = np.array([0, 1, 2, 3])
+    keys = np.array(["a", "a", "b", "b"])  # a donor often lacks the key: the fallback is used
+    for seed in range(20):
+        assert np.all(bl.patient_shuffled(ids, ids, keys, seed=seed) != ids)
