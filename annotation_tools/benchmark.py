@@ -10,6 +10,7 @@ import json
 import os
 import platform
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -170,10 +171,9 @@ def benchmark_scorer(
     Patch scores are measured on the annotated centres (so variants differ only in scoring);
     ``end_to_end`` runs locator -> scorer -> symmetry on the image files.
     """
-    from .evaluation import paired_patient_mse, paired_score_errors, read_dream_table
+    from .evaluation import compare_score_tables, read_dream_table
     from .imageio import read_image
     from .locator import JointLocator
-    from .metrics import paired_mean_test, wilcoxon_one_sided
     from .predict import predict_images
     from .scoring import JointScorer, load_patch_set
     from .store import TRAINING_SOURCES, AnnotationStore
@@ -221,28 +221,23 @@ def benchmark_scorer(
                 **score_summary(truth, symmetry_table, n_resamples),
             }
         )
-        pair = [symmetry_table, patch_tables[(shipped.variant, shipped.head)]]
+        patch_table = patch_tables[(shipped.variant, shipped.head)]
         for score_type in ("narrowing", "erosion", None):
-            sym_mse, patch_mse = paired_patient_mse(truth, pair, score_type)
-            entry = {
-                "rmse_symmetry": float(np.sqrt(np.mean(sym_mse))),
-                "rmse_patch": float(np.sqrt(np.mean(patch_mse))),
-                "patient_mse_permutation_test": paired_mean_test(sym_mse, patch_mse),
-            }
-            if score_type:
-                sym_err, patch_err = paired_score_errors(truth, pair, score_type)
-                entry["joint_abs_error_wilcoxon"] = wilcoxon_one_sided(sym_err, patch_err)
-            symmetry[score_type or "all"] = entry
+            # per-patient MSE, one-sided Wilcoxon over patients, effect with a patient CI
+            symmetry[score_type or "all"] = compare_score_tables(
+                truth, symmetry_table, patch_table, score_type, n_resamples=n_resamples
+            )
         symmetry["model"] = shipped.symmetry.info
     tests = {}
     for head in sorted({h for _, h in patch_tables}):
         if ("seg_guided", head) not in patch_tables or ("plain", head) not in patch_tables:
             continue
-        pair = [patch_tables[("seg_guided", head)], patch_tables[("plain", head)]]
+        seg, plain = patch_tables[("seg_guided", head)], patch_tables[("plain", head)]
         suffix = "" if head == shipped.head else f"_{head}_head"
         for score_type in ("narrowing", "erosion"):
-            seg, plain = paired_score_errors(truth, pair, score_type)
-            tests[f"seg_guided_vs_plain_{score_type}{suffix}"] = wilcoxon_one_sided(seg, plain)
+            tests[f"seg_guided_vs_plain_{score_type}{suffix}"] = compare_score_tables(
+                truth, seg, plain, score_type, n_resamples=n_resamples
+            )
     # end to end on the files, and the time of a whole patient
     locator = JointLocator.from_bundle(bundle_path("locator", locator_bundle), device=device)
     with AnnotationStore.open(project, create=False) as store:
@@ -316,13 +311,37 @@ def benchmark_scorer(
     }
 
 
+def comparison_text(test: dict[str, Any]) -> str:
+    """One line of a paired patient-level comparison (``compare_score_tables`` or
+    ``metrics.paired_patient_comparison``): the figures, the effect with its CI, the test."""
+    head = ""
+    if "rmse_a" in test:
+        head = f"RMSE {test['rmse_a']:.3f} vs {test['rmse_b']:.3f}; "
+    elif "mean_a" in test:
+        head = f"{test['mean_a']:.3f} vs {test['mean_b']:.3f} per patient; "
+    low, high = test["ci"]
+    return (
+        f"{head}effect (A - B, per-patient {test['loss']} loss) {test['effect']:+.4f} "
+        f"(CI {low:+.4f} to {high:+.4f}, {test['ci_method']}); {test['test']}: "
+        f"p = {test['p_value']:.3g}"
+    )
+
+
+def _rmse_ci(block: dict[str, Any]) -> str:
+    ci = block.get("rmse_ci")
+    if not ci or "ci_low" not in ci:
+        return f"{block['rmse']:.3f}"
+    return f"{block['rmse']:.3f} ({ci['ci_low']:.3f}-{ci['ci_high']:.3f})"
+
+
 def scorer_markdown(result: dict[str, Any]) -> str:
     held = result["heldout"]
     lines = [
         f"### Joint scorer ({held['patients']} held-out phantom patients, seed {held['seed']}, "
         f"{held['patches']} joint patches; annotated centres)",
         "",
-        "| model | narrowing exact | within one | RMSE | erosion exact | within one | RMSE | "
+        "| model | narrowing exact | within one | RMSE (95% CI) | erosion exact | within one | "
+        "RMSE (95% CI) | "
         "total r | total RMSE |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
@@ -335,8 +354,8 @@ def scorer_markdown(result: dict[str, Any]) -> str:
         total = f"{value_of(t['pearson_r']):.4f} | {t['rmse']:.2f}" if t else "n/a | n/a"
         lines.append(
             f"| {v['name']} | {n['exact_agreement']:.1%} | {n['within_one_agreement']:.1%} | "
-            f"{n['rmse']:.3f} | {e['exact_agreement']:.1%} | {e['within_one_agreement']:.1%} | "
-            f"{e['rmse']:.3f} | {total} |"
+            f"{_rmse_ci(n)} | {e['exact_agreement']:.1%} | {e['within_one_agreement']:.1%} | "
+            f"{_rmse_ci(e)} | {total} |"
         )
     if result["end_to_end"].get("films_not_located"):
         lines.append(
@@ -344,26 +363,15 @@ def scorer_markdown(result: dict[str, Any]) -> str:
             f"where a film is missing): {len(result['end_to_end']['films_not_located'])}"
         )
     lines.append("")
+    ci_method = result["variants"][0].get("ci_method")
+    if ci_method:
+        lines.append(f"- CI: {ci_method}")
     for name, test in result["tests"].items():
-        lines.append(
-            f"- {name.replace('_', ' ')}: one-sided paired Wilcoxon on per-joint absolute error, "
-            f"p = {test['p_value']:.3g} (median difference {test['median_diff']:+.4f})"
-        )
+        lines.append(f"- {name.replace('_', ' ')}: {comparison_text(test)}")
     sym = result["symmetry"]
     if sym.get("applied"):
         for key in ("narrowing", "erosion", "all"):
-            s = sym[key]
-            line = (
-                f"- symmetry vs patch ({key}): RMSE {s['rmse_symmetry']:.3f} vs "
-                f"{s['rmse_patch']:.3f}; paired permutation test on per-patient MSE, "
-                f"p = {s['patient_mse_permutation_test']['p_value']:.3g}"
-            )
-            if "joint_abs_error_wilcoxon" in s:
-                line += (
-                    f"; Wilcoxon on per-joint absolute error p = "
-                    f"{s['joint_abs_error_wilcoxon']['p_value']:.3g}"
-                )
-            lines.append(line)
+            lines.append(f"- symmetry vs patch ({key}): {comparison_text(sym[key])}")
     sp = result["speed"]
     lines += [
         f"- whole patient ({sp['includes']}): median {sp['seconds_per_patient_median']:.2f} s, "
@@ -392,14 +400,26 @@ ULTRASOUND_TARGETS = {
 }
 
 
-def _mcnemar(correct_a: np.ndarray, correct_b: np.ndarray) -> dict[str, float]:
-    """Exact McNemar test (binomial on the discordant pairs): do two models differ?"""
-    from scipy.stats import binomtest
+def _patient_error_rates(
+    right_a: np.ndarray, right_b: np.ndarray, patient_ids: Sequence[str], n_resamples: int
+) -> dict[str, Any]:
+    """Is A's combined grade wrong less often than B's? Per-patient error rates, paired
+    one-sided Wilcoxon over patients, effect with a patient CI (not McNemar over pairs: the
+    pairs of one patient are not independent)."""
+    from .metrics import MetricWarning, paired_patient_comparison
 
-    only_a = int(np.sum(correct_a & ~correct_b))
-    only_b = int(np.sum(~correct_a & correct_b))
-    p = binomtest(only_a, only_a + only_b).pvalue if only_a + only_b else 1.0
-    return {"only_first_right": only_a, "only_second_right": only_b, "p_value": float(p)}
+    with warnings.catch_warnings():  # identical decisions (an ablation that changes nothing)
+        warnings.simplefilter("ignore", MetricWarning)  # give p = nan, said in the table
+        out = paired_patient_comparison(
+            (~right_a).astype(float),
+            (~right_b).astype(float),
+            patient_ids,
+            loss="raw",
+            n_resamples=max(n_resamples, 200),
+        )
+    out["only_first_right"] = int(np.sum(right_a & ~right_b))
+    out["only_second_right"] = int(np.sum(~right_a & right_b))
+    return out
 
 
 def _decide_all(ensemble: Any, cases: Any, batch: int = 16) -> list[dict[str, Any]]:
@@ -410,7 +430,10 @@ def _decide_all(ensemble: Any, cases: Any, batch: int = 16) -> list[dict[str, An
             x = torch.as_tensor(np.stack([c.image for c in chunk]), dtype=torch.float32) / 255.0
             logits.append(ensemble(x.to(next(ensemble.parameters()).device)).cpu().numpy())
     decisions = ensemble.decide(np.concatenate(logits))
-    return [{**d, "truth": c.truth} for c, d in zip(cases.cases, decisions, strict=True)]
+    return [
+        {**d, "truth": c.truth, "patient_id": c.patient_id}
+        for c, d in zip(cases.cases, decisions, strict=True)
+    ]
 
 
 def benchmark_ultrasound(
@@ -452,10 +475,11 @@ def benchmark_ultrasound(
         ("greyscale_only_sh", "grey-scale only SH (F alone), MULTITUDE"),
     ):
         models.append({"name": label, **_us_row(figures["ablations"][name])})
+    patient_ids = [r["patient_id"] for r in rows]
     tests = {}
     for name in ("majority_vote", "single_model", "greyscale_only_sh"):
         other = np.array([r["ablations"][name]["combined"] == r["truth"]["combined"] for r in rows])
-        tests[f"shipped_vs_{name}"] = _mcnemar(right, other)
+        tests[f"shipped_vs_{name}"] = _patient_error_rates(right, other, patient_ids, n_resamples)
     for folder in compare:
         other_ensemble, other_info = ensemble_of(Path(folder))
         other_rows = _decide_all(other_ensemble, cases)
@@ -463,7 +487,9 @@ def benchmark_ultrasound(
         label = f"{Path(folder).name} (jigsaw {other_info.get('jigsaw_pretraining')})"
         models.append({"name": label, **_us_row(other_fig)})
         other_right = np.array([r["combined"] == r["truth"]["combined"] for r in other_rows])
-        tests[f"shipped_vs_{Path(folder).name}"] = _mcnemar(right, other_right)
+        tests[f"shipped_vs_{Path(folder).name}"] = _patient_error_rates(
+            right, other_right, patient_ids, n_resamples
+        )
     # speed: one pair at a time, all networks; then integrated gradients
     times = []
     with torch.no_grad():
@@ -556,11 +582,13 @@ def ultrasound_markdown(result: dict[str, Any]) -> str:
             f"{m['invalid_pairs']} |"
         )
     lines.append("")
+    if result["figures"].get("ci_method"):
+        lines.append(f"- CI: {result['figures']['ci_method']}")
     for name, test in result["tests"].items():
         lines.append(
-            f"- {name.replace('_', ' ')} (combined grade right/wrong, exact McNemar): "
-            f"{test['only_first_right']} vs {test['only_second_right']} discordant pairs, "
-            f"p = {test['p_value']:.3g}"
+            f"- {name.replace('_', ' ')} (combined grade wrong, per-patient error rate; "
+            f"{test['only_first_right']} vs {test['only_second_right']} discordant pairs): "
+            f"{comparison_text(test)}"
         )
     sp = result["speed"]
     lines += [
@@ -593,6 +621,10 @@ def _task(task: str) -> tuple[Any, Any]:
     """(benchmark function, markdown function) of a task."""
     if task == "multitask":  # its own module: it runs every radiograph pipeline
         return benchmark_pipelines, pipelines_markdown
+    if task == "baselines":  # not in ALL_TASKS: it generates and trains its own cohorts
+        from .benchmark_baselines import baselines_markdown, benchmark_baselines
+
+        return benchmark_baselines, baselines_markdown
     if task == "coverage":  # the scorer's conformal grade sets
         from .benchmark_coverage import benchmark_coverage, coverage_markdown
 

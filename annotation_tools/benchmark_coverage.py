@@ -27,15 +27,12 @@ DEFAULT_SEED = 3400
 def _patient_ci(
     covered: np.ndarray, patients: np.ndarray, n_resamples: int, seed: int = 0
 ) -> list[float]:
-    """95 % CI of the coverage by resampling patients with all their joints."""
-    ids = np.unique(patients)
-    per = {p: covered[patients == p] for p in ids}
-    rng = np.random.default_rng(seed)
-    stats = []
-    for _ in range(n_resamples):
-        chosen = rng.choice(ids, size=len(ids), replace=True)
-        stats.append(np.concatenate([per[p] for p in chosen]).mean())
-    return [float(np.percentile(stats, 2.5)), float(np.percentile(stats, 97.5))]
+    """95 % CI of the coverage by resampling patients with all their joints (the cluster
+    bootstrap of :func:`metrics.bootstrap_ci`, as every benchmark CI)."""
+    from .metrics import bootstrap_ci
+
+    ci = bootstrap_ci(np.mean, covered, n_resamples=n_resamples, seed=seed, groups=patients)
+    return [ci.low, ci.high]
 
 
 def benchmark_coverage(

@@ -3,8 +3,8 @@
 The two-stage pipeline (locator -> patch scorer -> symmetry), the same locator with Hirano's
 patch CNN (``--compare`` a scorer variant folder) and the one-network multi-task U-Net (one
 member and the whole ensemble) run end to end on the same held-out phantom patients. Each
-pipeline runs in its own fresh process, so its peak memory is its own. A paired test on
-per-joint absolute errors (and on per-patient MSE) says which pipeline scores better.
+pipeline runs in its own fresh process, so its peak memory is its own. A paired test over
+patients (per-patient MSE, one-sided Wilcoxon) says which pipeline scores better.
 """
 
 from __future__ import annotations
@@ -119,28 +119,31 @@ def _training_minutes(bundle: Path, kind: str) -> float | None:
     return json.loads(info.read_text())["seconds"] / 60.0 if info.is_file() else None
 
 
-def _paired(truth: dict, a: dict, b: dict, names: tuple[str, str]) -> dict[str, Any]:
-    """Per-joint absolute errors (Wilcoxon) and per-patient MSE (sign-flip permutation),
-    both directions; the better pipeline is named only when a test says so at 0.05/2."""
-    from .evaluation import paired_patient_mse, paired_score_errors
-    from .metrics import paired_mean_test, wilcoxon_one_sided
+def _paired(
+    truth: dict, a: dict, b: dict, names: tuple[str, str], n_resamples: int = 2000
+) -> dict[str, Any]:
+    """Per-patient MSE of the two pipelines, one-sided Wilcoxon over patients in both
+    directions, the effect with a CI over patients; the better pipeline is named only when a
+    test says so at 0.05/2. Never joints as independent samples."""
+    from .evaluation import compare_score_tables, paired_patient_errors
 
     out: dict[str, Any] = {}
     for score_type in ("narrowing", "erosion"):
-        err_a, err_b = paired_score_errors(truth, [a, b], score_type)
-        mse_a, mse_b = paired_patient_mse(truth, [a, b], score_type)
+        (err_a, err_b), _ = paired_patient_errors(truth, [a, b], score_type)
+        a_better = compare_score_tables(truth, a, b, score_type, n_resamples=n_resamples)
+        b_better = compare_score_tables(truth, b, a, score_type, n_resamples=n_resamples)
         entry = {
             "joints": int(err_a.size),
+            "patients": a_better["n_patients"],
             "mean_abs_error": {names[0]: float(err_a.mean()), names[1]: float(err_b.mean())},
-            "wilcoxon_a_better": wilcoxon_one_sided(err_a, err_b),
-            "wilcoxon_b_better": wilcoxon_one_sided(err_b, err_a),
-            "patient_mse_a_better": paired_mean_test(mse_a, mse_b),
-            "patient_mse_b_better": paired_mean_test(mse_b, mse_a),
+            "rmse": {names[0]: a_better["rmse_a"], names[1]: a_better["rmse_b"]},
+            "a_better": a_better,
+            "b_better": b_better,
         }
         alpha = 0.025  # two one-sided tests = one two-sided test at 0.05
-        if entry["wilcoxon_a_better"]["p_value"] < alpha:
+        if a_better["p_value"] < alpha:
             entry["better"] = names[0]
-        elif entry["wilcoxon_b_better"]["p_value"] < alpha:
+        elif b_better["p_value"] < alpha:
             entry["better"] = names[1]
         else:
             entry["better"] = "no significant difference"
@@ -252,13 +255,14 @@ def benchmark_pipelines(
         "heldout": {"project": str(project), "patients": patients, "seed": seed},
         "pipelines": rows,
         "paired_two_stage_vs_multitask": _paired(
-            truth, tables[two_stage], tables[multitask], (two_stage, multitask)
+            truth, tables[two_stage], tables[multitask], (two_stage, multitask), n_resamples
         ),
         "ensemble_vs_single": _paired(
             truth,
             tables[multitask],
             tables["multi-task U-Net, one member"],
             (multitask, "multi-task U-Net, one member"),
+            n_resamples,
         )
         if n_members > 1
         else None,
@@ -304,6 +308,9 @@ def pipelines_markdown(result: dict[str, Any]) -> str:
             f"{'-' if minutes is None else f'{minutes:.0f}'} |"
         )
     lines.append("")
+    ci_method = result["pipelines"][0].get("ci_method") if result["pipelines"] else None
+    if ci_method:
+        lines.append(f"- CI: {ci_method}; paired tests: per patient (below)")
     for key, title in (
         ("paired_two_stage_vs_multitask", "two-stage vs multi-task"),
         ("ensemble_vs_single", "ensemble vs one member"),
@@ -312,14 +319,16 @@ def pipelines_markdown(result: dict[str, Any]) -> str:
         if not block:
             continue
         for score_type, entry in block.items():
-            mae_a, mae_b = entry["mean_abs_error"].values()
+            rmse_a, rmse_b = entry["rmse"].values()
+            test = entry["a_better"]
+            low, high = test["ci"]
             lines.append(
-                f"- {title}, {score_type} ({entry['joints']} joints scored by both): mean "
-                f"absolute error {mae_a:.3f} vs {mae_b:.3f}; paired Wilcoxon p = "
-                f"{entry['wilcoxon_a_better']['p_value']:.3g} (first better) / "
-                f"{entry['wilcoxon_b_better']['p_value']:.3g} (second better); per-patient MSE "
-                f"permutation p = {entry['patient_mse_a_better']['p_value']:.3g} / "
-                f"{entry['patient_mse_b_better']['p_value']:.3g}. **Better: {entry['better']}**"
+                f"- {title}, {score_type} ({entry['joints']} joints of {entry['patients']} "
+                f"patients scored by both): RMSE {rmse_a:.3f} vs {rmse_b:.3f}; per-patient MSE "
+                f"difference {test['effect']:+.4f} (CI {low:+.4f} to {high:+.4f}, "
+                f"{test['ci_method']}); {test['test']}: p = {test['p_value']:.3g} (first "
+                f"better) / {entry['b_better']['p_value']:.3g} (second better). "
+                f"**Better: {entry['better']}**"
             )
     lines += ["", f"_{PHANTOM_NOTE}_", ""]
     return "\n".join(lines)

@@ -96,8 +96,13 @@ def score_summary(truth: dict, table: dict, n_resamples: int) -> dict[str, Any]:
 
     fig = score_figures(truth, table, n_resamples=n_resamples)
     keep = ("rmse", "exact_agreement", "within_one_agreement", "pearson_r", "n")
-    out: dict[str, Any] = {k: {m: fig["per_score"][k][m] for m in keep} for k in fig["per_score"]}
+    keep += ("rmse_ci",)  # bootstrap over patients (score_figures gives patient ids)
+    out: dict[str, Any] = {
+        k: {m: fig["per_score"][k][m] for m in keep if m in fig["per_score"][k]}
+        for k in fig["per_score"]
+    }
     out["totals"] = fig["patient_totals"]
+    out["ci_method"] = fig["ci_method"]
     return out
 
 

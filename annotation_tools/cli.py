@@ -360,6 +360,8 @@ def _benchmark_bundle_roots(args: argparse.Namespace) -> list[Path]:
 
     if args.task == "all":
         return [info.root for info in registry().values()]
+    if args.task == "baselines":  # the shipped scorer and RATING ensemble against baselines
+        return [bundle_for("scorer").root, bundle_for("ultrasound").root]
     # coverage and hitl: the two-stage pipeline (the scorer's bundle, and the locator's)
     task = "scorer" if args.task in ("coverage", "hitl") else args.task
     roots = [args.bundle or bundle_for(task).root]
@@ -406,7 +408,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
             "scorer_bundle": args.scorer_bundle,
             "n_resamples": args.resamples,
         }
-    elif args.task in ("coverage", "hitl"):
+    elif args.task in ("coverage", "hitl", "baselines"):
         extra = {"n_resamples": args.resamples}
     if args.locator_bundle and args.task not in ("scorer", "multitask"):
         raise ValueError("--locator-bundle belongs to --task scorer or multitask")
@@ -421,6 +423,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         "multitask": (40, 2000),
         "coverage": (30, 3400),
         "hitl": (10, 2000),
+        "baselines": (20, 1000),  # validation seeds; ultrasound seed + 100
     }
     args.patients = args.patients or defaults[args.task][0]
     args.seed = args.seed if args.seed is not None else defaults[args.task][1]
@@ -810,9 +813,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--task",
         default="all",
-        choices=["all", "locator", "scorer", "ultrasound", "multitask", "coverage", "hitl"],
+        choices=[
+            "all",
+            "locator",
+            "scorer",
+            "ultrasound",
+            "multitask",
+            "coverage",
+            "hitl",
+            "baselines",
+        ],
         help="one bundle, or all of them in one run (default); multitask: the radiograph "
-        "pipelines side by side (two-stage, Hirano via --compare, multi-task U-Net)",
+        "pipelines side by side (two-stage, Hirano via --compare, multi-task U-Net); "
+        "baselines: trivial, pixel-feature and shuffled-label baselines vs the shipped models "
+        "(not in all: it trains its own baselines on a training-seed cohort)",
     )
     p.add_argument("--out", type=Path, help="JSON file (default: results/benchmark_<task>.json)")
     p.add_argument(

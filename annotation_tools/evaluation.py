@@ -74,11 +74,24 @@ def _check_grade(path: Path, line: int, column: str, value: float) -> None:
         raise ValueError(f"{path}:{line} {column}: {exc}") from None
 
 
-def with_ci(fn: Any, truth: np.ndarray, pred: np.ndarray, n_resamples: int, seed: int) -> dict:
-    """``fn(truth, pred)`` with its bootstrap 95 % CI (just the value when ``n_resamples`` is 0)."""
+def with_ci(
+    fn: Any,
+    truth: np.ndarray,
+    pred: np.ndarray,
+    n_resamples: int,
+    seed: int,
+    groups: Sequence[Any] | None = None,
+) -> dict:
+    """``fn(truth, pred)`` with its bootstrap 95 % CI (just the value when ``n_resamples`` is 0).
+
+    ``groups`` (the patient of each case) makes it a bootstrap over patients; the benchmarks
+    always give them. The dict's ``ci_method`` says which it was.
+    """
     if n_resamples <= 0:
         return {"value": fn(truth, pred)}
-    return metrics.bootstrap_ci(fn, truth, pred, n_resamples=n_resamples, seed=seed).as_dict()
+    return metrics.bootstrap_ci(
+        fn, truth, pred, n_resamples=n_resamples, seed=seed, groups=groups
+    ).as_dict()
 
 
 def evaluate_score_tables(
@@ -101,7 +114,9 @@ def score_figures(
 ) -> dict[str, Any]:
     """Per-joint and per-patient figures of two RA2-DREAM tables (patient -> column -> value)."""
     missing_patients = sorted(set(truth) - set(pred))
-    per_type: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
+    per_type: dict[str, tuple[list[float], list[float], list[str]]] = defaultdict(
+        lambda: ([], [], [])
+    )
     per_joint: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
     missing_scores = 0
     for pid, row in truth.items():
@@ -118,6 +133,7 @@ def score_figures(
             for bucket in (per_type[key], per_type[score_type.value]):
                 bucket[0].append(value)
                 bucket[1].append(pred[pid][column])
+                bucket[2].append(pid)
             site = per_joint[f"{joint.limb.kind}:{joint.site}:{score_type.value}"]
             site[0].append(value)
             site[1].append(pred[pid][column])
@@ -131,11 +147,14 @@ def score_figures(
         "per_joint": {},
         "patient_totals": {},
         "baselines": {},
+        "ci_method": f"95 % percentile bootstrap over {len(set(truth) & set(pred))} patients "
+        "(per-joint figures: all joints of a drawn patient; totals: one value per patient)",
     }
-    for key, (t, p) in per_type.items():
+    for key, (t, p, ids) in per_type.items():
         ta, pa = np.asarray(t), np.asarray(p)
         summary = metrics.score_summary(ta, pa)
-        summary["rmse_ci"] = with_ci(metrics.rmse, ta, pa, n_resamples, seed)
+        # joints of one patient are not independent: the CI resamples patients
+        summary["rmse_ci"] = with_ci(metrics.rmse, ta, pa, n_resamples, seed, groups=ids)
         result["per_score"][key] = summary
         result["baselines"][key] = {
             "all_zeros_rmse": metrics.rmse(ta, np.zeros_like(ta)),
@@ -170,6 +189,48 @@ def paired_score_errors(
     The input of a paired test (``metrics.wilcoxon_one_sided``) between two models.
     """
     return [np.concatenate(e) for e in _errors_by_patient(truth, preds, score_type)]
+
+
+def paired_patient_errors(
+    truth: Mapping[str, Mapping[str, float]],
+    preds: Sequence[Mapping[str, Mapping[str, float]]],
+    score_type: str | None = None,
+) -> tuple[list[np.ndarray], np.ndarray]:
+    """Absolute errors of several predictions on the scores all of them gave, and the patient
+    of each score: the input of :func:`metrics.paired_patient_comparison`."""
+    by_patient = _errors_by_patient(truth, preds, score_type)
+    pids = sorted(truth)
+    ids = np.array([pid for pid, e in zip(pids, by_patient[0], strict=True) for _ in e])
+    return [np.concatenate(e) for e in by_patient], ids
+
+
+def compare_score_tables(
+    truth: Mapping[str, Mapping[str, float]],
+    table_a: Mapping[str, Mapping[str, float]],
+    table_b: Mapping[str, Mapping[str, float]],
+    score_type: str | None,
+    *,
+    loss: str = "squared",
+    n_resamples: int = 2000,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Is table A better than table B? Per-patient paired test on the scores both gave.
+
+    ``loss="squared"``: per-patient MSE, the claim "A has the lower RMSE"; the effect is the
+    mean difference of per-patient MSE with a CI over patients (see
+    :func:`metrics.paired_patient_comparison`).
+    """
+    (err_a, err_b), ids = paired_patient_errors(truth, [table_a, table_b], score_type)
+    if err_a.size == 0:
+        raise ValueError(f"the two tables share no {score_type or 'score'} with the truth")
+    out = metrics.paired_patient_comparison(
+        err_a, err_b, ids, loss=loss, n_resamples=n_resamples, seed=seed
+    )
+    out["rmse_a"] = float(np.sqrt(np.mean(np.square(err_a))))
+    out["rmse_b"] = float(np.sqrt(np.mean(np.square(err_b))))
+    out["mean_abs_error_a"] = float(err_a.mean())
+    out["mean_abs_error_b"] = float(err_b.mean())
+    return out
 
 
 def paired_patient_mse(
@@ -340,6 +401,7 @@ def evaluate_us_store(
     if project is None:
         raise ValueError("ultrasound metrics need --project")
     grades: dict[str, tuple[list[int], list[int]]] = defaultdict(lambda: ([], []))
+    patients: dict[str, list[str]] = defaultdict(list)
     with AnnotationStore.open(project, create=False) as store:
         for pair in store.us_pairs():
             truth = store.us_score(pair["id"], sources=truth_sources)
@@ -349,6 +411,7 @@ def evaluate_us_store(
             for key in ("synovial_hypertrophy", "vascularity", "combined"):
                 grades[key][0].append(truth.value[key])
                 grades[key][1].append(pred.value[key])
+                patients[key].append(pair["patient_id"])
     if not grades:
         raise ValueError(
             f"no ultrasound pair in {project} has both {pred_source!r} and annotated grades"
@@ -356,11 +419,12 @@ def evaluate_us_store(
     out = {}
     for key, (t, p) in grades.items():
         ta, pa = np.asarray(t), np.asarray(p)
+        ids = patients[key]  # the pairs of one patient are resampled together
         out[key] = {
             "n": len(t),
-            "accuracy": with_ci(metrics.accuracy, ta, pa, n_resamples, seed),
+            "accuracy": with_ci(metrics.accuracy, ta, pa, n_resamples, seed, groups=ids),
             "linear_weighted_kappa": with_ci(
-                metrics.linear_weighted_kappa, ta, pa, n_resamples, seed
+                metrics.linear_weighted_kappa, ta, pa, n_resamples, seed, groups=ids
             ),
         }
     return out
@@ -368,10 +432,12 @@ def evaluate_us_store(
 
 __all__ = [
     "PHANTOM_NOTE",
+    "compare_score_tables",
     "evaluate_locator_store",
     "evaluate_score_tables",
     "evaluate_us_store",
     "locator_figures",
+    "paired_patient_errors",
     "paired_patient_mse",
     "paired_score_errors",
     "present_centres",

@@ -13,8 +13,9 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -30,10 +31,13 @@ __all__ = [
     "linear_weighted_kappa",
     "locator_summary",
     "normalised_errors",
+    "paired_fold_comparison",
     "paired_mean_test",
+    "paired_patient_comparison",
     "patient_folds",
     "patient_kfold",
     "pearson_r",
+    "per_patient_means",
     "rater_agreement",
     "rmse",
     "round_grade",
@@ -341,9 +345,39 @@ class ConfidenceInterval:
     high: float
     n_resamples: int
     n_undefined: int  # resamples where the statistic was nan (e.g. a single class drawn)
+    unit: str = "cases"  # what was resampled: "patients" (cluster bootstrap) or "cases"
+    n_units: int = 0  # how many of them
 
-    def as_dict(self) -> dict[str, float]:
-        return {"value": self.value, "ci_low": self.low, "ci_high": self.high}
+    confidence_percent: float = 95.0
+
+    @property
+    def method(self) -> str:
+        """The sentence a report prints next to the interval."""
+        return f"{self.confidence_percent:g} % percentile bootstrap over {self.n_units} {self.unit}"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "value": self.value,
+            "ci_low": self.low,
+            "ci_high": self.high,
+            "ci_method": self.method,
+        }
+
+
+def _resample_indices(
+    n: int, groups: Sequence[Any] | None, n_resamples: int, rng: np.random.Generator
+) -> tuple[Iterator[np.ndarray], str, int]:
+    """Index arrays of the resamples: cases drawn with replacement, or (``groups``) whole
+    patients drawn with replacement, each bringing all its cases (a cluster bootstrap)."""
+    if groups is None:
+        return iter(rng.integers(0, n, size=(n_resamples, n))), "cases", n
+    g = np.asarray(groups)
+    if g.shape != (n,):
+        raise ValueError(f"groups has {g.size} values but there are {n} cases; one id per case")
+    _, codes = np.unique(g, return_inverse=True)
+    members = [np.flatnonzero(codes == k) for k in range(codes.max() + 1)]
+    draws = rng.integers(0, len(members), size=(n_resamples, len(members)))
+    return (np.concatenate([members[k] for k in d]) for d in draws), "patients", len(members)
 
 
 def bootstrap_ci(
@@ -352,8 +386,14 @@ def bootstrap_ci(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    groups: Sequence[Any] | None = None,
 ) -> ConfidenceInterval:
     """Percentile bootstrap CI of ``metric(*arrays)``, resampling cases (paired) with a seed.
+
+    ``groups``: the patient of every case. Then whole patients are drawn with replacement
+    (a cluster bootstrap), so the joints of one patient, which share that patient's image
+    quality and disease, are not counted as independent evidence; give them for every
+    figure of a cohort (the benchmarks do).
 
     Written here rather than with ``scipy.stats.bootstrap`` because resamples where a metric is
     undefined (kappa or AUC on a single drawn class) must be skipped and counted, not turn the
@@ -365,30 +405,32 @@ def bootstrap_ci(
         raise ValueError("no cases to bootstrap (empty input)")
     if any(len(d) != n for d in data):
         raise ValueError("all arrays must have one value per case")
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     rng = np.random.default_rng(seed)
+    indices, unit, n_units = _resample_indices(n, groups, n_resamples, rng)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", MetricWarning)
         value = float(metric(*data))
-        stats = np.array(
-            [
-                float(metric(*(d[idx] for d in data)))
-                for idx in rng.integers(0, n, size=(n_resamples, n))
-            ]
-        )
+        stats = np.array([float(metric(*(d[idx] for d in data))) for idx in indices])
+    common = {"unit": unit, "n_units": n_units, "confidence_percent": 100 * confidence}
     defined = stats[np.isfinite(stats)]
     if defined.size == 0:
-        return ConfidenceInterval(value, float("nan"), float("nan"), n_resamples, n_resamples)
+        nan = float("nan")
+        return ConfidenceInterval(value, nan, nan, n_resamples, n_resamples, **common)
     alpha = (1 - confidence) / 2
     low, high = np.quantile(defined, [alpha, 1 - alpha])
     return ConfidenceInterval(
-        value, float(low), float(high), n_resamples, int(n_resamples - defined.size)
+        value, float(low), float(high), n_resamples, int(n_resamples - defined.size), **common
     )
 
 
 def wilcoxon_one_sided(errors_a: Sequence[float], errors_b: Sequence[float]) -> dict[str, float]:
     """Is model A better (smaller errors) than model B on the same cases? One-sided, paired.
 
-    Returns the statistic, the p-value and the median difference (A - B).
+    The cases must be independent: per-patient values, not the joints of a few patients
+    (:func:`paired_patient_comparison` reduces joints to patients first and is what the
+    benchmarks report). Returns the statistic, the p-value and the median difference (A - B).
     """
     from scipy.stats import wilcoxon
 
@@ -459,3 +501,120 @@ def paired_mean_test(
         random_state=seed,
     )
     return {"p_value": float(result.pvalue), "mean_diff": float(np.mean(a - b))}
+
+
+# ------------------------------------------------------------------ patient-level comparisons
+
+LOSSES = ("absolute", "squared", "raw")
+
+
+def per_patient_means(
+    values: Sequence[float], patient_ids: Sequence[Any]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(patient ids sorted, mean of ``values`` per patient): the unit of a patient-level test."""
+    v = np.asarray(values, dtype=float).ravel()
+    g = np.asarray(patient_ids)
+    if g.shape != v.shape:
+        raise ValueError(f"{v.size} values but {g.size} patient ids; one id per case")
+    ids, codes = np.unique(g, return_inverse=True)
+    return ids, np.bincount(codes, weights=v) / np.bincount(codes)
+
+
+def paired_patient_comparison(
+    errors_a: Sequence[float],
+    errors_b: Sequence[float],
+    patient_ids: Sequence[Any],
+    *,
+    loss: str = "absolute",
+    alternative: str = "less",
+    n_resamples: int = 2000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Is A better than B, with the *patient* as the unit? The comparison every report uses.
+
+    ``errors_a`` and ``errors_b`` are per-case errors of two models on the same cases
+    (prediction - truth, or 1/0 for wrong/right), ``patient_ids`` the patient of each case.
+    Each patient's cases are reduced to one loss per model (``loss``: mean absolute error,
+    mean squared error, or the ``raw`` mean, e.g. an error rate), and the per-patient losses
+    are compared with the one-sided Wilcoxon signed-rank test (``alternative="less"``: A has
+    the smaller loss), the test the RA2-DREAM winner used. Joints of one patient share that
+    patient, so a test over joints counts one patient's luck many times over.
+
+    Returns ``effect`` (mean over patients of A's loss minus B's; negative = A better), its
+    ``ci`` from a bootstrap over patients, ``p_value``, ``n_patients``, ``n_cases`` and
+    ``test`` / ``ci_method`` sentences for the report.
+    """
+    from scipy.stats import wilcoxon
+
+    if loss not in LOSSES:
+        raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+    if alternative not in ("less", "greater", "two-sided"):
+        raise ValueError(
+            f"alternative must be 'less', 'greater' or 'two-sided', not {alternative!r}"
+        )
+    a, b = _pair(errors_a, errors_b)
+    transform = {"absolute": np.abs, "squared": np.square, "raw": np.asarray}[loss]
+    ids, pa = per_patient_means(transform(a), patient_ids)
+    _, pb = per_patient_means(transform(b), patient_ids)
+    diff = pa - pb
+    n = int(ids.size)
+    name = {"absolute": "mean absolute error", "squared": "mean squared error", "raw": "mean"}
+    sided = {"less": "one-sided (A < B)", "greater": "one-sided (A > B)"}.get(
+        alternative, "two-sided"
+    )
+    out: dict[str, Any] = {
+        "effect": float(diff.mean()),
+        "mean_a": float(pa.mean()),
+        "mean_b": float(pb.mean()),
+        "n_patients": n,
+        "n_cases": int(a.size),
+        "loss": loss,
+        "test": f"{sided} Wilcoxon signed-rank over {n} per-patient {name[loss]}s",
+    }
+    if n < 2 or not np.any(diff):
+        why = "one patient" if n < 2 else "identical per-patient losses"
+        out.update(p_value=_nan(f"no patient-level test: {why}"), statistic=float("nan"))
+    else:
+        result = wilcoxon(pa, pb, alternative=alternative)
+        out.update(p_value=float(result.pvalue), statistic=float(result.statistic))
+    # one value per patient: resampling them is the patient (cluster) bootstrap
+    ci = bootstrap_ci(
+        np.mean, diff, n_resamples=n_resamples, confidence=confidence, seed=seed, groups=ids
+    )
+    out["ci"] = [ci.low, ci.high]
+    out["ci_method"] = ci.method
+    return out
+
+
+def paired_fold_comparison(
+    fold_metric_a: Sequence[float],
+    fold_metric_b: Sequence[float],
+    *,
+    higher_is_better: bool = False,
+) -> dict[str, Any]:
+    """Is A better than B over the same cross-validation folds? One-sided paired Wilcoxon.
+
+    For ablations trained per patient-level fold (5 folds as the RA2-DREAM winner and RATING
+    did): one metric per fold and model, e.g. the fold's RMSE. With 5 folds the smallest
+    possible one-sided p is 1/32 = 0.031 (every fold in favour), so 5 folds can show a
+    difference at 0.05 only when all of them agree; the report says how many did.
+    """
+    from scipy.stats import wilcoxon
+
+    a, b = _pair(fold_metric_a, fold_metric_b)
+    alternative = "greater" if higher_is_better else "less"
+    diff = a - b
+    better = int(np.sum(diff > 0) if higher_is_better else np.sum(diff < 0))
+    out: dict[str, Any] = {
+        "effect": float(diff.mean()),
+        "folds": int(a.size),
+        "folds_a_better": better,
+        "test": f"one-sided Wilcoxon signed-rank over {a.size} paired fold metrics "
+        f"(A {'>' if higher_is_better else '<'} B)",
+    }
+    if a.size < 2 or not np.any(diff):
+        out["p_value"] = _nan("no fold-level test: fewer than 2 folds or identical metrics")
+    else:
+        out["p_value"] = float(wilcoxon(a, b, alternative=alternative).pvalue)
+    return out

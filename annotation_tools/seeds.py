@@ -133,6 +133,18 @@ REGISTRY: tuple[SeedUse, ...] = (
         ULTRASOUND,
         "ROI calibration setting chosen, pair stream",
     ),
+    SeedUse(
+        (1000,),
+        "validation",
+        RADIOGRAPH,
+        "baselines benchmark (pixel baselines measured against the learned scorer)",
+    ),
+    SeedUse(
+        (1100,),
+        "validation",
+        ULTRASOUND,
+        "baselines benchmark (pixel baselines measured against RATING)",
+    ),
     SeedUse(range(5000, 5100), "test", RADIOGRAPH, "reported figures only"),
     SeedUse(range(5100, 5200), "test", ULTRASOUND, "reported figures only"),
     SeedUse(

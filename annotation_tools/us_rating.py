@@ -727,21 +727,32 @@ def rating_figures(
     if not rows:
         raise ValueError("no graded case has true grades to compare with")
     truth = {k: np.array([r["truth"][k] for r in rows]) for k in GRADE_KEYS}
+    # the pairs of one patient are not independent: CIs resample patients when known
+    ids = [r.get("patient_id") for r in rows]
+    groups = ids if all(ids) else None
 
     def grade_block(pred: Mapping[str, np.ndarray]) -> dict[str, Any]:
         block = {}
         for key in GRADE_KEYS:
             t, p = truth[key], pred[key]
             block[key] = {
-                "accuracy": with_ci(metrics.accuracy, t, p, n_resamples, seed),
+                "accuracy": with_ci(metrics.accuracy, t, p, n_resamples, seed, groups),
                 "linear_weighted_kappa": with_ci(
-                    metrics.linear_weighted_kappa, t, p, n_resamples, seed
+                    metrics.linear_weighted_kappa, t, p, n_resamples, seed, groups
                 ),
             }
         return block
 
     main = {k: np.array([r[k] for r in rows]) for k in GRADE_KEYS}
-    figures: dict[str, Any] = {"n_pairs": len(rows), "note": PHANTOM_NOTE, **grade_block(main)}
+    figures: dict[str, Any] = {
+        "n_pairs": len(rows),
+        "n_patients": len(set(ids)) if groups else None,
+        "ci_method": f"95 % percentile bootstrap over {len(set(ids))} patients"
+        if groups
+        else "95 % percentile bootstrap over pairs (no patient ids)",
+        "note": PHANTOM_NOTE,
+        **grade_block(main),
+    }
     for key in GRADE_KEYS:
         per_grade = {}
         for g in range(GRADES):

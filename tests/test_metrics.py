@@ -217,3 +217,73 @@ def test_score_summary_has_every_figure(grades):
         "linear_weighted_kappa",
     }
     assert 0 <= summary["exact_agreement"] <= summary["within_one_agreement"] <= 1
+
+
+# ------------------------------------------------------------------ patient-level statistics
+
+
+def test_cluster_bootstrap_draws_whole_patients():
+    # patient A has 1 case, B has 9: drawing cases keeps 10 per resample, drawing patients not
+    ids = ["A"] + ["B"] * 9
+    values = np.arange(10.0)
+    by_case = m.bootstrap_ci(len, values, n_resamples=200, seed=0)
+    by_patient = m.bootstrap_ci(len, values, n_resamples=200, seed=0, groups=ids)
+    assert by_case.low == by_case.high == 10
+    assert by_patient.low == 2 and by_patient.high == 18  # A twice .. B twice
+    assert by_patient.method == "95 % percentile bootstrap over 2 patients"
+    assert by_patient.as_dict()["ci_method"] == by_patient.method
+    with pytest.raises(ValueError, match="one id per case"):
+        m.bootstrap_ci(len, values, groups=ids[:5])
+
+
+def _shared_patient_effect() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """10 patients x 50 joints; A is far better on 4 patients, a little worse on 6."""
+    effects = np.array([-0.5, -0.45, -0.4, -0.35, 0.1, 0.12, 0.15, 0.2, 0.25, 0.3])
+    noise = np.random.default_rng(3).normal(0, 0.02, 500)
+    ids = np.repeat([f"P{i}" for i in range(10)], 50)
+    b = np.ones(500)
+    a = b + np.repeat(effects, 50) + noise
+    return a, b, ids
+
+
+def test_patient_comparison_is_not_fooled_by_many_joints_of_few_patients():
+    a, b, ids = _shared_patient_effect()
+    assert m.wilcoxon_one_sided(a, b)["p_value"] < 1e-6  # 500 "independent" joints
+    result = m.paired_patient_comparison(a, b, ids, n_resamples=1000)
+    pa = np.array([a[ids == p].mean() for p in np.unique(ids)])
+    pb = np.array([b[ids == p].mean() for p in np.unique(ids)])
+    assert result["p_value"] == pytest.approx(
+        stats.wilcoxon(pa, pb, alternative="less").pvalue, abs=1e-12
+    )
+    assert result["p_value"] > 0.1 and result["n_patients"] == 10 and result["n_cases"] == 500
+    assert result["effect"] == pytest.approx(np.mean(pa - pb), abs=1e-12)
+    low, high = result["ci"]
+    assert low < 0 < high  # the CI over patients says "no evidence" too
+    joints = m.bootstrap_ci(np.mean, a - b, n_resamples=1000, seed=0)
+    assert joints.high < 0  # resampling joints: a "clear" win
+    assert high - low > 3 * (joints.high - joints.low)
+    assert "10 patients" in result["ci_method"] and "Wilcoxon" in result["test"]
+
+
+def test_patient_comparison_losses_and_a_real_difference():
+    ids = np.repeat(np.arange(12), 5)
+    err_b = np.random.default_rng(0).normal(0, 1.0, 60)
+    err_a = 0.5 * err_b  # A halves every error
+    sq = m.paired_patient_comparison(err_a, err_b, ids, loss="squared", n_resamples=300)
+    per = [np.mean(err_a[ids == p] ** 2) - np.mean(err_b[ids == p] ** 2) for p in range(12)]
+    assert sq["effect"] == pytest.approx(np.mean(per), abs=1e-12)
+    assert sq["p_value"] == pytest.approx(0.5**12, rel=1e-6) and sq["ci"][1] < 0
+    ab = m.paired_patient_comparison(err_a, err_b, ids, loss="absolute", n_resamples=300)
+    assert ab["mean_a"] == pytest.approx(np.mean(np.abs(err_a)), abs=1e-12)
+    assert m.paired_patient_comparison(err_b, err_a, ids, n_resamples=50)["p_value"] > 0.99
+    with pytest.raises(ValueError, match="loss must be"):
+        m.paired_patient_comparison(err_a, err_b, ids, loss="median")
+
+
+def test_fold_comparison_needs_every_fold_of_five():
+    a, b = [0.40, 0.42, 0.38, 0.45, 0.41], [0.50, 0.47, 0.49, 0.52, 0.46]
+    result = m.paired_fold_comparison(a, b)
+    assert result["p_value"] == pytest.approx(1 / 32) and result["folds_a_better"] == 5
+    assert m.paired_fold_comparison(a, b, higher_is_better=True)["p_value"] == pytest.approx(1.0)
+    mixed = m.paired_fold_comparison([0.4, 0.5, 0.38, 0.45, 0.41], b)
+    assert mixed["folds_a_better"] == 4 and mixed["p_value"] > 1 / 32
