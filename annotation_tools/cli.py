@@ -347,6 +347,7 @@ def _benchmark_bundle_roots(args: argparse.Namespace) -> list[Path]:
     if args.task == "all":
         return [info.root for info in registry().values()]
     task = "scorer" if args.task == "coverage" else args.task  # coverage: the scorer's sets
+    task = "ultrasound" if task == "heatmaps" else task
     roots = [args.bundle or bundle_for(task).root]
     if args.task == "coverage":
         roots.append(bundle_for("locator").root)
@@ -405,6 +406,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         "ultrasound": (60, 2100),
         "multitask": (40, 2000),
         "coverage": (30, 3400),
+        "heatmaps": (12, 2100),  # phantom pairs, not patients
     }
     args.patients = args.patients or defaults[args.task][0]
     args.seed = args.seed if args.seed is not None else defaults[args.task][1]
@@ -794,7 +796,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--task",
         default="all",
-        choices=["all", "locator", "scorer", "ultrasound", "multitask", "coverage"],
+        choices=["all", "locator", "scorer", "ultrasound", "multitask", "coverage", "heatmaps"],
         help="one bundle, or all of them in one run (default); multitask: the radiograph "
         "pipelines side by side (two-stage, Hirano via --compare, multi-task U-Net)",
     )
