@@ -529,11 +529,13 @@ class _ExpectedGrade(nn.Module):
 
 
 # The explanation settings chosen on validation phantoms (seed 2100; the bundle's
-# docs/README.md has the measurement): baseline, quadrature and noise.
+# docs/README.md has the measurement): baseline, quadrature (64 Gauss-Legendre steps: at most
+# 4.3 % relative L2 from a 300-step reference for one member's maps; 8 steps: 22-27 %) and
+# noise.
 EXPLAIN_DEFAULTS: dict[str, Any] = {
     "baseline": DEFAULT_BASELINE,
     "blur_sigma": 20.0,
-    "steps": 8,
+    "steps": 64,
     "method": "gausslegendre",
     "noisy_copies": 1,
     "noise_sd": 0.0,
