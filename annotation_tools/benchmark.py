@@ -527,7 +527,7 @@ def benchmark_ultrasound(
             "seconds_per_pair_reading_and_cropping": prepare_seconds,
             "seconds_per_heatmap_one_network": float(np.median(ig_network)) if ig_network else None,
             "seconds_per_pair_heatmaps_all_members": float(np.median(ig_pair)) if ig_pair else None,
-            "heatmap_settings": "integrated gradients, 50 steps, 8 noisy copies (SmoothGrad)",
+            "heatmap_settings": "integrated gradients, " + _explain_settings(),
             "peak_rss_mb": peak_rss_mb(),
             "device": str(dev),
             "torch_threads": torch.get_num_threads(),
@@ -544,6 +544,12 @@ def benchmark_ultrasound(
         "package_version": __version__,
         "note": PHANTOM_NOTE,
     }
+
+
+def _explain_settings() -> str:
+    from .us_rating import EXPLAIN_DEFAULTS
+
+    return ", ".join(f"{k} {v}" for k, v in EXPLAIN_DEFAULTS.items())
 
 
 def _us_row(block: dict[str, Any]) -> dict[str, Any]:
@@ -625,6 +631,10 @@ def _task(task: str) -> tuple[Any, Any]:
         from .benchmark_baselines import baselines_markdown, benchmark_baselines
 
         return benchmark_baselines, baselines_markdown
+    if task == "heatmaps":  # RATING's heatmaps vs the phantoms' synovium and flow masks
+        from .benchmark_heatmaps import benchmark_heatmaps, heatmaps_markdown
+
+        return benchmark_heatmaps, heatmaps_markdown
     if task == "coverage":  # the scorer's conformal grade sets
         from .benchmark_coverage import benchmark_coverage, coverage_markdown
 

@@ -364,6 +364,7 @@ def _benchmark_bundle_roots(args: argparse.Namespace) -> list[Path]:
         return [bundle_for("scorer").root, bundle_for("ultrasound").root]
     # coverage and hitl: the two-stage pipeline (the scorer's bundle, and the locator's)
     task = "scorer" if args.task in ("coverage", "hitl") else args.task
+    task = "ultrasound" if task == "heatmaps" else task
     roots = [args.bundle or bundle_for(task).root]
     if args.task in ("coverage", "hitl"):
         roots.append(bundle_for("locator").root)
@@ -424,6 +425,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         "coverage": (30, 3400),
         "hitl": (10, 2000),
         "baselines": (20, 1000),  # validation seeds; ultrasound seed + 100
+        "heatmaps": (12, 2100),  # phantom pairs, not patients
     }
     args.patients = args.patients or defaults[args.task][0]
     args.seed = args.seed if args.seed is not None else defaults[args.task][1]
@@ -822,6 +824,7 @@ def build_parser() -> argparse.ArgumentParser:
             "coverage",
             "hitl",
             "baselines",
+            "heatmaps",
         ],
         help="one bundle, or all of them in one run (default); multitask: the radiograph "
         "pipelines side by side (two-stage, Hirano via --compare, multi-task U-Net); "

@@ -41,6 +41,22 @@ class UltrasoundPhantom:
     synovial_hypertrophy: int
     vascularity: int
     flow_mask: np.ndarray  # bool (H, W): where the rendered Doppler signal is
+    synovium_mask: np.ndarray | None = None  # bool (H, W) on the screen, when kept
+
+    def screen_mask(self, name: str) -> np.ndarray:
+        """A ground-truth mask on the screen's pixels (``synovium``, ``effusion``,
+        ``synovial_flow``: the vessel signal that sets the Doppler grade), to be cut with
+        ``roi`` like the images. The schematic style draws its flow inside the synovium only
+        and no effusion."""
+        empty = np.zeros(self.greyscale.shape[:2], bool)
+        masks = {
+            "synovium": empty if self.synovium_mask is None else self.synovium_mask,
+            "effusion": empty,
+            "synovial_flow": self.flow_mask,
+        }
+        if name not in masks:
+            raise ValueError(f"no mask {name!r}; choose one of {sorted(masks)}")
+        return masks[name]
 
     @property
     def combined(self) -> int:

@@ -777,6 +777,23 @@ class PhysicalUltrasoundPhantom(UltrasoundPhantom):
     artefacts: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
 
+    def screen_mask(self, name: str) -> np.ndarray:
+        """A ground-truth mask of the image grid (``synovium``, ``effusion`` or
+        ``synovial_flow``: the vessel signal that sets the Doppler grade, artefacts excluded)
+        placed on the saved screen's pixels, so it can be cut with ``roi`` exactly like the
+        two images (what the heatmap localisation benchmark compares the explanations with)."""
+        masks = {"synovium": self.synovium, "effusion": self.effusion}
+        masks["synovial_flow"] = self.synovial_flow
+        if name not in masks:
+            raise ValueError(f"no mask {name!r}; choose one of {sorted(masks)}")
+        grid = masks[name]
+        out = np.zeros(self.greyscale.shape[:2], bool)
+        if grid is None:
+            return out
+        x0, y0, x1, y1 = self.image_box
+        out[y0:y1, x0:x1] = grid
+        return out
+
 
 _SCREENS = ((800, 600), (1024, 768), (1280, 960))
 

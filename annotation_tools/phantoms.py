@@ -853,7 +853,15 @@ def render_ultrasound(
         synovial_hypertrophy=int(synovial_hypertrophy),
         vascularity=int(vascularity),
         flow_mask=flow_full,
+        synovium_mask=_on_screen(syn, (h, w), (sy0, sx0)),
     )
+
+
+def _on_screen(mask: np.ndarray, shape: tuple[int, int], at: tuple[int, int]) -> np.ndarray:
+    """A scan-area mask placed on the screen (the heatmap benchmark's ground truth)."""
+    out = np.zeros(shape, bool)
+    out[at[0] : at[0] + mask.shape[0], at[1] : at[1] + mask.shape[1]] = mask
+    return out
 
 
 def _flow_mask(syn: np.ndarray, grade: int, rng: np.random.Generator) -> np.ndarray:

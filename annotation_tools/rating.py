@@ -19,25 +19,33 @@ import torch
 from torch import nn
 
 __all__ = [
+    "BASELINES",
+    "DEFAULT_BASELINE",
+    "DOPPLER_CHANNELS",
     "GRADES",
+    "GREYSCALE_CHANNELS",
     "OUTPUTS",
     "SPLITS",
     "STAGES",
     "JigsawNet",
     "Multitude",
     "RatingMember",
+    "attribution_map",
     "backbone_features",
     "build_backbone",
     "codewords",
     "combined_grade",
     "ecoc_decode",
     "heatmap_overlay",
+    "ig_baseline",
+    "integrated_gradients",
     "integrated_gradients_heatmap",
     "is_valid_pair",
     "jigsaw_permutations",
     "jigsaw_puzzle",
     "majority_vote",
     "multitude",
+    "normalise_heatmap",
     "split_member_output",
     "stage_branch",
     "stage_grade_key",
@@ -335,48 +343,139 @@ def split_member_output(logits: torch.Tensor, n_splits: int) -> dict[str, torch.
 # ------------------------------------------------------------------------------ explanations
 
 
+BASELINES = ("zero", "mean", "blur")
+DEFAULT_BASELINE = "mean"  # chosen on validation phantoms: docs/README.md of ra_us_rating
+DEFAULT_BLUR_SIGMA = 20.0  # px at 224 px
+GREYSCALE_CHANNELS = slice(0, 1)  # channel groups of a RatingMember input
+DOPPLER_CHANNELS = slice(1, 4)
+
+
+def ig_baseline(
+    inputs: torch.Tensor, kind: str = DEFAULT_BASELINE, *, sigma: float = DEFAULT_BLUR_SIGMA
+) -> torch.Tensor:
+    """The reference image integrated gradients walk from, per case and channel.
+
+    ``zero``: black, which on [0, 1] inputs *is* the hypoechoic synovium's intensity, so a dark
+    region differs from it by almost nothing and gets almost no attribution; ``mean``: every
+    pixel at the crop's mean of that channel (RATING's zero baseline after its ImageNet
+    normalisation is such a mid grey); ``blur``: the crop Gaussian-blurred with ``sigma`` px
+    (skimage), which keeps the coarse layout and removes the structure a reader grades.
+    """
+    if kind not in BASELINES:
+        raise ValueError(f"baseline must be one of {BASELINES}, got {kind!r}")
+    if kind == "zero":
+        return torch.zeros_like(inputs)
+    if kind == "mean":
+        return inputs.mean(dim=(-2, -1), keepdim=True).expand_as(inputs).clone()
+    from skimage.filters import gaussian
+
+    arr = inputs.detach().cpu().numpy()
+    blurred = [gaussian(case, sigma=sigma, channel_axis=0, mode="reflect") for case in arr]
+    return torch.as_tensor(np.stack(blurred), dtype=inputs.dtype, device=inputs.device)
+
+
+def integrated_gradients(
+    model: nn.Module,
+    inputs: torch.Tensor,
+    *,
+    target: int | None = None,
+    baseline: str | torch.Tensor = DEFAULT_BASELINE,
+    blur_sigma: float = DEFAULT_BLUR_SIGMA,
+    steps: int = 64,
+    method: str = "gausslegendre",
+    noisy_copies: int = 1,
+    noise_sd: float = 0.0,
+    batch_size: int = 16,
+    seed: int = 0,
+) -> torch.Tensor:
+    """Signed integrated gradients (captum) of one case (1, C, H, W), averaged over
+    ``noisy_copies`` inputs with Gaussian noise of sd ``noise_sd`` (SmoothGrad; the baseline is
+    the clean input's). The noise is drawn here from ``seed``, so a run with more steps sees the
+    same noisy copies (the quadrature error can be measured alone). ``batch_size``: network
+    passes per batch (copies x steps are batched together).
+    """
+    from captum.attr import IntegratedGradients
+
+    if inputs.ndim != 4 or inputs.shape[0] != 1:
+        raise ValueError(f"explain one case (1, C, H, W) at a time, got {tuple(inputs.shape)}")
+    if noisy_copies < 1 or steps < 1:
+        raise ValueError(f"steps and noisy_copies must be >= 1, got {steps}, {noisy_copies}")
+    model.eval()
+    base = baseline if isinstance(baseline, torch.Tensor) else None
+    if base is None:
+        base = ig_baseline(inputs, baseline, sigma=blur_sigma)
+    x = inputs.repeat(noisy_copies, 1, 1, 1)
+    if noise_sd > 0:
+        gen = torch.Generator(device="cpu").manual_seed(int(seed))
+        x = x + noise_sd * torch.randn(x.shape, generator=gen).to(x.device, x.dtype)
+    grads = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():  # gradients of the input only: a third less work
+        p.requires_grad_(False)
+    try:
+        attribution = IntegratedGradients(model).attribute(
+            x,
+            baselines=base.expand_as(x),
+            target=target,
+            n_steps=steps,
+            method=method,
+            internal_batch_size=max(int(batch_size), noisy_copies),
+        )
+    finally:
+        for p, g in zip(model.parameters(), grads, strict=True):
+            p.requires_grad_(g)
+    return attribution.detach().mean(0, keepdim=True)
+
+
+def attribution_map(attribution: torch.Tensor, channels: slice | None = None) -> np.ndarray:
+    """(1, C, H, W) attributions -> (H, W) absolute attribution summed over ``channels``
+    (e.g. :data:`GREYSCALE_CHANNELS`: the grey-scale input alone)."""
+    a = attribution[0] if channels is None else attribution[0, channels]
+    return a.abs().sum(0).cpu().numpy().astype(np.float32)
+
+
+def normalise_heatmap(heat: np.ndarray, floor: float = 0.2, top: float | None = None):
+    """Scale to [0, 1] by ``top`` (default the map's maximum) and zero what is below
+    ``floor``."""
+    top = float(heat.max()) if top is None else float(top)
+    if top <= 0:
+        return np.zeros_like(heat, dtype=np.float32)
+    out = np.clip(heat / top, 0, 1)
+    out[out < floor] = 0.0
+    return out.astype(np.float32)
+
+
 def integrated_gradients_heatmap(
     model: nn.Module,
     inputs: torch.Tensor,
     *,
     target: int | None = None,
-    steps: int = 50,
-    noisy_copies: int = 8,
-    noise_sd: float = 0.1,
+    steps: int = 64,
+    noisy_copies: int = 1,
+    noise_sd: float = 0.0,
     floor: float = 0.2,
     seed: int = 0,
+    baseline: str | torch.Tensor = DEFAULT_BASELINE,
+    blur_sigma: float = DEFAULT_BLUR_SIGMA,
+    channels: slice | None = None,
 ) -> np.ndarray:
-    """RATING's explanation: integrated gradients (zero baseline, ``steps`` steps) averaged over
-    ``noisy_copies`` noisy inputs (captum ``NoiseTunnel``, SmoothGrad), absolute values summed
-    over channels, normalised to [0, 1], values below ``floor`` set to 0.
+    """RATING's explanation as a map: :func:`integrated_gradients` (Gauss-Legendre ``steps``,
+    the measured default baseline), absolute values summed over ``channels`` (all by default),
+    normalised to [0, 1], values below ``floor`` set to 0.
 
     ``inputs``: one case (1, C, H, W); returns (H, W). The model is put in eval mode.
     """
-    from captum.attr import IntegratedGradients, NoiseTunnel
-
-    if inputs.ndim != 4 or inputs.shape[0] != 1:
-        raise ValueError(f"explain one case (1, C, H, W) at a time, got {tuple(inputs.shape)}")
-    model.eval()
-    torch.manual_seed(seed)
-    tunnel = NoiseTunnel(IntegratedGradients(model))
-    attribution = tunnel.attribute(
+    attribution = integrated_gradients(
+        model,
         inputs,
-        baselines=torch.zeros_like(inputs),
         target=target,
-        n_steps=steps,
-        nt_type="smoothgrad",
-        nt_samples=noisy_copies,
-        nt_samples_batch_size=1,
-        stdevs=noise_sd,
-        internal_batch_size=steps,
+        baseline=baseline,
+        blur_sigma=blur_sigma,
+        steps=steps,
+        noisy_copies=noisy_copies,
+        noise_sd=noise_sd,
+        seed=seed,
     )
-    heat = attribution.detach().abs().sum(1)[0].cpu().numpy()
-    top = float(heat.max())
-    if top <= 0:
-        return np.zeros_like(heat)
-    heat = heat / top
-    heat[heat < floor] = 0.0
-    return heat.astype(np.float32)
+    return normalise_heatmap(attribution_map(attribution, channels), floor)
 
 
 def heatmap_overlay(grey: np.ndarray, heat: np.ndarray, alpha: float = 0.6) -> np.ndarray:

@@ -275,9 +275,14 @@ def _confusions(rows: Sequence[Mapping[str, Any]], out: Path) -> Path:
     return _save(fig, out)
 
 
-# the RATING writer's integrated-gradients heatmaps: SH over the grey-scale image (fusion
-# path), vascularity over the Doppler image (its branch alone)
-_HEATMAPS = (("synovial_hypertrophy", "SH"), ("vascularity", "vascularity"))
+# the RATING writer's integrated-gradients heatmaps, one per input: SH's attribution to the
+# grey-scale input (over the grey-scale image) and to the Doppler input, vascularity's (G
+# alone) to the Doppler input
+_HEATMAPS = (
+    ("synovial_hypertrophy", "SH, grey-scale input"),
+    ("synovial_hypertrophy_doppler", "SH, Doppler input"),
+    ("vascularity", "vascularity"),
+)
 
 
 def _pair_png(record: Mapping[str, Any], us_dir: Path, table_dir: Path, out: Path) -> Path:
@@ -290,7 +295,7 @@ def _pair_png(record: Mapping[str, Any], us_dir: Path, table_dir: Path, out: Pat
     box = record.get("doppler_roi") or roi
     mask = crop_roi(doppler_mask(dop, box), box)
     panels = [("grey-scale + ROI", grey, "gray"), ("Doppler + ROI", dop, None)]
-    fig, axes = plt.subplots(1, 5, figsize=(15, 2.8))
+    fig, axes = plt.subplots(1, 2 + 1 + len(_HEATMAPS), figsize=(18, 2.8))
     for ax, (title, pixels, cmap) in zip(axes[:2], panels, strict=True):
         ax.imshow(pixels, cmap=cmap)
         x0, y0, x1, y1 = roi

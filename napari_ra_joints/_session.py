@@ -838,14 +838,20 @@ class UltrasoundSession(_Saving):
         return self.store.resolved("us_score", self.pair["id"]).get(None, Resolved(None, None))
 
     def show_heatmaps(self, record: dict[str, Any], out: Path) -> None:
-        """The integrated-gradients heatmaps of SH (on the grey-scale image) and vascularity
-        (on the Doppler image) over the ROI; the previous ones of this pair are replaced."""
+        """The integrated-gradients heatmaps over the ROI, each on the image of the input it
+        explains: SH on the grey-scale image, vascularity and (hidden at first) SH's Doppler
+        attribution on the Doppler image; the previous ones of this pair are replaced."""
         for layer in self.heatmap_layers:
             if layer in self.viewer.layers:
                 self.viewer.layers.remove(layer)
         self.heatmap_layers = []
         x0, y0, x1, y1 = record["roi"]
-        for grade, offset in (("synovial_hypertrophy", 0.0), ("vascularity", self.offset)):
+        shown = (
+            ("synovial_hypertrophy", 0.0, True),
+            ("synovial_hypertrophy_doppler", self.offset, False),
+            ("vascularity", self.offset, True),
+        )
+        for grade, offset, visible in shown:
             path = record.get("heatmaps", {}).get(grade)
             if not path or not (Path(out) / path).exists():
                 continue
@@ -857,6 +863,7 @@ class UltrasoundSession(_Saving):
                     f"{self.pair['site']}",
                     scale=((y1 - y0) / heat.shape[0], (x1 - x0) / heat.shape[1]),
                     translate=(y0, x0 + offset),
+                    visible=visible,
                     **HEATMAP_STYLE,
                 )
             )

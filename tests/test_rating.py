@@ -99,7 +99,9 @@ def test_integrated_gradients_point_at_the_pixels_the_model_uses():
             return x[:, :, :8, :8].sum((1, 2, 3))[:, None] * torch.ones(1, 2)
 
     x = torch.rand(1, 3, 32, 32) + 0.5
-    heat = integrated_gradients_heatmap(Corner(), x, target=1, steps=8, noisy_copies=2)
+    heat = integrated_gradients_heatmap(
+        Corner(), x, target=1, steps=8, noisy_copies=2, noise_sd=0.1, baseline="zero"
+    )
     assert heat.shape == (32, 32) and heat.max() == pytest.approx(1.0)
     assert heat[:8, :8].min() > 0 and heat[8:, :].max() == 0 and heat[:, 8:].max() == 0
     overlay = heatmap_overlay(np.full((32, 32), 128, np.uint8), heat)

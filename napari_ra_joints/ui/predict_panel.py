@@ -53,15 +53,15 @@ def ultrasound_job(
     service: PredictionService,
     project: Path,
     pair: dict[str, Any],
-    steps: int = 50,
-    copies: int = 8,
+    steps: int | None = None,
+    copies: int | None = None,
     whole_patient: bool = False,
     cancel: CancelToken | None = None,
 ) -> Any:
     """Worker: the RATING bundle on the open pair (or all the patient's pairs) through the
-    prediction service; grades become model proposals; heatmaps from one member (RATING's 50
-    steps x 8 noisy copies). Each pair's output goes to its own folder, so that reopening a
-    pair shows its own heatmaps and votes."""
+    prediction service; grades become model proposals; heatmaps from one member (the bundle's
+    explanation settings unless ``steps`` / ``copies`` are given). Each pair's output goes to
+    its own folder, so that reopening a pair shows its own heatmaps and votes."""
     pairs = [pair]
     if whole_patient:
         from annotation_tools.store import AnnotationStore
