@@ -155,12 +155,7 @@ def _cmd_export_dream(args: argparse.Namespace) -> int:
     sources = None if args.all_sources else ("human", "phantom")
     with AnnotationStore.open(args.project, create=False) as store:
         if args.annotator:
-            unknown = sorted(set(args.annotator) - set(store.authors()))
-            if unknown:
-                raise ValueError(
-                    f"no annotator {', '.join(map(repr, unknown))} in {store.path}; "
-                    f"known: {', '.join(store.authors()) or 'none'}"
-                )
+            store.check_authors(args.annotator)
         path = store.export_dream_csv(args.out, sources=sources, authors=args.annotator)
     print(f"wrote {path}")
     return 0

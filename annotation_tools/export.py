@@ -135,12 +135,7 @@ def export_dataset(
         authors=tuple(annotators) if annotators else None,
     )
     if options.authors:
-        unknown = sorted(set(options.authors) - set(store.authors()))
-        if unknown:
-            raise ValueError(
-                f"no annotator {', '.join(map(repr, unknown))} in {store.path}; "
-                f"known: {', '.join(store.authors()) or 'none'}"
-            )
+        store.check_authors(options.authors)
     report = ExportReport(task, str(out))
     patients = store.patients()
     if len(patients) < folds:

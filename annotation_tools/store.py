@@ -1247,6 +1247,16 @@ class AnnotationStore:
             sql, params = sql + " WHERE source = ?", [source]
         return [r["author"] for r in self._query(sql + " ORDER BY author", params)]
 
+    def check_authors(self, names: Iterable[str]) -> None:
+        """Refuse readers the store has never heard of (a typo would export nothing)."""
+        known = self.authors()
+        unknown = sorted(set(names) - set(known))
+        if unknown:
+            raise ValueError(
+                f"no annotator {', '.join(map(repr, unknown))} in {self.path}; "
+                f"known: {', '.join(known) or 'none'}"
+            )
+
     def import_dream_csv(self, path: str | Path, provenance: Provenance) -> list[str]:
         """Read an RA2-DREAM table into the store; returns the problems found (never silent).
 
