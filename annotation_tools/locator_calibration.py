@@ -210,8 +210,16 @@ def calibrate_locator(
         patients = len(store.patients())
     results, failed = locator.predict_files(paths, limbs)
     joints = calibration_joints([(truth[r.path], r) for r in results], tolerance)
+    cohort = Path(project) / "cohort.json"
+    info = json.loads(cohort.read_text()) if cohort.is_file() else {}
     source = {
-        "project": str(project),
+        "project": (
+            f"phantom cohort seed {info['seed']}, style {info.get('style', 'schematic')}"
+            if "seed" in info
+            else str(project)
+        ),
+        "seed": info.get("seed"),
+        "style": info.get("style"),
         "patients": patients,
         "radiographs": len(results),
         "not_located": len(failed),
