@@ -93,19 +93,11 @@ def benchmark_coverage(
 
 def _locator_coverage(locator: Any, project: Path) -> dict[str, Any] | None:
     """The locator's radii and probability of being right on the same held-out films."""
-    from .evaluation import present_centres
-    from .locator_calibration import calibration_joints, radius_coverage
-    from .store import TRAINING_SOURCES, AnnotationStore
+    from .locator_calibration import locate_project, radius_coverage
 
     if locator is None or locator.calibration is None:
         return None  # no calibration for these weights: nothing to measure
-    with AnnotationStore.open(project, create=False) as store:
-        truth = {
-            str(store.resolve(im)): present_centres(store.centres(im.id, sources=TRAINING_SOURCES))
-            for im in store.images(modality="radiograph")
-        }
-    results, failed = locator.predict_files(list(truth))
-    joints = calibration_joints([(truth[r.path], r) for r in results])
+    joints, _, failed, _ = locate_project(locator, project)
     figures = radius_coverage(locator.calibration, joints, LEVELS)
     return {"calibration": locator.calibration.source, "not_located": len(failed), **figures}
 

@@ -35,6 +35,7 @@ __all__ = [
     "calibrate_locator",
     "calibration_joints",
     "fit_locator_calibration",
+    "locate_project",
     "radius_coverage",
 ]
 
@@ -191,25 +192,34 @@ def fit_locator_calibration(
     )
 
 
-def calibrate_locator(
+def locate_project(
     locator: Any, project: str | Path, tolerance: float = 0.02
-) -> LocatorCalibration:
-    """Run ``locator`` on a project's radiographs (one nobody reports figures on) and calibrate
-    it against the project's centres (the truth on phantoms, a person's on real data)."""
+) -> tuple[list[CalibrationJoint], int, list[tuple[str, str]], int]:
+    """Run ``locator`` on a project's radiographs (limbs as the store knows them) and pair
+    every found joint with the project's centres (the truth on phantoms, a person's on real
+    data): ``(joints, films located, films not located, patients)``. Both the calibration and
+    the coverage benchmark measure through this."""
     from .evaluation import present_centres
     from .store import TRAINING_SOURCES, AnnotationStore
 
     with AnnotationStore.open(project, create=False) as store:
         images = store.images(modality="radiograph")
-        paths = [str(store.resolve(im)) for im in images]
         limbs = {str(store.resolve(im)): im.limb for im in images}
         truth = {
             str(store.resolve(im)): present_centres(store.centres(im.id, sources=TRAINING_SOURCES))
             for im in images
         }
         patients = len(store.patients())
-    results, failed = locator.predict_files(paths, limbs)
+    results, failed = locator.predict_files(list(truth), limbs)
     joints = calibration_joints([(truth[r.path], r) for r in results], tolerance)
+    return joints, len(results), failed, patients
+
+
+def calibrate_locator(
+    locator: Any, project: str | Path, tolerance: float = 0.02
+) -> LocatorCalibration:
+    """Calibrate ``locator`` on a project nobody reports figures on."""
+    joints, located, failed, patients = locate_project(locator, project, tolerance)
     cohort = Path(project) / "cohort.json"
     info = json.loads(cohort.read_text()) if cohort.is_file() else {}
     source = {
@@ -221,7 +231,7 @@ def calibrate_locator(
         "seed": info.get("seed"),
         "style": info.get("style"),
         "patients": patients,
-        "radiographs": len(results),
+        "radiographs": located,
         "not_located": len(failed),
         "weights_sha256": locator.model_info.get("weights_sha256", ""),
     }

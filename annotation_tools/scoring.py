@@ -714,6 +714,7 @@ def write_scores_to_store(
     written = 0
     with AnnotationStore.using(store_path) as db:
         for patient in patients:
+            sets = _grade_sets_of(patient, calibration, coverage)
             for image in patient.images:
                 record = (
                     db.image(image.case.image_id)
@@ -723,7 +724,6 @@ def write_scores_to_store(
                 if record is None:
                     image.case.warnings.append(f"not registered in {db.path}: not stored")
                     continue
-                sets = _grade_sets_of(image, calibration, coverage)
                 with db.transaction():
                     for joint_id, js in image.joints.items():
                         for st in get_joint(joint_id).score_types:
@@ -748,18 +748,16 @@ def write_scores_to_store(
 
 
 def _grade_sets_of(
-    image: ImageScores, calibration: Any, coverage: float
+    patient: PatientScores, calibration: Any, coverage: float
 ) -> dict[tuple[str, str], tuple[int, int]]:
-    """(joint, score type) -> conformal grade set of one scored image (empty without a
-    calibration made for these weights: no set is better than an invented one)."""
+    """(joint, score type) -> conformal grade set of a scored patient (joint ids name the
+    limb, so they are unique per patient); empty without a calibration made for these
+    weights: no set is better than an invented one."""
+    from .conformal import score_rows
+
     if calibration is None:
         return {}
-    rows = []
-    for joint_id, js in image.joints.items():
-        for st in get_joint(joint_id).score_types:
-            value = getattr(js, st.value)
-            if value is not None and np.isfinite(value):
-                rows.append((joint_id, st.value, float(value), getattr(js, f"{st.value}_sd")))
+    rows = [r[1:] for r in score_rows([patient])]
     sets = calibration.grade_sets(rows, coverage)
     return {(r[0], r[1]): (s.low, s.high) for r, s in zip(rows, sets, strict=True)}
 
