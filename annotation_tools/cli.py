@@ -199,6 +199,15 @@ def _cmd_image_json(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_merge_exports(args: argparse.Namespace) -> int:
+    from .export import merge_exports
+
+    for path in merge_exports(args.parts, args.out):
+        n = len(json.loads(path.read_text())["training"])
+        print(f"{path}: {n} items from {len(args.parts)} exports")
+    return 0
+
+
 def _cmd_export(args: argparse.Namespace) -> int:
     from .export import export_dataset
     from .store import AnnotationStore
@@ -781,6 +790,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser(
+        "merge-exports",
+        help="one training set from several exports of one task (e.g. two phantom styles)",
+    )
+    p.add_argument("parts", nargs="+", type=Path, help="folders written by `ra-joints export`")
+    p.add_argument("--out", required=True, type=Path, help="where the merged datalists go")
+    p.set_defaults(func=_cmd_merge_exports)
 
     p = sub.add_parser("metrics", help="evaluation figures of the RA literature")
     p.add_argument("task", choices=["scores", "locator", "ultrasound"])

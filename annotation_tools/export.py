@@ -16,6 +16,7 @@ only that item is skipped, and the report says so; nothing is dropped silently.
 from __future__ import annotations
 
 import json
+import os
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -42,7 +43,7 @@ from .targets import (
 from .ultrasound import RATING_SIZE, UltrasoundInputError, prepare_pair
 from .vocabulary import Limb, ScoreType, get_joint, joints_for_limb, site_names
 
-__all__ = ["TASKS", "ExportProblem", "ExportReport", "export_dataset"]
+__all__ = ["TASKS", "ExportProblem", "ExportReport", "export_dataset", "merge_exports"]
 
 TASKS = ("locator", "scorer", "ultrasound", "multitask")
 
@@ -170,6 +171,62 @@ def export_dataset(
         report.n_items += len(items)
     report.n_patients = len({i["patient_id"] for items in datalists.values() for i in items})
     return report
+
+
+def merge_exports(parts: Sequence[str | Path], out_dir: str | Path) -> list[Path]:
+    """One training set from several exports of the same task (e.g. two phantom styles).
+
+    Why: a model should learn every kind of film it will meet, and one store holds one cohort.
+    The parts' arrays stay where they are; the merged datalists in ``out_dir`` point at them
+    (relative paths) and each item keeps its part's fold. Patient ids are prefixed with the
+    part's folder name, since two cohorts may reuse an id for different phantom patients.
+    Parts must agree on the task and on every array setting (size, channels, mirroring).
+    """
+    out = Path(out_dir)
+    folders = [Path(p) for p in parts]
+    if len(folders) < 2:
+        raise ValueError("merging needs at least two exports")
+    if len({f.name for f in folders}) != len(folders):
+        raise ValueError("parts need distinct folder names (they prefix the patient ids)")
+    out.mkdir(parents=True, exist_ok=True)
+    names = sorted({d.name for f in folders for d in f.glob("datalist*.json")})
+    if not names:
+        raise ValueError(f"no datalist*.json in {', '.join(map(str, folders))}")
+    settings = ("task", "folds", "spatial_size", "channels", "mirrored_to_left", "target_mode")
+    written = []
+    for name in names:
+        documents = [
+            (f, json.loads((f / name).read_text())) for f in folders if (f / name).exists()
+        ]
+        first = documents[0][1]
+        for folder, doc in documents[1:]:
+            differ = [k for k in settings if doc.get(k) != first.get(k)]
+            if differ:
+                raise ValueError(f"{folder / name} differs from the first part in {differ}")
+        items = []
+        for folder, doc in documents:
+            prefix = Path(os.path.relpath(folder.resolve(), out.resolve()))
+            for item in doc["training"]:
+                moved = {
+                    k: (prefix / v).as_posix()
+                    if isinstance(v, str) and (folder / v).is_file()
+                    else v
+                    for k, v in item.items()
+                }
+                moved["patient_id"] = f"{folder.name}/{item['patient_id']}"
+                items.append(moved)
+        merged = {
+            **{k: v for k, v in first.items() if k not in ("training", "problems")},
+            "description": "merged by annotation_tools.export.merge_exports from "
+            + "; ".join(d["description"] for _, d in documents),
+            "cohort_seed": [d.get("cohort_seed") for _, d in documents],
+            "annotators": [d.get("annotators") for _, d in documents],
+            "training": items,
+            "problems": [p for _, d in documents for p in d.get("problems", [])],
+        }
+        (out / name).write_text(json.dumps(merged, indent=1))
+        written.append(out / name)
+    return written
 
 
 def _task_header(task: str, name: str, options: _Options) -> dict[str, Any]:

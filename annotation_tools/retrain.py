@@ -203,18 +203,24 @@ def iter_retrain(
     steps = retrain_steps(
         root, work / "data", work / "ckpt", quick=quick, folds=folds, overrides=overrides
     )
-    for command in steps:
-        yield "running: " + " ".join(command)
-        tail: list[str] = []
-        with subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=root
-        ) as proc:
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                tail = [*tail, line.rstrip()][-40:]
-                yield line.rstrip()
-        if proc.returncode != 0:
-            raise RuntimeError(f"training {name} failed:\n" + "\n".join(tail))
+    # one process for every step: torch and MONAI are imported once (bundle_steps says why)
+    steps_file = work / "steps.json"
+    steps_file.parent.mkdir(parents=True, exist_ok=True)
+    steps_file.write_text(json.dumps(steps, indent=1))
+    tail: list[str] = []
+    with subprocess.Popen(
+        [sys.executable, "-m", "annotation_tools.bundle_steps", str(steps_file)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=root,
+    ) as proc:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            tail = [*tail, line.rstrip()][-40:]
+            yield line.rstrip()
+    if proc.returncode != 0:
+        raise RuntimeError(f"training {name} failed:\n" + "\n".join(tail))
     if recipe.ensemble:
         from .us_training import pack_members
 

@@ -327,3 +327,37 @@ def test_an_annotator_s_grades_are_what_is_exported(small_copy, tmp_path, capsys
     # the command reports the unknown reader and exits 2 (main turns ValueError into status 2)
     assert _export(small_copy, "ultrasound", tmp_path / "x", "--annotator", "nobody") == 2
     assert "no annotator 'nobody'" in capsys.readouterr().err
+
+
+def test_merged_exports_load_every_part_s_arrays_and_keep_patients_apart(exports, tmp_path):
+    """Two exports (e.g. two phantom styles) as one training set for MONAI's loaders."""
+    from annotation_tools.export import merge_exports
+
+    out, _ = exports
+    twin = tmp_path / "twin"
+    shutil.copytree(out / "locator", twin)  # the same ids: like two cohorts of one seed
+    merged = tmp_path / "merged"
+    written = merge_exports([out / "locator", twin], merged)
+    assert sorted(p.name for p in written) == ["datalist_foot.json", "datalist_hand.json"]
+    total = 0
+    for datalist in written:
+        items, loaded = _load_all(datalist, ["image", "label"])
+        single = json.loads((out / "locator" / datalist.name).read_text())["training"]
+        assert len(items) == 2 * len(single)
+        assert len({i["patient_id"] for i in items}) == 2 * len({i["patient_id"] for i in single})
+        for arrays in loaded:
+            assert arrays["label"].shape[-2:] == arrays["image"].shape[-2:]
+        assert sorted(i["fold"] for i in items) == sorted(2 * [i["fold"] for i in single])
+        total += len(items)
+    assert total == 160
+    with pytest.raises(ValueError, match="differs from the first part"):
+        merge_exports([out / "locator", _with(twin, spatial_size=[64, 64])], tmp_path / "bad")
+    with pytest.raises(ValueError, match="distinct folder names"):
+        merge_exports([out / "locator", out / "locator"], tmp_path / "bad2")
+
+
+def _with(folder, **changes):
+    for datalist in folder.glob("datalist*.json"):
+        document = json.loads(datalist.read_text())
+        datalist.write_text(json.dumps({**document, **changes}))
+    return folder

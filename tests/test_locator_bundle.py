@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import INFERENCE_CONFIG, bundle_cmd, export_torchscript, run_in
+from helpers import INFERENCE_CONFIG, bundle_cmd, export_torchscript, run_here, run_in
 
 from annotation_tools.evaluation import evaluate_locator_store
 from annotation_tools.export import export_dataset
@@ -94,12 +94,13 @@ def test_bundle_layout_follows_the_model_zoo():
 
 
 def test_verify_net_in_out():
-    _run(
+    run_here(
+        BUNDLE,
         bundle_cmd(
             "verify_net_in_out",
             "network_def",
             *INFERENCE_CONFIG,
-        )
+        ),
     )
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import INFERENCE_CONFIG, bundle_cmd, run_in
+from helpers import INFERENCE_CONFIG, bundle_cmd, run_here, run_in
 from test_locator_bundle import METADATA_KEYS
 
 from annotation_tools.export import export_dataset
@@ -82,14 +82,14 @@ def test_bundle_layout_follows_the_model_zoo():
 
 
 def test_verify_net_in_out():
-    _run(bundle_cmd("verify_net_in_out", "network_def", *INFERENCE_CONFIG))
+    run_here(BUNDLE, bundle_cmd("verify_net_in_out", "network_def", *INFERENCE_CONFIG))
 
 
 def test_torchscript_export_matches_one_member(tmp_path):
     target = tmp_path / "model.ts"
     ckpt = f"models/{MEMBERS[0]['file']}"
     export = ["ckpt_export", "network_def", "--filepath", str(target), "--ckpt_file", ckpt]
-    _run(bundle_cmd(*export, *INFERENCE_CONFIG))
+    run_here(BUNDLE, bundle_cmd(*export, *INFERENCE_CONFIG))
     scripted = torch.jit.load(str(target))
     model = MultitaskModel.from_bundle(BUNDLE, device="cpu", members=1)
     x = torch.rand(1, 3, 288, 256)

@@ -93,3 +93,24 @@ def test_retrained_multitask_unet_is_a_version_that_locates_and_scores(small_coh
         assert len(revisions) == len(store.centres(record.id, sources=["phantom"]))
         assert {r.weights_hash for r in revisions} == {file_sha256(version / "model.pt")}
         assert {r.author for r in revisions} == {"ra_multitask_unet"}
+
+
+def test_bundle_steps_stop_at_the_first_failing_step_and_say_which(tmp_path, capsys):
+    """The one-process runner of the retraining: a step that fails ends the run, non-zero."""
+    import sys
+
+    from annotation_tools.bundle_steps import main
+
+    missing = tmp_path / "no_such_config.json"
+    never = tmp_path / "never.json"
+    steps = [
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(missing)],
+        [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(never)],
+    ]
+    (tmp_path / "steps.json").write_text(json.dumps(steps))
+    assert main([str(tmp_path / "steps.json")]) == 1
+    out = capsys.readouterr().out
+    assert out.count("running: ") == 1 and "step failed" in out and str(missing) in out
+    (tmp_path / "bad.json").write_text(json.dumps([["python", "train.py"]]))
+    assert main([str(tmp_path / "bad.json")]) == 1
+    assert "not a 'python -m monai.bundle' command line" in capsys.readouterr().err

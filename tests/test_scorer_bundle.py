@@ -16,6 +16,7 @@ from helpers import (
     check_bundle_layout,
     export_torchscript,
     inside_or_near,
+    run_here,
     run_in,
 )
 
@@ -110,14 +111,15 @@ def test_bundle_layout_follows_the_model_zoo():
 
 def test_verify_net_in_out_for_every_variant():
     for variant in ("seg_guided", "plain", "hirano"):
-        _run(
+        run_here(
+            BUNDLE,
             bundle_cmd(
                 "verify_net_in_out",
                 "network_def",
                 *INFERENCE_CONFIG,
                 "--variant",
                 variant,
-            )
+            ),
         )
 
 

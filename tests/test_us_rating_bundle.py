@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import bundle_cmd, check_bundle_layout, run_in
+from helpers import bundle_cmd, check_bundle_layout, run_here, run_in
 
 from annotation_tools.rating import is_valid_pair
 
@@ -63,10 +63,10 @@ def test_bundle_has_the_model_zoo_layout_and_metadata():
 
 
 def test_verify_net_in_out_and_torchscript_export(tmp_path):
-    run_in(BUNDLE, bundle_cmd("verify_net_in_out", "network_def", *INFERENCE))
+    run_here(BUNDLE, bundle_cmd("verify_net_in_out", "network_def", *INFERENCE))
     member = json.loads((BUNDLE / "models/ensemble.json").read_text())["members"][0]["file"]
     target = tmp_path / "member.ts"
-    run_in(
+    run_here(
         BUNDLE,
         bundle_cmd(
             "ckpt_export", "network_def", "--filepath", str(target),
@@ -188,27 +188,30 @@ def test_inference_writes_model_revisions_and_evaluation_reads_them(small_cohort
     assert set(figures["ablations"]) >= {"majority_vote", "single_model", "greyscale_only_sh"}
 
 
-def test_jigsaw_and_three_training_stages_run_from_the_configs(us_data, tmp_path):
+def test_jigsaw_and_three_training_stages_run_from_the_configs(us_data, tmp_path, monkeypatch):
+    """The command lines a user types, parsed by MONAI's own entry point; run in this process
+    (as the retraining runs them: annotation_tools.bundle_steps) to spare five imports of MONAI."""
+    from annotation_tools.bundle_steps import run_command
+
+    monkeypatch.chdir(BUNDLE)
     ckpt = tmp_path / "ckpt"
     common = ("--dataset_dir", str(us_data), "--ckpt_dir", str(ckpt), *TINY)
     for modality in ("greyscale", "doppler_transformed"):
-        run_in(
-            BUNDLE,
+        run_command(
             bundle_cmd(
                 "run", "--config_file", "['configs/train_jigsaw.json','configs/quick.json']",
                 *META, *common, *TINY_JIGSAW, "--modality", modality,
-            ),
+            )
         )  # fmt: skip
     assert json.loads((ckpt / "jigsaw_permutations.json").read_text())["n"] == 10
     jigsaw_grey = torch.load(ckpt / "jigsaw_greyscale.pt", weights_only=True)
     states = {}
     for stage in ("grey", "doppler", "fusion"):
-        run_in(
-            BUNDLE,
+        run_command(
             bundle_cmd(
                 "run", "--config_file", TRAIN, *META, *common, *TINY_EPOCHS,
                 "--stage", stage, "--jigsaw_dir", str(ckpt),
-            ),
+            )
         )  # fmt: skip
         state = torch.load(ckpt / "member_f0_s0_k123.pt", weights_only=True)
         states[stage] = state.get("model", state)
