@@ -341,16 +341,19 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         from .seeds import RADIOGRAPH, check_calibration_seed, cohort_seed
 
         # a choice made on validation data: never a test seed, nor one the weights saw
-        check_calibration_seed(
-            cohort_seed(args.project), RADIOGRAPH, bundles=[service.bundle("locator").root]
-        )
+        for project in args.project:
+            check_calibration_seed(
+                cohort_seed(project), RADIOGRAPH, bundles=[service.bundle("locator").root]
+            )
         located = calibrate_locator(service.locator(), args.project)
         out = args.out or service.bundle("locator").root / "models" / LOCATOR_CALIBRATION_FILE
         located.save(out)
         counts = {r: len(v) for r, v in located.errors.items()}
         print(f"wrote {out}: {located.source['patients']} patients, joints per region {counts}")
         return 0
-    calibration = calibrate_scorer(args.project, images=args.images, service=service)
+    if len(args.project) > 1:
+        raise ValueError("the scorer calibrates on one project (--project once)")
+    calibration = calibrate_scorer(args.project[0], images=args.images, service=service)
     out = args.out or service.bundle("scorer").root / "models" / CALIBRATION_FILE
     calibration.save(out)
     counts = {b: len(v) for b, v in calibration.residuals.items()}
@@ -1014,7 +1017,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="scorer: grade sets (models/conformal.json); locator: a position radius and a "
         "probability of being right per joint (models/locator_calibration.json)",
     )
-    p.add_argument("--project", type=Path, required=True, help="with scores_ra2dream.csv")
+    p.add_argument(
+        "--project",
+        type=Path,
+        required=True,
+        action="append",
+        help="with scores_ra2dream.csv; --task locator pools several (repeat --project)",
+    )
     p.add_argument("--images", type=Path, help="default: the project's radiographs/ folder")
     p.add_argument("--out", type=Path, help="default: the bundle's models/ folder")
     p.add_argument("--device", type=_device, default=None)

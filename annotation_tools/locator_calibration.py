@@ -216,20 +216,37 @@ def locate_project(
 
 
 def calibrate_locator(
-    locator: Any, project: str | Path, tolerance: float = 0.02
+    locator: Any, projects: str | Path | Sequence[str | Path], tolerance: float = 0.02
 ) -> LocatorCalibration:
-    """Calibrate ``locator`` on a project nobody reports figures on."""
-    joints, located, failed, patients = locate_project(locator, project, tolerance)
-    cohort = Path(project) / "cohort.json"
-    info = json.loads(cohort.read_text()) if cohort.is_file() else {}
+    """Calibrate ``locator`` on one or more projects nobody reports figures on.
+
+    Several projects are pooled (e.g. the anatomical and the schematic phantoms of one
+    validation seed, for a locator trained on both styles): the radius then covers films of
+    every kind it was calibrated on, not only the easiest.
+    """
+    folders = [Path(projects)] if isinstance(projects, str | Path) else [Path(p) for p in projects]
+    if not folders:
+        raise ValueError("give at least one calibration project")
+    joints: list[CalibrationJoint] = []
+    located = patients = 0
+    failed: list[tuple[str, str]] = []
+    described, seeds, styles = [], [], []
+    for folder in folders:
+        found, n_located, not_located, n_patients = locate_project(locator, folder, tolerance)
+        joints += found
+        located, patients, failed = located + n_located, patients + n_patients, failed + not_located
+        cohort = folder / "cohort.json"
+        info = json.loads(cohort.read_text()) if cohort.is_file() else {}
+        style = info.get("style", "schematic") if "seed" in info else None
+        described.append(
+            f"phantom cohort seed {info['seed']}, style {style}" if "seed" in info else str(folder)
+        )
+        seeds.append(info.get("seed"))
+        styles.append(style)
     source = {
-        "project": (
-            f"phantom cohort seed {info['seed']}, style {info.get('style', 'schematic')}"
-            if "seed" in info
-            else str(project)
-        ),
-        "seed": info.get("seed"),
-        "style": info.get("style"),
+        "project": "; ".join(described),
+        "seed": seeds[0] if len(set(seeds)) == 1 else seeds,
+        "style": styles[0] if len(set(styles)) == 1 else "+".join(str(s) for s in styles),
         "patients": patients,
         "radiographs": located,
         "not_located": len(failed),

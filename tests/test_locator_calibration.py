@@ -5,6 +5,7 @@ and no calibration for other weights."""
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -92,3 +93,31 @@ def test_annotate_gives_pixels_and_files_round_trip(tmp_path):
     with pytest.raises(ValueError, match="too few"):
         fit_locator_calibration(_joints(np.random.default_rng(5), 5))
     assert math.isfinite(calibration.radius(["toe"], 0.95)[0])
+
+
+def test_calibration_pools_several_projects_as_one(small_cohort, tmp_path, capsys):
+    """``ra-joints calibrate --task locator`` with two projects fits on the joints of both
+    (a locator trained on two phantom styles is calibrated on both)."""
+    import shutil
+
+    from annotation_tools.cli import main
+    from annotation_tools.locator import JointLocator
+    from annotation_tools.locator_calibration import locate_project
+
+    twin = tmp_path / "twin"
+    shutil.copytree(small_cohort, twin)
+    out = tmp_path / "locator_calibration.json"
+    argv = ["calibrate", "--task", "locator", "--project", str(small_cohort)]
+    assert main([*argv, "--project", str(twin), "--out", str(out), "--device", "cpu"]) == 0
+    pooled = LocatorCalibration.load(out)
+    bundle = Path(__file__).resolve().parents[1] / "monai_bundles" / "ra_joint_locator"
+    locator = JointLocator.from_bundle(bundle, device="cpu")
+    joints, located, _, patients = locate_project(locator, small_cohort)
+    assert pooled.source["patients"] == 2 * patients and pooled.source["radiographs"] == 2 * located
+    single: dict[str, int] = {}
+    for joint in joints:
+        single[joint.region] = single.get(joint.region, 0) + 1
+    assert {r: len(e) for r, e in pooled.errors.items()} == {r: 2 * n for r, n in single.items()}
+    assert "wrote" in capsys.readouterr().out
+    assert main(["calibrate", "--project", str(small_cohort), "--project", str(twin)]) != 0
+    assert "the scorer calibrates on one project" in capsys.readouterr().err
