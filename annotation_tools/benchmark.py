@@ -25,6 +25,7 @@ from .benchmarking import (
     compare_spec,
     heldout_cohort,
     heldout_seed,
+    human_upper_limit,
     peak_rss_mb,
     score_summary,
     value_of,
@@ -258,7 +259,8 @@ def benchmark_scorer(
             started = time.perf_counter()
             shipped.symmetry.explain(patient_vector(result.patients[0].scores("patch")))
             shap_seconds.append(time.perf_counter() - started)
-    end_to_end = score_summary(truth, _tables(e2e_patients, "final"), n_resamples)
+    e2e_table = _tables(e2e_patients, "final")
+    end_to_end = score_summary(truth, e2e_table, n_resamples)
     missing = sum(
         js.stage == "missing" for p in e2e_patients for im in p.images for js in im.joints.values()
     )
@@ -283,6 +285,7 @@ def benchmark_scorer(
             "joints_flagged_missing_by_locator": missing,
             "films_not_located": not_located,
         },
+        "readers": human_upper_limit(project, e2e_table, n_resamples),
         "speed": {
             "seconds_per_patient_median": float(np.median(seconds)),
             "seconds_per_patient_max": float(np.max(seconds)),
@@ -334,6 +337,20 @@ def _rmse_ci(block: dict[str, Any]) -> str:
     return f"{block['rmse']:.3f} ({ci['ci_low']:.3f}-{ci['ci_high']:.3f})"
 
 
+def _score_row(name: str, v: dict[str, Any], *, total_rmse: bool) -> str:
+    """One table row of a score summary: agreement and RMSE per score type, the total's r."""
+    n, e, t = v["narrowing"], v["erosion"], v["totals"].get("Overall_Tol")
+    if total_rmse:
+        total = f"{value_of(t['pearson_r']):.4f} | {t['rmse']:.2f}" if t else "n/a | n/a"
+    else:
+        total = f"{value_of(t['pearson_r']):.3f}" if t else "n/a"
+    return (
+        f"| {name} | {n['exact_agreement']:.1%} | {n['within_one_agreement']:.1%} | "
+        f"{_rmse_ci(n)} | {e['exact_agreement']:.1%} | {e['within_one_agreement']:.1%} | "
+        f"{_rmse_ci(e)} | {total} |"
+    )
+
+
 def scorer_markdown(result: dict[str, Any]) -> str:
     held = result["heldout"]
     lines = [
@@ -349,14 +366,7 @@ def scorer_markdown(result: dict[str, Any]) -> str:
         *result["variants"],
         {"name": "end to end: locator + shipped scorer + symmetry", **result["end_to_end"]},
     ]
-    for v in rows:
-        n, e, t = v["narrowing"], v["erosion"], v["totals"].get("Overall_Tol")
-        total = f"{value_of(t['pearson_r']):.4f} | {t['rmse']:.2f}" if t else "n/a | n/a"
-        lines.append(
-            f"| {v['name']} | {n['exact_agreement']:.1%} | {n['within_one_agreement']:.1%} | "
-            f"{_rmse_ci(n)} | {e['exact_agreement']:.1%} | {e['within_one_agreement']:.1%} | "
-            f"{_rmse_ci(e)} | {total} |"
-        )
+    lines += [_score_row(v["name"], v, total_rmse=True) for v in rows]
     if result["end_to_end"].get("films_not_located"):
         lines.append(
             f"\n- films the locator gave up on (their joints have no score; no patient total "
@@ -372,6 +382,7 @@ def scorer_markdown(result: dict[str, Any]) -> str:
     if sym.get("applied"):
         for key in ("narrowing", "erosion", "all"):
             lines.append(f"- symmetry vs patch ({key}): {comparison_text(sym[key])}")
+    lines += _readers_lines(result.get("readers"))
     sp = result["speed"]
     lines += [
         f"- whole patient ({sp['includes']}): median {sp['seconds_per_patient_median']:.2f} s, "
@@ -385,6 +396,28 @@ def scorer_markdown(result: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def _readers_lines(readers: dict[str, Any] | None) -> list[str]:
+    """The human-upper-limit table (end-to-end model scores against two simulated readers)."""
+    if not readers:
+        return []
+    lines = [
+        "",
+        "Human upper limit (Li & Guan, Fig. 10): the end-to-end model against simulated reader B "
+        "next to reader A against reader B; the truth rows say who is nearer the phantom truth.",
+        "",
+        "| comparison | narrowing exact | within one | RMSE (95% CI) | erosion exact | "
+        "within one | RMSE (95% CI) | total r |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    lines += [_score_row(name, v, total_rmse=False) for name, v in readers["rows"].items()]
+    lines.append("")
+    for score_type, test in readers["model_vs_rater_a_against_rater_b"].items():
+        lines.append(
+            f"- {score_type}, nearer reader B: model (A) vs reader A (B): {comparison_text(test)}"
+        )
+    return lines
 
 
 LITERATURE_ULTRASOUND = {

@@ -20,6 +20,7 @@ __all__ = [
     "compare_spec",
     "heldout_cohort",
     "heldout_seed",
+    "human_upper_limit",
     "peak_rss_mb",
     "score_summary",
     "value_of",
@@ -104,6 +105,38 @@ def score_summary(truth: dict, table: dict, n_resamples: int) -> dict[str, Any]:
     out["totals"] = fig["patient_totals"]
     out["ci_method"] = fig["ci_method"]
     return out
+
+
+def human_upper_limit(project: Path, model_table: dict, n_resamples: int) -> dict[str, Any] | None:
+    """The model against reader B next to reader A against reader B (Li & Guan, Fig. 10).
+
+    Why: two trained readers disagree; a model that agrees with reader B as well as reader A
+    does has reached the human limit, and on phantoms the truth shows who is nearer it. The
+    paired test asks, per patient, whether the model's scores lie closer to reader B's than
+    reader A's do (per-patient MSE, one-sided Wilcoxon, effect with a patient CI). ``None``
+    when the cohort has no simulated readers.
+    """
+    from .evaluation import compare_score_tables, read_dream_table
+
+    cohort = project / "cohort.json"
+    raters = json.loads(cohort.read_text()).get("raters", {}) if cohort.is_file() else {}
+    if not {"rater_a", "rater_b"} <= set(raters):
+        return None
+    a = read_dream_table(project / raters["rater_a"]["scores_csv"])
+    b = read_dream_table(project / raters["rater_b"]["scores_csv"])
+    truth = read_dream_table(project / "scores_ra2dream.csv")
+    rows = {
+        "model vs rater B": score_summary(b, model_table, n_resamples),
+        "rater A vs rater B": score_summary(b, a, n_resamples),
+        "model vs rater A": score_summary(a, model_table, n_resamples),
+        "model vs truth": score_summary(truth, model_table, n_resamples),
+        "rater A vs truth": score_summary(truth, a, n_resamples),
+    }
+    paired = {
+        score_type: compare_score_tables(b, model_table, a, score_type, n_resamples=n_resamples)
+        for score_type in ("narrowing", "erosion")
+    }
+    return {"rows": rows, "model_vs_rater_a_against_rater_b": paired}
 
 
 def value_of(value: Any) -> float:

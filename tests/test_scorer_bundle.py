@@ -422,7 +422,18 @@ def test_benchmark_compares_variants_and_times_a_patient(full_res_pair, tmp_path
     assert shipped["narrowing"]["rmse"] < untrained["narrowing"]["rmse"]
     assert result["speed"]["seconds_per_patient_median"] > 0
     assert "seg_guided_vs_plain_narrowing" in result["tests"]
-    assert "Phantom figures" in capsys.readouterr().out
+    # the human upper limit: the model and reader A, each against reader B (Li & Guan Fig. 10)
+    readers = result["readers"]
+    assert list(readers["rows"]) == [
+        "model vs rater B", "rater A vs rater B", "model vs rater A", "model vs truth",
+        "rater A vs truth",
+    ]  # fmt: skip
+    assert readers["rows"]["rater A vs rater B"]["narrowing"]["exact_agreement"] < 0.95
+    assert readers["rows"]["model vs truth"]["narrowing"] == result["end_to_end"]["narrowing"]
+    paired = readers["model_vs_rater_a_against_rater_b"]["narrowing"]
+    assert 0 <= paired["p_value"] <= 1 and paired["rmse_a"] != paired["rmse_b"]
+    out_text = capsys.readouterr().out
+    assert "Phantom figures" in out_text and "Human upper limit" in out_text
 
 
 def test_predict_splits_a_cohort_across_two_torchrun_processes(
