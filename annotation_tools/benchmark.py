@@ -455,20 +455,6 @@ def _patient_error_rates(
     return out
 
 
-def _decide_all(ensemble: Any, cases: Any, batch: int = 16) -> list[dict[str, Any]]:
-    logits = []
-    with torch.no_grad():
-        for i in range(0, len(cases.cases), batch):
-            chunk = cases.cases[i : i + batch]
-            x = torch.as_tensor(np.stack([c.image for c in chunk]), dtype=torch.float32) / 255.0
-            logits.append(ensemble(x.to(next(ensemble.parameters()).device)).cpu().numpy())
-    decisions = ensemble.decide(np.concatenate(logits))
-    return [
-        {**d, "truth": c.truth, "patient_id": c.patient_id}
-        for c, d in zip(cases.cases, decisions, strict=True)
-    ]
-
-
 def benchmark_ultrasound(
     bundle: Path | None = None,
     heldout: Path | None = None,
@@ -481,7 +467,13 @@ def benchmark_ultrasound(
     heatmap_pairs: int = 3,
 ) -> dict[str, Any]:
     """The shipped RATING ensemble on held-out phantom pairs, its ablations, its speed."""
-    from .us_rating import explain_case, load_ensemble, load_us_cases, rating_figures
+    from .us_rating import (
+        decide_cases,
+        explain_case,
+        load_ensemble,
+        load_us_cases,
+        rating_figures,
+    )
 
     bundle = bundle_path("ultrasound", bundle)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -498,7 +490,7 @@ def benchmark_ultrasound(
     started = time.perf_counter()
     cases = load_us_cases(store=project, size=shipped.input_size)
     prepare_seconds = (time.perf_counter() - started) / max(len(cases.cases), 1)
-    rows = _decide_all(shipped, cases)
+    rows = decide_cases(shipped, cases)
     figures = rating_figures(rows, n_resamples=n_resamples)
     right = np.array([r["combined"] == r["truth"]["combined"] for r in rows])
     models = [{"name": "MULTITUDE (shipped)", **_us_row(figures)}]
@@ -515,7 +507,7 @@ def benchmark_ultrasound(
         tests[f"shipped_vs_{name}"] = _patient_error_rates(right, other, patient_ids, n_resamples)
     for folder in compare:
         other_ensemble, other_info = ensemble_of(Path(folder))
-        other_rows = _decide_all(other_ensemble, cases)
+        other_rows = decide_cases(other_ensemble, cases)
         other_fig = rating_figures(other_rows, n_resamples=n_resamples)
         label = f"{Path(folder).name} (jigsaw {other_info.get('jigsaw_pretraining')})"
         models.append({"name": label, **_us_row(other_fig)})
@@ -672,6 +664,10 @@ def _task(task: str) -> tuple[Any, Any]:
         from .benchmark_coverage import benchmark_coverage, coverage_markdown
 
         return benchmark_coverage, coverage_markdown
+    if task == "us-coverage":  # the RATING ensemble's conformal grade sets
+        from .benchmark_coverage import benchmark_us_coverage, us_coverage_markdown
+
+        return benchmark_us_coverage, us_coverage_markdown
     if task == "hitl":  # a simulated annotator with and without the proposals
         from .benchmark_hitl import benchmark_hitl, hitl_markdown
 

@@ -1,7 +1,8 @@
-"""Calibrate the scorer's grade sets on a project: run the pipeline end to end on its images
-and pair every grade with the project's reference table. Kept apart from
-:mod:`annotation_tools.conformal` (the sets themselves, which the writers of every output use)
-because it runs the prediction service.
+"""Calibrate the grade sets on a project: the scorer's (the pipeline end to end on its images,
+every grade paired with the project's reference table) and the RATING ensemble's (its
+ultrasound pairs, paired with their reference grades). Kept apart from
+:mod:`annotation_tools.conformal` and :mod:`annotation_tools.us_conformal` (the sets
+themselves, which the writers of every output use) because it runs the models.
 """
 
 from __future__ import annotations
@@ -11,9 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from .conformal import GradeCalibration, calibrate_grades, score_rows
-from .seeds import RADIOGRAPH, check_calibration_seed, cohort_seed
+from .seeds import RADIOGRAPH, ULTRASOUND, check_calibration_seed, cohort_seed
+from .us_conformal import UsGradeCalibration, calibrate_us_grades
 
-__all__ = ["calibrate_scorer", "predicted_rows"]
+__all__ = ["calibrate_scorer", "calibrate_ultrasound", "decided_pairs", "predicted_rows"]
 
 
 def predicted_rows(
@@ -85,3 +87,68 @@ def calibrate_scorer(
         "pipeline": "locator -> scorer -> symmetry, end to end on the image files",
     }
     return calibrate_grades(usable, beta=beta, source=source)
+
+
+def decided_pairs(
+    project: str | Path, models_dir: str | Path, *, device: str | None = None
+) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
+    """The RATING ensemble of ``models_dir`` on every ultrasound pair of a project (its store,
+    ROI boxes as drawn; else its ``ultrasound_scores.csv``): each pair's decision with its
+    ``truth`` (``None`` when the pair has no reference grades) and ``patient_id``, and the
+    pairs that could not be used, with their reasons."""
+    import torch
+
+    from .us_rating import decide_cases, load_ensemble, load_us_cases
+
+    project = Path(project)
+    ensemble = load_ensemble(models_dir).to(torch.device(device or "cpu"))
+    if (project / "ra_joints.sqlite").is_file():
+        cases = load_us_cases(store=project, size=ensemble.input_size)
+    else:
+        cases = load_us_cases(project, size=ensemble.input_size)
+    return decide_cases(ensemble, cases), cases.failed
+
+
+def calibrate_ultrasound(
+    project: str | Path,
+    models_dir: str | Path,
+    *,
+    beta: float | str | None = "auto",
+    device: str | None = None,
+) -> UsGradeCalibration:
+    """Calibrate the RATING ensemble of ``models_dir`` (a bundle's ``models/``) on a project
+    nobody reports figures on.
+
+    A phantom project of a test seed, or of a seed the ensemble was trained on
+    (``ensemble.json`` lists its seeds), is refused before anything runs; a project whose
+    pairs carry no reference grades is refused with that reason.
+    """
+    from .us_rating import ensemble_hash
+
+    project, models_dir = Path(project), Path(models_dir)
+    # a choice made on validation data: never a test seed, nor a seed the weights saw
+    check_calibration_seed(cohort_seed(project), ULTRASOUND, bundles=[models_dir])
+    rows, failed = decided_pairs(project, models_dir, device=device)
+    if not rows:
+        raise ValueError(
+            f"{project} has no usable ultrasound pair to calibrate on"
+            + (f" ({len(failed)} failed, e.g. {failed[0]['reason']})" if failed else "")
+        )
+    cohort = project / "cohort.json"
+    info = json.loads(cohort.read_text()) if cohort.is_file() else {}
+    source = {
+        "project": str(project.resolve()),
+        "seed": info.get("seed"),
+        "style": info.get("style"),
+        "ensemble_sha256": ensemble_hash(models_dir),
+        "failed_pairs": len(failed),
+        "prediction": "expected grade P(>=1)+P(>=2)+P(>=3) of the members' mean split "
+        "probabilities; combined = max(expected SH, expected vascularity)",
+    }
+    return calibrate_us_grades(
+        rows,
+        [r["truth"] for r in rows],
+        patients=[r["patient_id"] for r in rows],
+        beta=beta,
+        source=source,
+    )

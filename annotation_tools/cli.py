@@ -330,8 +330,9 @@ def _cmd_markups(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    """Conformal grade sets for the scorer's weights, from a calibration project."""
-    from .calibration import calibrate_scorer
+    """Conformal grade sets for the scorer's or the RATING ensemble's weights (or the
+    locator's radius), from a calibration project."""
+    from .calibration import calibrate_scorer, calibrate_ultrasound
     from .conformal import CALIBRATION_FILE
     from .predict import PredictionService
 
@@ -352,7 +353,22 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"wrote {out}: {located.source['patients']} patients, joints per region {counts}")
         return 0
     if len(args.project) > 1:
-        raise ValueError("the scorer calibrates on one project (--project once)")
+        raise ValueError(f"the {args.task} calibrates on one project (--project once)")
+    if args.task == "ultrasound":
+        from .us_conformal import US_CALIBRATION_FILE
+
+        if args.images is not None:
+            raise ValueError("--images belongs to --task scorer (ultrasound reads the pairs)")
+        models = service.bundle("ultrasound").root / "models"
+        graded = calibrate_ultrasound(args.project[0], models, device=args.device)
+        out = args.out or models / US_CALIBRATION_FILE
+        graded.save(out)
+        beta = "unnormalised" if graded.beta is None else f"beta {graded.beta}"
+        print(
+            f"wrote {out}: {graded.source['patients']} patients, {graded.source['pairs']} "
+            f"pairs, {beta}"
+        )
+        return 0
     calibration = calibrate_scorer(args.project[0], images=args.images, service=service)
     out = args.out or service.bundle("scorer").root / "models" / CALIBRATION_FILE
     calibration.save(out)
@@ -371,7 +387,7 @@ def _benchmark_bundle_roots(args: argparse.Namespace) -> list[Path]:
         return [bundle_for("scorer").root, bundle_for("ultrasound").root]
     # coverage and hitl: the two-stage pipeline (the scorer's bundle, and the locator's)
     task = "scorer" if args.task in ("coverage", "hitl") else args.task
-    task = "ultrasound" if task == "heatmaps" else task
+    task = "ultrasound" if task in ("heatmaps", "us-coverage") else task
     roots = [args.bundle or bundle_for(task).root]
     if args.task in ("coverage", "hitl"):
         roots.append(bundle_for("locator").root)
@@ -416,7 +432,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
             "scorer_bundle": args.scorer_bundle,
             "n_resamples": args.resamples,
         }
-    elif args.task in ("coverage", "hitl", "baselines"):
+    elif args.task in ("coverage", "us-coverage", "hitl", "baselines"):
         extra = {"n_resamples": args.resamples}
     if args.locator_bundle and args.task not in ("scorer", "multitask"):
         raise ValueError("--locator-bundle belongs to --task scorer or multitask")
@@ -430,6 +446,7 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         "ultrasound": (60, 2100),
         "multitask": (40, 2000),
         "coverage": (30, 3400),
+        "us-coverage": (60, 2100),  # RATING's sets; calibrated on validation seed 3500
         "hitl": (10, 2000),
         "baselines": (20, 1000),  # validation seeds; ultrasound seed + 100
         "heatmaps": (12, 2100),  # phantom pairs, not patients
@@ -562,6 +579,7 @@ def _predict_ultrasound(service: Any, args: argparse.Namespace) -> int:
         explain=not args.no_explain,
         progress=not args.quiet,
         auto_roi=args.auto_roi,
+        coverage=args.coverage,
         **source,
     )
     summary = graded.summary
@@ -837,6 +855,7 @@ def build_parser() -> argparse.ArgumentParser:
             "ultrasound",
             "multitask",
             "coverage",
+            "us-coverage",
             "hitl",
             "baselines",
             "heatmaps",
@@ -844,7 +863,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="one bundle, or all of them in one run (default); multitask: the radiograph "
         "pipelines side by side (two-stage, Hirano via --compare, multi-task U-Net); "
         "baselines: trivial, pixel-feature and shuffled-label baselines vs the shipped models "
-        "(not in all: it trains its own baselines on a training-seed cohort)",
+        "(not in all: it trains its own baselines on a training-seed cohort); coverage / "
+        "us-coverage: the conformal grade sets of the scorer / the RATING ensemble",
     )
     p.add_argument("--out", type=Path, help="JSON file (default: results/benchmark_<task>.json)")
     p.add_argument(
@@ -962,7 +982,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--coverage",
         type=float,
         default=0.9,
-        help="coverage of the grade sets in joint_scores.csv (conformal, default 0.9)",
+        help="coverage of the conformal grade sets in joint_scores.csv and, for a calibrated "
+        "RATING ensemble, ultrasound_grades.csv (default 0.9)",
     )
     p.add_argument(
         "--device",
@@ -1006,23 +1027,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "calibrate",
-        help="conformal grade sets for the scorer, or the locator's radius and probability of "
-        "being right: run it on a calibration project whose reference is known (never one you "
-        "report figures on)",
+        help="conformal grade sets for the scorer or the RATING ensemble, or the locator's "
+        "radius and probability of being right: run it on a calibration project whose "
+        "reference is known (never one you report figures on)",
     )
     p.add_argument(
         "--task",
-        choices=["scorer", "locator"],
+        choices=["scorer", "locator", "ultrasound"],
         default="scorer",
         help="scorer: grade sets (models/conformal.json); locator: a position radius and a "
-        "probability of being right per joint (models/locator_calibration.json)",
+        "probability of being right per joint (models/locator_calibration.json); ultrasound: "
+        "grade sets for SH, vascularity and combined (ra_us_rating models/us_conformal.json)",
     )
     p.add_argument(
         "--project",
         type=Path,
         required=True,
         action="append",
-        help="with scores_ra2dream.csv; --task locator pools several (repeat --project)",
+        help="with scores_ra2dream.csv (ultrasound: graded pairs in its store or "
+        "ultrasound_scores.csv); --task locator pools several (repeat --project)",
     )
     p.add_argument("--images", type=Path, help="default: the project's radiographs/ folder")
     p.add_argument("--out", type=Path, help="default: the bundle's models/ folder")

@@ -38,9 +38,12 @@ __all__ = [
     "GradeCalibration",
     "GradeSet",
     "JointSetsCsv",
+    "MondrianQuantiles",
     "bin_of",
     "calibrate_grades",
+    "check_coverage",
     "coverage_figures",
+    "interval_grade_set",
 ]
 
 CALIBRATION_FILE = "conformal.json"  # in a scorer bundle's models/ (or next to its weights)
@@ -81,30 +84,9 @@ class GradeCalibration:
     source: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from crepes import ConformalRegressor
-
-        unknown = set(self.residuals) - set(BINS)
-        if unknown:
-            raise ValueError(f"unknown calibration bins {sorted(unknown)}; expected {BINS}")
         if self.beta <= 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
-        pooled = [r for values in self.residuals.values() for r in values]
-        if len(pooled) < MIN_PER_BIN:
-            raise ValueError(
-                f"{len(pooled)} calibration residuals are too few for a grade set "
-                f"(need at least {MIN_PER_BIN}); calibrate on more patients"
-            )
-        self._bins = {b: b if len(self.residuals.get(b, ())) >= MIN_PER_BIN else "pooled"
-                      for b in BINS}  # fmt: skip
-        values = [np.asarray(self.residuals[b], float) for b in BINS if self._bins[b] == b]
-        labels = [np.full(len(v), b, dtype=object) for b, v in zip(
-            [b for b in BINS if self._bins[b] == b], values, strict=True)]  # fmt: skip
-        if any(v == "pooled" for v in self._bins.values()):
-            values.append(np.asarray(pooled, float))
-            labels.append(np.full(len(pooled), "pooled", dtype=object))
-        self._regressor = ConformalRegressor().fit(
-            np.concatenate(values), bins=np.concatenate(labels)
-        )
+        self._quantiles = MondrianQuantiles(self.residuals, BINS)
 
     def grade_sets(
         self,
@@ -112,25 +94,18 @@ class GradeCalibration:
         coverage: float = 0.9,
     ) -> list[GradeSet]:
         """``(joint_id, score_type, prediction, sd)`` rows -> one grade set each."""
-        _check_coverage(coverage)
+        check_coverage(coverage)
         if not rows:
             return []
-        preds = np.array([float(r[2]) for r in rows])
         sigmas = np.array([_sigma(r[3], self.beta) for r in rows])
-        bins = np.array([self._bins[bin_of(r[0], r[1])] for r in rows], dtype=object)
         # residuals were divided by sigma, so the interval is pred +- q * sigma
-        half = self._regressor.predict_int(
-            np.zeros(len(rows)), bins=bins, confidence=coverage
-        )[:, 1] * sigmas  # fmt: skip
-        out = []
-        for (joint_id, score_type, _, _), p, h in zip(rows, preds, half, strict=True):
-            top = get_joint(joint_id).max_score(score_type)
-            low = max(0, math.ceil(p - h - 1e-9))
-            high = min(top, math.floor(p + h + 1e-9))
-            if low > high:  # no integer inside: the nearest grade (only adds coverage)
-                low = high = int(np.clip(round_grade(p), 0, top))
-            out.append(GradeSet(float(p), int(low), int(high), float(coverage)))
-        return out
+        half = self._quantiles.half_widths([bin_of(r[0], r[1]) for r in rows], coverage) * sigmas
+        return [
+            interval_grade_set(
+                float(pred), float(h), get_joint(joint_id).max_score(score_type), coverage
+            )
+            for (joint_id, score_type, pred, _), h in zip(rows, half, strict=True)
+        ]
 
     # ------------------------------------------------------------------ files
 
@@ -162,9 +137,74 @@ class GradeCalibration:
         )
 
 
-def _check_coverage(coverage: float) -> None:
+def check_coverage(coverage: float) -> None:
+    """A coverage is a probability strictly between 0 and 1 (say so otherwise)."""
     if not 0.0 < coverage < 1.0:
         raise ValueError(f"coverage must be between 0 and 1 (e.g. 0.9), got {coverage}")
+
+
+def interval_grade_set(prediction: float, half_width: float, top: int, coverage: float) -> GradeSet:
+    """The integers inside ``prediction +- half_width``, clipped to ``0..top``.
+
+    The truth is an integer, so cutting a conformal interval down to the integers inside it
+    keeps its guarantee. When no integer lies inside, the nearest grade (only adds coverage):
+    a set is never empty.
+    """
+    low = max(0, math.ceil(prediction - half_width - 1e-9))
+    high = min(int(top), math.floor(prediction + half_width + 1e-9))
+    if low > high:
+        low = high = int(np.clip(round_grade(prediction), 0, top))
+    return GradeSet(float(prediction), int(low), int(high), float(coverage))
+
+
+class MondrianQuantiles:
+    """Split-conformal quantiles of nonnegative residuals, one per bin (Mondrian), by crepes.
+
+    ``residuals``: bin -> calibration residuals; ``bins``: every bin a prediction may ask for.
+    A bin with fewer than ``min_per_bin`` residuals borrows the pooled ones of all such bins
+    (its own quantile would be too coarse); fewer than ``min_per_bin`` in all is refused.
+    Shared by the scorer's and RATING's grade sets so the bookkeeping lives in one place.
+    """
+
+    def __init__(
+        self,
+        residuals: Mapping[str, Sequence[float]],
+        bins: Sequence[str],
+        min_per_bin: int = MIN_PER_BIN,
+    ):
+        from crepes import ConformalRegressor
+
+        unknown = set(residuals) - set(bins)
+        if unknown:
+            raise ValueError(f"unknown calibration bins {sorted(unknown)}; expected {tuple(bins)}")
+        pooled = [float(r) for values in residuals.values() for r in values]
+        if len(pooled) < min_per_bin:
+            raise ValueError(
+                f"{len(pooled)} calibration residuals are too few for a grade set "
+                f"(need at least {min_per_bin}); calibrate on more patients"
+            )
+        self.labels = {b: b if len(residuals.get(b, ())) >= min_per_bin else "pooled"
+                       for b in bins}  # fmt: skip
+        own = [b for b in bins if self.labels[b] == b]
+        values = [np.asarray(residuals[b], float) for b in own]
+        labels = [np.full(len(v), b, dtype=object) for b, v in zip(own, values, strict=True)]
+        if "pooled" in self.labels.values():
+            values.append(np.asarray(pooled, float))
+            labels.append(np.full(len(pooled), "pooled", dtype=object))
+        self._regressor = ConformalRegressor().fit(
+            np.concatenate(values), bins=np.concatenate(labels)
+        )
+
+    def half_widths(self, bins: Sequence[str], coverage: float) -> np.ndarray:
+        """The conformal quantile of each requested bin at ``coverage`` (``inf`` when the
+        bin has too few residuals for that coverage, as crepes says)."""
+        check_coverage(coverage)
+        if not len(bins):
+            return np.zeros(0)
+        labels = np.array([self.labels[b] for b in bins], dtype=object)
+        return self._regressor.predict_int(
+            np.zeros(len(labels)), bins=labels, confidence=coverage
+        )[:, 1]  # fmt: skip
 
 
 def _sigma(sd: float | None, beta: float) -> float:
@@ -240,7 +280,7 @@ class JointSetsCsv:
     def __init__(self, path: str | Path, calibration: GradeCalibration | None, coverage: float):
         import csv
 
-        _check_coverage(coverage)
+        check_coverage(coverage)
         self.path = Path(path)
         self.calibration = calibration
         self.coverage = float(coverage)

@@ -697,6 +697,7 @@ class PredictionService:
         explain_copies: int | None = None,
         progress: bool = True,
         auto_roi: bool = False,
+        coverage: float | None = None,
     ) -> UltrasoundPrediction:
         """The RATING bundle's own ``inference.json`` on a pairs table or a project's pairs.
 
@@ -705,7 +706,9 @@ class PredictionService:
         member (fast enough for a folder; RATING's 50 steps x 8 noisy copies unless told).
         ``auto_roi``: pairs without a drawn ROI are cut with the proposed joint-recess box; in a
         project the proposal is recorded as a ``model`` ROI revision (a person's box is never
-        replaced, and is always the one used when there is one).
+        replaced, and is always the one used when there is one). ``coverage``: of the
+        conformal grade sets in ``ultrasound_grades.csv`` (the bundle's default, 0.9, unless
+        told; sets only when the ensemble is calibrated, :mod:`annotation_tools.us_conformal`).
         """
         from .us_rating import run_bundle_inference
 
@@ -731,6 +734,8 @@ class PredictionService:
             overrides["pair_id"] = int(pair_id)
         if auto_roi:
             overrides["auto_roi"] = True
+        if coverage is not None:
+            overrides["coverage"] = float(coverage)
         if chosen is not None:  # a retrained ensemble: its folder holds the manifest
             overrides["models_dir"] = str(Path(chosen).parent)
         if self.device:  # an object through the parser's overrides, never an expression

@@ -23,6 +23,7 @@ __all__ = [
     "DEFAULT_BASELINE",
     "DOPPLER_CHANNELS",
     "GRADES",
+    "GRADE_KEYS",
     "GREYSCALE_CHANNELS",
     "OUTPUTS",
     "SPLITS",
@@ -53,6 +54,7 @@ __all__ = [
 ]
 
 GRADES = 4  # 0-3
+GRADE_KEYS = ("synovial_hypertrophy", "vascularity", "combined")  # the grades of a pair
 SPLITS = (1, 2, 3)  # binary task k: "grade >= k"  (0|123, 01|23, 012|3)
 
 

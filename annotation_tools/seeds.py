@@ -128,6 +128,13 @@ REGISTRY: tuple[SeedUse, ...] = (
         "RATING figures reported and settings compared before the registry; benchmark default",
     ),
     SeedUse(
+        (3500,),
+        "validation",
+        ULTRASOUND,
+        "conformal calibration of RATING's grade sets, beta chosen on it "
+        "(ra-joints calibrate --task ultrasound)",
+    ),
+    SeedUse(
         (ROI_PAIR_SEEDS["validation"],),
         "validation",
         ULTRASOUND,

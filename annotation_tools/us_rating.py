@@ -24,12 +24,14 @@ from monai.transforms import MapTransform
 from torch import nn
 
 from .bundles import ensemble_manifest, load_weights, weights_hash
+from .conformal import check_coverage
 from .imageio import ImageReadError, read_image
 from .isolation import Cancelled, reason_of
 from .paths import safe_name, unique_name
 from .rating import (
     DEFAULT_BASELINE,
     DOPPLER_CHANNELS,
+    GRADE_KEYS,
     GRADES,
     GREYSCALE_CHANNELS,
     OUTPUTS,
@@ -47,6 +49,7 @@ from .rating import (
 )
 from .store import TRAINING_SOURCES, AnnotationStore, Provenance
 from .ultrasound import RATING_SIZE, UltrasoundInputError, prepare_pair
+from .us_conformal import UsGradeCalibration, set_columns, us_calibration_for
 
 __all__ = [
     "EXPLAIN_DEFAULTS",
@@ -57,6 +60,8 @@ __all__ = [
     "RatingWriter",
     "UsCase",
     "UsCaseSet",
+    "decide_cases",
+    "ensemble_hash",
     "evaluate_rating",
     "explain_case",
     "load_ensemble",
@@ -66,7 +71,6 @@ __all__ = [
     "run_bundle_inference",
 ]
 
-GRADE_KEYS = ("synovial_hypertrophy", "vascularity", "combined")
 ROI_COLUMNS = ("roi_x0", "roi_y0", "roi_x1", "roi_y1")
 
 
@@ -389,18 +393,21 @@ class RatingEnsemble(nn.Module):
         return out
 
     def decide(self, logits: np.ndarray) -> list[dict[str, Any]]:
-        """Per case: MULTITUDE grades, every fold's votes, the vote weights and the ablations
-        (plain majority vote, the first fold alone, grey-scale-only SH)."""
+        """Per case: MULTITUDE grades, every fold's votes, the vote weights, the mean split
+        probabilities and each fold's expected grade (what the conformal grade sets of
+        :mod:`annotation_tools.us_conformal` are built on) and the ablations (plain majority
+        vote, the first fold alone, grey-scale-only SH)."""
         folds = self.fold_probabilities(logits)
         votes: dict[str, np.ndarray] = {}
         mean_probs: dict[str, np.ndarray] = {}
+        fold_expected: dict[str, np.ndarray] = {}  # (B, folds): each fold's expected grade
         for group in OUTPUTS:
             per_fold = [folds[f][group] for f in sorted(folds)]
             repeats = per_fold[0].shape[1] // len(SPLITS)
             votes[group] = np.stack([ecoc_decode(p, repeats=repeats)[0] for p in per_fold], 1)
-            mean_probs[group] = np.mean(
-                [p.reshape(len(p), len(SPLITS), repeats).mean(-1) for p in per_fold], axis=0
-            )
+            fold_probs = [p.reshape(len(p), len(SPLITS), repeats).mean(-1) for p in per_fold]
+            mean_probs[group] = np.mean(fold_probs, axis=0)
+            fold_expected[group] = np.stack([p.sum(-1) for p in fold_probs], 1)
         results = []
         for i in range(len(votes["sh"])):
             sh_votes, v_votes = votes["sh"][i].tolist(), votes["vascularity"][i].tolist()
@@ -420,6 +427,11 @@ class RatingEnsemble(nn.Module):
                         "synovial_hypertrophy": mean_probs["sh"][i].round(4).tolist(),
                         "vascularity": mean_probs["vascularity"][i].round(4).tolist(),
                     },
+                    # sum of P(>=1), P(>=2), P(>=3) of each fold: the grade sets' spread
+                    "fold_expected_grades": {
+                        "synovial_hypertrophy": fold_expected["sh"][i].round(4).tolist(),
+                        "vascularity": fold_expected["vascularity"][i].round(4).tolist(),
+                    },
                     "ablations": {
                         "majority_vote": _pair_dict(*maj),
                         "single_model": _pair_dict(sh_votes[0], v_votes[0]),
@@ -428,6 +440,25 @@ class RatingEnsemble(nn.Module):
                 }
             )
         return results
+
+
+def decide_cases(
+    ensemble: RatingEnsemble, cases: UsCaseSet, batch: int = 16
+) -> list[dict[str, Any]]:
+    """Every case through the ensemble in-process (no MONAI engine: benchmarks and the
+    calibration), decided, with its ``truth`` and ``patient_id``."""
+    logits = []
+    device = next(ensemble.parameters()).device
+    with torch.no_grad():
+        for i in range(0, len(cases.cases), batch):
+            chunk = cases.cases[i : i + batch]
+            x = torch.as_tensor(np.stack([c.image for c in chunk]), dtype=torch.float32) / 255.0
+            logits.append(ensemble(x.to(device)).cpu().numpy())
+    decisions = ensemble.decide(np.concatenate(logits)) if logits else []
+    return [
+        {**d, "truth": c.truth, "patient_id": c.patient_id}
+        for c, d in zip(cases.cases, decisions, strict=True)
+    ]
 
 
 def _pair_dict(sh: int, vasc: int) -> dict[str, Any]:
@@ -443,12 +474,19 @@ def _pair_dict(sh: int, vasc: int) -> dict[str, Any]:
 def load_ensemble(
     models_dir: str | Path,
     *,
-    widen_factor: float = 1.0,
-    hidden: int = 256,
+    widen_factor: float | None = None,
+    hidden: int | None = None,
     input_size: int = RATING_SIZE,
 ) -> RatingEnsemble:
-    """The members listed in ``models_dir/ensemble.json``, weights loaded ``weights_only``."""
+    """The members listed in ``models_dir/ensemble.json``, weights loaded ``weights_only``.
+
+    ``widen_factor`` and ``hidden`` default to the manifest's ``network`` entry (else 1.0 and
+    256), so a caller needs no copy of the bundle's config to open an ensemble folder.
+    """
     files, document = ensemble_manifest(models_dir)
+    network = document.get("network", {})
+    widen_factor = float(network.get("widen_factor", 1.0)) if widen_factor is None else widen_factor
+    hidden = int(network.get("hidden", 256)) if hidden is None else hidden
     info = document["members"]
     members = []
     for entry, path in zip(info, files, strict=True):
@@ -603,6 +641,7 @@ class RatingWriter:
     store: str | Path | None = None
     model_info: Mapping[str, Any] = field(default_factory=dict)
     progress: bool = True
+    coverage: float = 0.9  # of the grade sets, when the ensemble is calibrated (us_conformal)
 
     def write(
         self, case_set: UsCaseSet, ensemble: RatingEnsemble, collector: RatingCollector
@@ -611,6 +650,17 @@ class RatingWriter:
         out.mkdir(parents=True, exist_ok=True)
         started = time.perf_counter()
         decisions = ensemble.decide(collector.stacked()) if case_set.cases else []
+        check_coverage(self.coverage)
+        calibration = us_calibration_for(self.models_dir, ensemble_hash(self.models_dir))
+        sets = []
+        if calibration is not None:  # other weights: no sets rather than wrong ones
+            sets = calibration.grade_sets(decisions, self.coverage)
+            for decision, grade_sets in zip(decisions, sets, strict=True):
+                decision["grade_sets"] = {
+                    k: {"low": s.low, "high": s.high, "expected_grade": round(s.prediction, 4)}
+                    for k, s in grade_sets.items()
+                }
+                decision["set_coverage"] = self.coverage
         rows = []
         ig_seconds = []
         from tqdm.auto import tqdm
@@ -640,7 +690,7 @@ class RatingWriter:
                 ig_seconds.append(time.perf_counter() - t0)
             (out / f"{case.case_id}.json").write_text(json.dumps(record, indent=1))
             rows.append(record)
-        self._write_csv(out / "ultrasound_grades.csv", rows)
+        self._write_csv(out / "ultrasound_grades.csv", rows, with_sets=calibration is not None)
         if self.store is not None:
             self._write_store(case_set, rows)
         summary = {
@@ -652,6 +702,7 @@ class RatingWriter:
             "seconds_per_heatmap_pair": round(float(np.mean(ig_seconds)), 2)
             if ig_seconds
             else None,
+            "grade_sets": self._describe_sets(calibration, sets),
             "note": "Weights trained on phantoms: these grades say nothing about patients.",
         }
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
@@ -676,8 +727,33 @@ class RatingWriter:
             files[name] = f"{case.case_id}_ig_{name}.npy"
         return files
 
+    def _describe_sets(
+        self, calibration: UsGradeCalibration | None, sets: Sequence[Mapping[str, Any]]
+    ) -> dict[str, Any]:
+        """What summary.json says about the grade sets (as the scorer's ``grade_sets``)."""
+        if calibration is None:
+            return {
+                "coverage": self.coverage,
+                "calibrated": False,
+                "note": "no conformal calibration for these ensemble weights: no set columns "
+                "(ra-joints calibrate --task ultrasound makes one)",
+            }
+        return {
+            "coverage": self.coverage,
+            "calibrated": True,
+            "calibration": calibration.source,
+            "mean_width": {
+                k: float(np.mean([s[k].width for s in sets])) if sets else None for k in GRADE_KEYS
+            },
+            "note": "marginal coverage over pairs like the calibration cohort's (phantoms), "
+            "not a per-pair or clinical guarantee",
+        }
+
     @staticmethod
-    def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    def _write_csv(path: Path, rows: Sequence[Mapping[str, Any]], with_sets: bool = False) -> None:
+        """One row per graded pair; the set columns (``<grade>_set_low``, ``_set_high``,
+        ``set_coverage``) come after the old ones, and only for a calibrated ensemble, so
+        readers of the old layout keep working."""
         columns = [
             "patient_id",
             "site",
@@ -687,11 +763,19 @@ class RatingWriter:
             "uncertainty",
             "roi_source",
         ]
+        if with_sets:
+            columns += set_columns()
         with open(path, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=columns, extrasaction="ignore")
             writer.writeheader()
             for row in rows:
-                writer.writerow({**row, "uncertainty": round(row["uncertainty"], 4)})
+                line = {**row, "uncertainty": round(row["uncertainty"], 4)}
+                for k, grade_set in row.get("grade_sets", {}).items():
+                    line[f"{k}_set_low"], line[f"{k}_set_high"] = (
+                        grade_set["low"],
+                        grade_set["high"],
+                    )
+                writer.writerow(line)
 
     def _write_store(self, case_set: UsCaseSet, rows: Sequence[Mapping[str, Any]]) -> None:
         prov = Provenance.model(
