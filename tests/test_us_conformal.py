@@ -261,3 +261,32 @@ def test_an_uncalibrated_ensemble_writes_the_old_columns_only(tmp_path, small_co
         header = csv.DictReader(handle).fieldnames
     assert not any("set_" in c for c in header)
     assert written["summary"]["grade_sets"]["calibrated"] is False
+
+
+def test_us_coverage_benchmark_reports_each_output_with_patient_cis(tmp_path, small_cohort, rng):
+    from annotation_tools.benchmark_coverage import benchmark_us_coverage, us_coverage_markdown
+    from annotation_tools.bundles import bundle_for
+    from annotation_tools.us_rating import ensemble_hash
+
+    shipped = bundle_for("ultrasound").root / "models"
+    bundle = tmp_path / "ra_us_rating"
+    (bundle / "models").mkdir(parents=True)
+    for path in shipped.iterdir():
+        (bundle / "models" / path.name).symlink_to(path)
+    with pytest.raises(FileNotFoundError, match="calibrate --task ultrasound"):
+        benchmark_us_coverage(bundle, small_cohort, n_resamples=20)
+    UsGradeCalibration(
+        {k: list(rng.uniform(0, 1.5, 60)) for k in GRADE_KEYS},
+        source={"ensemble_sha256": ensemble_hash(bundle / "models"), "seed": 3500},
+    ).save(bundle / "models" / US_CALIBRATION_FILE)
+    result = benchmark_us_coverage(bundle, small_cohort, n_resamples=20)
+    assert result["calibration"]["seed"] == 3500 and result["test_cohort"]["pairs"] == 6
+    assert set(result["levels"]) == {"0.8", "0.9", "0.95"}
+    for figures in result["levels"].values():
+        assert set(figures) == {"all", *GRADE_KEYS}
+        assert figures["all"]["n"] == 18 and figures["combined"]["n"] == 6
+        for fig in figures.values():
+            lo, hi = fig["coverage_ci"]
+            assert 0 <= lo <= fig["coverage"] <= hi <= 1
+    table = us_coverage_markdown(result)
+    assert "Calibrated on phantom seed 3500" in table and "| 90% | vascularity |" in table
