@@ -148,8 +148,11 @@ def interval_grade_set(prediction: float, half_width: float, top: int, coverage:
 
     The truth is an integer, so cutting a conformal interval down to the integers inside it
     keeps its guarantee. When no integer lies inside, the nearest grade (only adds coverage):
-    a set is never empty.
+    a set is never empty. An infinite half-width (too few calibration residuals for that
+    coverage) is the whole scale: the honest answer.
     """
+    if not math.isfinite(half_width):
+        return GradeSet(float(prediction), 0, int(top), float(coverage))
     low = max(0, math.ceil(prediction - half_width - 1e-9))
     high = min(int(top), math.floor(prediction + half_width + 1e-9))
     if low > high:
@@ -161,8 +164,8 @@ class MondrianQuantiles:
     """Split-conformal quantiles of nonnegative residuals, one per bin (Mondrian), by crepes.
 
     ``residuals``: bin -> calibration residuals; ``bins``: every bin a prediction may ask for.
-    A bin with fewer than ``min_per_bin`` residuals borrows the pooled ones of all such bins
-    (its own quantile would be too coarse); fewer than ``min_per_bin`` in all is refused.
+    A bin with fewer than ``min_per_bin`` residuals uses the quantile of all bins' residuals
+    pooled (its own would be too coarse); fewer than ``min_per_bin`` in all is refused.
     Shared by the scorer's and RATING's grade sets so the bookkeeping lives in one place.
     """
 

@@ -290,3 +290,10 @@ def test_us_coverage_benchmark_reports_each_output_with_patient_cis(tmp_path, sm
             assert 0 <= lo <= fig["coverage"] <= hi <= 1
     table = us_coverage_markdown(result)
     assert "Calibrated on phantom seed 3500" in table and "| 90% | vascularity |" in table
+
+
+def test_a_coverage_beyond_what_the_residuals_resolve_gives_the_whole_scale(rng):
+    decisions, truths = _synthetic(25, rng)  # 25 residuals per output: 99 % needs more
+    calibration = calibrate_us_grades(decisions, truths, beta=None)
+    for s in calibration.grade_sets(decisions[:3], 0.99):
+        assert all((s[k].low, s[k].high) == (0, 3) for k in GRADE_KEYS)
