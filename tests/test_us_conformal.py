@@ -297,3 +297,44 @@ def test_a_coverage_beyond_what_the_residuals_resolve_gives_the_whole_scale(rng)
     calibration = calibrate_us_grades(decisions, truths, beta=None)
     for s in calibration.grade_sets(decisions[:3], 0.99):
         assert all((s[k].low, s[k].high) == (0, 3) for k in GRADE_KEYS)
+
+
+def test_calibrate_command_then_predict_writes_the_sets(tmp_path, capsys):
+    """End to end through the CLI: a (tiny, unregistered-seed) cohort calibrates a copy of the
+    shipped bundle, and ``predict --ultrasound`` with that bundle writes the set columns."""
+    import shutil
+
+    from annotation_tools.bundles import bundle_for
+    from annotation_tools.cli import main
+    from annotation_tools.phantoms import generate_cohort
+
+    project = tmp_path / "cohort"
+    generate_cohort(
+        project, 7, seed=12, height=256, us_pairs=4, workers=1, progress=False, style="schematic"
+    )
+    shipped = bundle_for("ultrasound").root
+    bundle = tmp_path / "ra_us_rating"
+    shutil.copytree(shipped, bundle, ignore=shutil.ignore_patterns("models"))
+    (bundle / "models").mkdir()
+    for path in (shipped / "models").iterdir():
+        (bundle / "models" / path.name).symlink_to(path)
+    cal = bundle / "models" / US_CALIBRATION_FILE
+    assert main(["calibrate", "--task", "ultrasound", "--project", str(project),
+                 "--out", str(cal)]) == 0  # fmt: skip
+    assert "7 patients, 28 pairs" in capsys.readouterr().out
+    made = UsGradeCalibration.load(cal)
+    assert made.source["seed"] == 12 and "beta_choice" in made.source
+    assert {k: len(v) for k, v in made.residuals.items()} == dict.fromkeys(GRADE_KEYS, 28)
+    out = tmp_path / "pred"
+    status = main(
+        ["predict", "--ultrasound", str(project / "ultrasound_scores.csv"), "--out", str(out),
+         "--us-bundle", str(bundle), "--trust-bundle", "--coverage", "0.8", "--no-explain",
+         "--quiet"]
+    )  # fmt: skip
+    assert status == 0
+    with open(out / "ultrasound" / "ultrasound_grades.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 28 and all(float(r["set_coverage"]) == 0.8 for r in rows)
+    summary = json.loads((out / "ultrasound" / "summary.json").read_text())
+    sets = summary["grade_sets"]
+    assert sets["calibrated"] and sets["calibration"]["seed"] == 12
