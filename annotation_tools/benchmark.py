@@ -59,6 +59,7 @@ def benchmark_locator(
         images = store.images(modality="radiograph")
         paths = [str(store.resolve(im)) for im in images]
         limbs = {str(store.resolve(im)): im.limb for im in images}
+        n_patients = len({im.patient_id for im in images})  # an existing folder may hold fewer
     locator = JointLocator.from_bundle(bundle, device=device)
     locator.predict_files(paths[:2], limbs)  # warm-up (allocations, lazy imports)
     started = time.perf_counter()
@@ -73,7 +74,7 @@ def benchmark_locator(
         "model": locator.model_info,
         "heldout": {
             "project": str(project),
-            "patients": patients,
+            "patients": n_patients,
             "seed": seed,
             "radiographs": len(paths),
             "unreadable": failed,
@@ -273,7 +274,7 @@ def benchmark_scorer(
         "model": shipped.model_info,
         "heldout": {
             "project": str(project),
-            "patients": patients,
+            "patients": len(by_patient),
             "seed": seed,
             "patches": len(patch_set(shipped.patch_size).items),
         },

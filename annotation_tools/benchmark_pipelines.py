@@ -252,7 +252,7 @@ def benchmark_pipelines(
         )
     return {
         "task": "multitask",
-        "heldout": {"project": str(project), "patients": patients, "seed": seed},
+        "heldout": {"project": str(project), "patients": len(truth), "seed": seed},
         "pipelines": rows,
         "paired_two_stage_vs_multitask": _paired(
             truth, tables[two_stage], tables[multitask], (two_stage, multitask), n_resamples
