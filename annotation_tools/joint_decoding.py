@@ -382,6 +382,10 @@ def decode_result(
         limb_source = "model"
     parsed = Limb.parse(limb)
     wrong_kind = is_hand != (parsed.kind == "hand")
+    if wrong_kind and parsed.kind == "foot" and len(_conflicts(hand, min_separation)) > 1:
+        # weak evidence for a hand (2-3 channel pairs on one spot, as on some feet, e.g. an
+        # 8-bit export): the label stands; only a clean hand decoding overrules a foot label
+        wrong_kind = False
     if wrong_kind:
         warnings.append(
             f"image does not look like a {parsed.kind} radiograph but is labelled "

@@ -120,6 +120,30 @@ def test_wrong_limb_kind_flags_every_joint_missing():
     assert sum(not j.missing for j in guessed.joints.values()) == 6
 
 
+def _foot_labelled(prob):
+    return decode_result(
+        prob, limb="LF", limb_source="filename", original_shape=(100, 100), mirrored=False,
+        path="P1_LF.png",
+    )  # fmt: skip
+
+
+def test_a_foot_label_is_overruled_only_by_a_clean_hand():
+    """Hand channels fire on toes too; a foot label gives way only when every hand channel
+    fires at its own place (at most one pair on one spot), not on 2-3 coincident pairs."""
+    clean = _hand_heatmaps((100, 100))
+    for c in range(22, 28):  # the foot channels fire as well, as they do on a hand
+        clean[c] = _blob((100, 100), 5 + 7 * (c - 22), 20, sigma=1.0, peak=0.9)
+    refused = _foot_labelled(clean)
+    assert all(j.missing for j in refused.joints.values())
+    assert "does not look like a foot" in refused.warnings[0]
+    blurred = clean.copy()
+    for c, onto in ((1, 0), (3, 2)):  # two hand channels land on their neighbours' spots
+        blurred[c] = _blob((100, 100), 5 + 7 * onto, 60, sigma=1.0, peak=0.9)
+    kept = _foot_labelled(blurred)
+    assert not any("does not look like" in w for w in kept.warnings)
+    assert sum(not j.missing for j in kept.joints.values()) == 6
+
+
 def test_loss_ignores_minus_one_pixels():
     loss = LocatorLoss()
     logits = torch.zeros(1, 28, 8, 8)
