@@ -338,3 +338,39 @@ def test_calibrate_command_then_predict_writes_the_sets(tmp_path, capsys):
     summary = json.loads((out / "ultrasound" / "summary.json").read_text())
     sets = summary["grade_sets"]
     assert sets["calibrated"] and sets["calibration"]["seed"] == 12
+
+
+def test_the_writer_keeps_a_calibrated_pairs_sets_in_its_model_revision(tmp_path, rng, monkeypatch):
+    """``RatingWriter`` stores each pair's sets (and the coverage) with the model's grades when
+    the ensemble is calibrated, and grades alone when it is not."""
+    from types import SimpleNamespace
+
+    from annotation_tools import us_rating
+    from annotation_tools.imageio import write_png
+    from annotation_tools.store import AnnotationStore
+
+    monkeypatch.setattr(us_rating, "ensemble_hash", lambda models_dir: "abc")
+    with AnnotationStore.open(tmp_path) as store:
+        ids = []
+        for i, modality in enumerate(("us_greyscale", "us_doppler", "us_greyscale", "us_doppler")):
+            path = write_png(tmp_path / f"{i}.png", (rng.random((32, 40)) * 255).astype(np.uint8))
+            ids.append(store.add_image(path, patient_id="P1", modality=modality))
+        calibrated = store.add_us_pair(ids[0], ids[1], site="R_mcp_2")
+        plain = store.add_us_pair(ids[2], ids[3], site="L_mcp_2")
+    sets = {
+        "synovial_hypertrophy": {"low": 1, "high": 2, "expected_grade": 1.6},
+        "vascularity": {"low": 0, "high": 1, "expected_grade": 0.4},
+        "combined": {"low": 1, "high": 2, "expected_grade": 1.6},
+    }
+    row = {"synovial_hypertrophy": 2, "vascularity": 0, "uncertainty": 0.3}
+    cases = [SimpleNamespace(pair_id=p, roi_source="drawn", roi=None) for p in (calibrated, plain)]
+    writer = us_rating.RatingWriter(tmp_path / "out", tmp_path, store=tmp_path)
+    writer._write_store(
+        SimpleNamespace(cases=cases), [{**row, "grade_sets": sets, "set_coverage": 0.8}, row]
+    )
+    with AnnotationStore.open(tmp_path, create=False) as store:
+        rev = store.us_score(calibrated)
+        assert rev.is_model and rev.weights_hash == "abc" and rev.value["coverage"] == 0.8
+        assert rev.grade_sets == {k: (s["low"], s["high"]) for k, s in sets.items()}
+        other = store.us_score(plain)
+        assert other.is_model and other.grade_sets == {} and other.value["coverage"] is None
