@@ -20,6 +20,18 @@ from annotation_tools.us_conformal import (
 )
 
 
+def _uncalibrated_models(dest):
+    """The shipped RATING weights linked into ``dest`` without the shipped calibration: a
+    calibration written there must never go through a link into the bundle itself."""
+    from annotation_tools.bundles import bundle_for
+
+    dest.mkdir(parents=True)
+    for path in (bundle_for("ultrasound").root / "models").iterdir():
+        if path.name != US_CALIBRATION_FILE:
+            (dest / path.name).symlink_to(path)
+    return dest
+
+
 def _synthetic(n: int, rng: np.random.Generator, sd_sh: float = 0.5, sd_v: float = 0.5):
     """Decisions shaped like ``RatingEnsemble.decide``'s, with the noise given per output:
     expected grade = truth + noise (clipped to 0..3), each fold near it."""
@@ -188,15 +200,10 @@ def test_calibrate_refuses_a_test_seed_and_a_cohort_without_enough_pairs(
 def test_ultrasound_grades_csv_gets_the_set_columns_at_the_coverage_asked(
     tmp_path, small_cohort, rng
 ):
-    from annotation_tools.bundles import bundle_for
     from annotation_tools.predict import PredictionService
     from annotation_tools.us_rating import ensemble_hash
 
-    shipped = bundle_for("ultrasound").root / "models"
-    models = tmp_path / "models"  # the shipped weights, with a calibration of their own
-    models.mkdir()
-    for path in shipped.iterdir():
-        (models / path.name).symlink_to(path)
+    models = _uncalibrated_models(tmp_path / "models")  # with a calibration of their own
     assert not (models / US_CALIBRATION_FILE).exists()
     residuals = {k: list(rng.uniform(0, 1, 60)) for k in GRADE_KEYS}
     UsGradeCalibration(
@@ -234,7 +241,6 @@ def test_ultrasound_grades_csv_gets_the_set_columns_at_the_coverage_asked(
 
 
 def test_an_uncalibrated_ensemble_writes_the_old_columns_only(tmp_path, small_cohort):
-    from annotation_tools.bundles import bundle_for
     from annotation_tools.us_rating import (
         RatingCollector,
         RatingWriter,
@@ -242,8 +248,7 @@ def test_an_uncalibrated_ensemble_writes_the_old_columns_only(tmp_path, small_co
         load_us_cases,
     )
 
-    models = bundle_for("ultrasound").root / "models"
-    assert not (models / US_CALIBRATION_FILE).exists()  # the lead ships it; none yet
+    models = _uncalibrated_models(tmp_path / "models")  # the shipped weights, no calibration
     ensemble = load_ensemble(models)
     cases = load_us_cases(pairs_table=small_cohort / "ultrasound_scores.csv")
     cases.cases = cases.cases[:2]
@@ -265,14 +270,10 @@ def test_an_uncalibrated_ensemble_writes_the_old_columns_only(tmp_path, small_co
 
 def test_us_coverage_benchmark_reports_each_output_with_patient_cis(tmp_path, small_cohort, rng):
     from annotation_tools.benchmark_coverage import benchmark_us_coverage, us_coverage_markdown
-    from annotation_tools.bundles import bundle_for
     from annotation_tools.us_rating import ensemble_hash
 
-    shipped = bundle_for("ultrasound").root / "models"
     bundle = tmp_path / "ra_us_rating"
-    (bundle / "models").mkdir(parents=True)
-    for path in shipped.iterdir():
-        (bundle / "models" / path.name).symlink_to(path)
+    _uncalibrated_models(bundle / "models")
     with pytest.raises(FileNotFoundError, match="calibrate --task ultrasound"):
         benchmark_us_coverage(bundle, small_cohort, n_resamples=20)
     UsGradeCalibration(
@@ -315,9 +316,7 @@ def test_calibrate_command_then_predict_writes_the_sets(tmp_path, capsys):
     shipped = bundle_for("ultrasound").root
     bundle = tmp_path / "ra_us_rating"
     shutil.copytree(shipped, bundle, ignore=shutil.ignore_patterns("models"))
-    (bundle / "models").mkdir()
-    for path in (shipped / "models").iterdir():
-        (bundle / "models" / path.name).symlink_to(path)
+    _uncalibrated_models(bundle / "models")
     cal = bundle / "models" / US_CALIBRATION_FILE
     assert main(["calibrate", "--task", "ultrasound", "--project", str(project),
                  "--out", str(cal)]) == 0  # fmt: skip
