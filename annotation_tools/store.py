@@ -25,7 +25,7 @@ import json
 import math
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -56,12 +56,18 @@ __all__ = [
     "StoreVersionError",
 ]
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 STORE_FILENAME = "ra_joints.sqlite"
 IMAGE_JSON_FORMAT = "napari-ra-joints/image-annotations"
 SOURCES = ("human", "model", "phantom")
 TRAINING_SOURCES = ("human", "phantom")
 MODALITIES = ("radiograph", "us_greyscale", "us_doppler")
+US_GRADES = ("synovial_hypertrophy", "vascularity", "combined")  # the outputs of a pair
+# v3: a model's ultrasound grades keep one conformal set per output and the coverage asked.
+US_SET_COLUMNS = (
+    *(f"{grade}_set_{end}" for grade in US_GRADES for end in ("low", "high")),
+    "coverage",
+)
 
 
 class StoreError(RuntimeError):
@@ -139,6 +145,24 @@ class Revision:
     def is_model(self) -> bool:
         return self.source == "model"
 
+    @property
+    def grade_sets(self) -> dict[str, tuple[int, int]]:
+        """The model's conformal sets ``{output: (low, high)}`` at ``value["coverage"]``:
+        per ultrasound output of a ``us_score``, under the score type of a ``score``; empty
+        for a person's revision or a model without a calibration (readers need not know the
+        column names)."""
+        if self.kind == "us_score":
+            pairs = {g: (f"{g}_set_low", f"{g}_set_high") for g in US_GRADES}
+        elif self.kind == "score":
+            pairs = {str(self.value.get("score_type")): ("set_low", "set_high")}
+        else:
+            return {}
+        return {
+            name: (int(self.value[low]), int(self.value[high]))
+            for name, (low, high) in pairs.items()
+            if self.value.get(low) is not None and self.value.get(high) is not None
+        }
+
 
 @dataclass(frozen=True)
 class Resolved:
@@ -198,6 +222,7 @@ class _Kind:
     key_columns: tuple[str, ...]
     value_columns: tuple[str, ...]
     statuses: tuple[str, ...] = ("present", "deleted")
+    set_columns: tuple[str, ...] = ()  # a model's conformal set: never copied to a person's
 
 
 _KINDS = {
@@ -214,13 +239,15 @@ _KINDS = {
         "image_id",
         ("joint_id", "score_type"),
         ("value", "uncertainty", "set_low", "set_high", "coverage"),
+        set_columns=("set_low", "set_high", "coverage"),
     ),
     "roi": _Kind("us_rois", "image_id", (), ("x0", "y0", "x1", "y1")),
     "us_score": _Kind(
         "us_scores",
         "pair_id",
         (),
-        ("synovial_hypertrophy", "vascularity", "combined", "uncertainty"),
+        (*US_GRADES, "uncertainty", *US_SET_COLUMNS),
+        set_columns=US_SET_COLUMNS,
     ),
 }
 
@@ -312,8 +339,20 @@ ALTER TABLE joint_scores ADD COLUMN set_high INTEGER;
 ALTER TABLE joint_scores ADD COLUMN coverage REAL;
 """
 
+# v3: the same for ultrasound grades - one set per output (SH, vascularity, combined) and the
+# coverage, on the model revision that made them (issue #24). NULL on every older row.
+_SCHEMA_V3 = """
+ALTER TABLE us_scores ADD COLUMN synovial_hypertrophy_set_low INTEGER;
+ALTER TABLE us_scores ADD COLUMN synovial_hypertrophy_set_high INTEGER;
+ALTER TABLE us_scores ADD COLUMN vascularity_set_low INTEGER;
+ALTER TABLE us_scores ADD COLUMN vascularity_set_high INTEGER;
+ALTER TABLE us_scores ADD COLUMN combined_set_low INTEGER;
+ALTER TABLE us_scores ADD COLUMN combined_set_high INTEGER;
+ALTER TABLE us_scores ADD COLUMN coverage REAL;
+"""
+
 # MIGRATIONS[n] upgrades a store from schema n to n + 1. Append, never edit.
-MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2}
+MIGRATIONS: dict[int, str] = {0: _SCHEMA_V1, 1: _SCHEMA_V2, 2: _SCHEMA_V3}
 
 
 def _now() -> str:
@@ -918,7 +957,7 @@ class AnnotationStore:
     ) -> int:
         spec = _KINDS[kind]
         values = {c: rev.value.get(c) for c in spec.value_columns}
-        for column in ("set_low", "set_high", "coverage"):  # a person's grade has no set
+        for column in spec.set_columns:  # a person's grade has no set
             values.pop(column, None)
         if kind == "polygon" and values["vertices"] is not None:
             values["vertices"] = json.dumps(values["vertices"])
@@ -1057,8 +1096,16 @@ class AnnotationStore:
         provenance: Provenance,
         *,
         uncertainty: float | None = None,
+        grade_sets: Mapping[str, tuple[int, int]] | None = None,
+        coverage: float | None = None,
     ) -> int:
-        """Record EULAR-OMERACT grades; the combined grade is derived, never typed in."""
+        """Record EULAR-OMERACT grades; the combined grade is derived, never typed in.
+
+        A model's grades can carry conformal ``grade_sets`` (``{output: (low, high)}`` for
+        ``synovial_hypertrophy``, ``vascularity``, ``combined``: ``low..high`` holds the truth
+        with probability ``coverage``), kept in the same revision so each set belongs to the
+        model version that made it. A person's grades carry none.
+        """
         for name, grade in (
             ("synovial hypertrophy", synovial_hypertrophy),
             ("vascularity", vascularity),
@@ -1077,6 +1124,22 @@ class AnnotationStore:
             "combined": combined,
             "uncertainty": uncertainty,
         }
+        if grade_sets:
+            if provenance.source != "model":
+                raise ValueError("only a model's grades carry grade sets; a person's carry none")
+            unknown = set(grade_sets) - set(US_GRADES)
+            if unknown:
+                raise ValueError(f"grade sets for unknown outputs {sorted(unknown)}")
+            for name, grade_set in grade_sets.items():
+                low, high = (int(g) for g in grade_set)
+                if not 0 <= low <= high <= 3:
+                    raise ValueError(
+                        f"{name} grade set {low}..{high} is not inside 0-3 (or low > high)"
+                    )
+                values.update({f"{name}_set_low": low, f"{name}_set_high": high})
+            if coverage is None or not 0 < coverage < 1:
+                raise ValueError(f"a grade set needs its coverage in (0, 1), got {coverage!r}")
+            values["coverage"] = float(coverage)
         return self._append("us_score", pair_id, {}, values, provenance)
 
     def us_score(

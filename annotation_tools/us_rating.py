@@ -789,12 +789,17 @@ class RatingWriter:
                     continue
                 if case.roi_source == "proposed":
                     record_proposed_roi(st, case.pair_id, case.roi)
+                sets = row.get("grade_sets")  # only when the ensemble has a calibration
                 st.set_us_score(
                     case.pair_id,
                     row["synovial_hypertrophy"],
                     row["vascularity"],
                     prov,
                     uncertainty=float(row["uncertainty"]),
+                    grade_sets={k: (s["low"], s["high"]) for k, s in sets.items()}
+                    if sets
+                    else None,
+                    coverage=row.get("set_coverage") if sets else None,
                 )
 
 

@@ -862,3 +862,49 @@ def test_the_joint_diagram_picks_the_joint_clicked(
     qtbot.mouseClick(diagram, Qt.LeftButton, pos=QPoint(int(point.x()), int(point.y())))
     assert session.chosen_joint == target
     assert "MCP 4" in widget.annotate_panel.guide.text()
+
+
+def test_a_model_ultrasound_proposal_shows_its_grade_sets(make_napari_viewer, tmp_path):
+    """The model's conformal set beside each grade (``SH 2 [1-2]``), coloured by width and
+    explained in the tooltip; a person's grades and a model without sets show none."""
+    from annotation_tools.imageio import write_png
+    from annotation_tools.store import AnnotationStore, Provenance
+
+    rng = np.random.default_rng(7)
+    model = Provenance.model("ra_us_rating", "0.1.0", "abc")
+    with AnnotationStore.open(tmp_path) as store:
+        ids = []
+        for name, modality in (("P1_gs.png", "us_greyscale"), ("P1_dp.png", "us_doppler")):
+            path = write_png(tmp_path / name, (rng.random((64, 80)) * 255).astype(np.uint8))
+            ids.append(store.add_image(path, patient_id="P1", modality=modality))
+        with_sets = store.add_us_pair(*ids, site="R_mcp_2")
+        store.set_us_score(
+            with_sets,
+            2,
+            1,
+            model,
+            uncertainty=0.2,
+            grade_sets={"synovial_hypertrophy": (1, 2), "vascularity": (1, 1), "combined": (1, 2)},
+            coverage=0.9,
+        )
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    widget.open_project(tmp_path)
+    widget.open_entry("pair", with_sets)
+    panel = widget.grades_panel
+    text, tip = panel.proposal_label.text(), panel.proposal_label.toolTip()
+    assert "SH 2 [1-2], vascularity 1 [1], combined 2 [1-2]" in text
+    assert "90% coverage" in tip and "phantoms" in tip
+    assert "background-color" in panel.proposal_label.styleSheet()  # a two-grade set
+    # the person corrects: their grades carry no set; the model's proposal keeps its own
+    panel.sh_spin.setValue(3)
+    panel.vasc_spin.setValue(2)
+    panel.save_grades()
+    assert "[" not in panel.committed_label.text()
+    assert "SH 2 [1-2]" in panel.proposal_label.text()
+    # a model revision without a calibration: the grades alone, no tooltip
+    widget.store.set_us_score(with_sets, 1, 0, model, uncertainty=0.1)
+    panel.load()
+    assert "SH 1, vascularity 0, combined 1" in panel.proposal_label.text()
+    assert "[" not in panel.proposal_label.text() and panel.proposal_label.toolTip() == ""
+    assert "background-color" not in panel.proposal_label.styleSheet()

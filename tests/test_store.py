@@ -345,6 +345,8 @@ def test_a_version_1_store_gains_grade_sets_and_keeps_its_grades(tmp_path, rng):
     with sqlite3.connect(tmp_path / "ra_joints.sqlite") as conn:  # back to what v1 wrote
         for column in ("set_low", "set_high", "coverage"):
             conn.execute(f"ALTER TABLE joint_scores DROP COLUMN {column}")
+        for column in store_module.US_SET_COLUMNS:  # and what v3 added
+            conn.execute(f"ALTER TABLE us_scores DROP COLUMN {column}")
         conn.execute("DELETE FROM schema_version WHERE version > 1")
     with AnnotationStore.open(tmp_path) as store:
         assert store.schema_version == store_module.SCHEMA_VERSION >= 2
@@ -359,3 +361,85 @@ def test_a_version_1_store_gains_grade_sets_and_keeps_its_grades(tmp_path, rng):
         assert accepted.source == "human" and accepted.value["value"] == 1
         assert accepted.value["set_low"] is None  # the person decided: no model set on it
     assert (tmp_path / "ra_joints.sqlite.v1.bak").exists()
+
+
+def _us_pair(store, tmp_path, rng, name="P1"):
+    gs = store.add_image(
+        _image(tmp_path, f"{name}_gs.png", rng), patient_id=name, modality="us_greyscale"
+    )
+    dp = store.add_image(
+        _image(tmp_path, f"{name}_dp.png", rng), patient_id=name, modality="us_doppler"
+    )
+    return store.add_us_pair(gs, dp, site="R_mcp_2")
+
+
+US_SETS = {"synovial_hypertrophy": (1, 2), "vascularity": (0, 1), "combined": (1, 2)}
+
+
+def test_a_version_2_store_migrates_to_3_keeping_every_row_and_a_backup(tmp_path, rng):
+    """Stores written before ultrasound grade sets (schema 2) open, are backed up first, keep
+    every row (their grades have no set), and take model grades with sets afterwards."""
+    tables = ("provenance", "images", "us_pairs", "joint_scores", "us_scores")
+    with AnnotationStore.open(tmp_path) as store:
+        image = store.add_image(
+            _image(tmp_path, "P1_LH.png", rng), patient_id="P1", limb="LH", width=48, height=64
+        )
+        store.set_score(image, "LH_mcp_2", "narrowing", 2, MODEL, grade_set=(1, 3), coverage=0.9)
+        pair = _us_pair(store, tmp_path, rng)
+        store.set_us_score(pair, 2, 1, MODEL, uncertainty=0.25)
+        store.set_us_score(pair, 3, 2, HUMAN)
+    with sqlite3.connect(tmp_path / "ra_joints.sqlite") as conn:  # back to what v2 wrote
+        for column in store_module.US_SET_COLUMNS:
+            conn.execute(f"ALTER TABLE us_scores DROP COLUMN {column}")
+        conn.execute("DELETE FROM schema_version WHERE version > 2")
+        before = {t: conn.execute(f"SELECT * FROM {t} ORDER BY id").fetchall() for t in tables}
+    conn.close()
+    with AnnotationStore.open(tmp_path) as store:
+        assert store.schema_version == store_module.SCHEMA_VERSION == 3
+        for table in tables:
+            rows = store._conn.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()
+            assert [tuple(r)[: len(before[table][0])] for r in rows] == before[table], table
+        history = store.history("us_score", pair)
+        assert [r.source for r in history] == ["model", "human"]
+        assert all(r.grade_sets == {} and r.value["coverage"] is None for r in history)
+        assert store.scores(image)[("LH_mcp_2", "narrowing")].grade_sets == {"narrowing": (1, 3)}
+        store.set_us_score(pair, 1, 1, MODEL, grade_sets=US_SETS, coverage=0.9)
+        assert store.us_score(pair, sources=["model"]).grade_sets == US_SETS
+    backup = tmp_path / "ra_joints.sqlite.v2.bak"
+    assert backup.exists()
+    with sqlite3.connect(backup) as conn:  # the copy is the v2 store as it was
+        assert conn.execute("SELECT MAX(version) FROM schema_version").fetchone()[0] == 2
+        assert conn.execute("SELECT COUNT(*) FROM us_scores").fetchone()[0] == 2
+    conn.close()
+
+
+def test_model_us_grade_sets_round_trip_and_a_person_correction_has_none(project, tmp_path, rng):
+    store, _ = project
+    pair = _us_pair(store, tmp_path, rng)
+    store.set_us_score(pair, 2, 1, MODEL, uncertainty=0.2, grade_sets=US_SETS, coverage=0.9)
+    model = store.us_score(pair)
+    assert model.is_model and model.grade_sets == US_SETS and model.value["coverage"] == 0.9
+    assert model.value["synovial_hypertrophy_set_low"] == 1  # the columns, as stored
+    # a person corrects the grades: what counts has no set, the model's set stays on its row
+    store.set_us_score(pair, 3, 2, HUMAN)
+    newest_human = store.us_score(pair)
+    assert newest_human.source == "human" and newest_human.value["combined"] == 3
+    assert newest_human.grade_sets == {} and newest_human.value["coverage"] is None
+    assert store.us_score(pair, sources=["human"]) == newest_human
+    assert store.us_score(pair, sources=["model"]).grade_sets == US_SETS
+    resolved = store.resolved("us_score", pair)[None]
+    assert resolved.committed == newest_human and resolved.proposal.grade_sets == US_SETS
+    # accepting a (newer) proposal copies its grades, never its set
+    store.set_us_score(pair, 1, 0, MODEL, grade_sets={"combined": (0, 1)}, coverage=0.8)
+    store.confirm("us_score", pair, {}, "alice")
+    accepted = store.us_score(pair)
+    assert accepted.source == "human" and accepted.value["combined"] == 1
+    assert accepted.grade_sets == {} and accepted.value["coverage"] is None
+    with pytest.raises(ValueError, match="only a model"):
+        store.set_us_score(pair, 2, 1, HUMAN, grade_sets=US_SETS, coverage=0.9)
+    with pytest.raises(ValueError, match="coverage"):
+        store.set_us_score(pair, 2, 1, MODEL, grade_sets=US_SETS)
+    with pytest.raises(ValueError, match="not inside 0-3"):
+        store.set_us_score(pair, 2, 1, MODEL, grade_sets={"vascularity": (2, 4)}, coverage=0.9)
+    with pytest.raises(ValueError, match="unknown outputs"):
+        store.set_us_score(pair, 2, 1, MODEL, grade_sets={"erosion": (0, 1)}, coverage=0.9)

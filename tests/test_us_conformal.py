@@ -20,6 +20,18 @@ from annotation_tools.us_conformal import (
 )
 
 
+def _uncalibrated_models(dest):
+    """The shipped RATING weights linked into ``dest`` without the shipped calibration: a
+    calibration written there must never go through a link into the bundle itself."""
+    from annotation_tools.bundles import bundle_for
+
+    dest.mkdir(parents=True)
+    for path in (bundle_for("ultrasound").root / "models").iterdir():
+        if path.name != US_CALIBRATION_FILE:
+            (dest / path.name).symlink_to(path)
+    return dest
+
+
 def _synthetic(n: int, rng: np.random.Generator, sd_sh: float = 0.5, sd_v: float = 0.5):
     """Decisions shaped like ``RatingEnsemble.decide``'s, with the noise given per output:
     expected grade = truth + noise (clipped to 0..3), each fold near it."""
@@ -188,15 +200,10 @@ def test_calibrate_refuses_a_test_seed_and_a_cohort_without_enough_pairs(
 def test_ultrasound_grades_csv_gets_the_set_columns_at_the_coverage_asked(
     tmp_path, small_cohort, rng
 ):
-    from annotation_tools.bundles import bundle_for
     from annotation_tools.predict import PredictionService
     from annotation_tools.us_rating import ensemble_hash
 
-    shipped = bundle_for("ultrasound").root / "models"
-    models = tmp_path / "models"  # the shipped weights, with a calibration of their own
-    models.mkdir()
-    for path in shipped.iterdir():
-        (models / path.name).symlink_to(path)
+    models = _uncalibrated_models(tmp_path / "models")  # with a calibration of their own
     assert not (models / US_CALIBRATION_FILE).exists()
     residuals = {k: list(rng.uniform(0, 1, 60)) for k in GRADE_KEYS}
     UsGradeCalibration(
@@ -234,7 +241,6 @@ def test_ultrasound_grades_csv_gets_the_set_columns_at_the_coverage_asked(
 
 
 def test_an_uncalibrated_ensemble_writes_the_old_columns_only(tmp_path, small_cohort):
-    from annotation_tools.bundles import bundle_for
     from annotation_tools.us_rating import (
         RatingCollector,
         RatingWriter,
@@ -242,8 +248,7 @@ def test_an_uncalibrated_ensemble_writes_the_old_columns_only(tmp_path, small_co
         load_us_cases,
     )
 
-    models = bundle_for("ultrasound").root / "models"
-    assert not (models / US_CALIBRATION_FILE).exists()  # the lead ships it; none yet
+    models = _uncalibrated_models(tmp_path / "models")  # the shipped weights, no calibration
     ensemble = load_ensemble(models)
     cases = load_us_cases(pairs_table=small_cohort / "ultrasound_scores.csv")
     cases.cases = cases.cases[:2]
@@ -265,14 +270,10 @@ def test_an_uncalibrated_ensemble_writes_the_old_columns_only(tmp_path, small_co
 
 def test_us_coverage_benchmark_reports_each_output_with_patient_cis(tmp_path, small_cohort, rng):
     from annotation_tools.benchmark_coverage import benchmark_us_coverage, us_coverage_markdown
-    from annotation_tools.bundles import bundle_for
     from annotation_tools.us_rating import ensemble_hash
 
-    shipped = bundle_for("ultrasound").root / "models"
     bundle = tmp_path / "ra_us_rating"
-    (bundle / "models").mkdir(parents=True)
-    for path in shipped.iterdir():
-        (bundle / "models" / path.name).symlink_to(path)
+    _uncalibrated_models(bundle / "models")
     with pytest.raises(FileNotFoundError, match="calibrate --task ultrasound"):
         benchmark_us_coverage(bundle, small_cohort, n_resamples=20)
     UsGradeCalibration(
@@ -315,9 +316,7 @@ def test_calibrate_command_then_predict_writes_the_sets(tmp_path, capsys):
     shipped = bundle_for("ultrasound").root
     bundle = tmp_path / "ra_us_rating"
     shutil.copytree(shipped, bundle, ignore=shutil.ignore_patterns("models"))
-    (bundle / "models").mkdir()
-    for path in (shipped / "models").iterdir():
-        (bundle / "models" / path.name).symlink_to(path)
+    _uncalibrated_models(bundle / "models")
     cal = bundle / "models" / US_CALIBRATION_FILE
     assert main(["calibrate", "--task", "ultrasound", "--project", str(project),
                  "--out", str(cal)]) == 0  # fmt: skip
@@ -338,3 +337,39 @@ def test_calibrate_command_then_predict_writes_the_sets(tmp_path, capsys):
     summary = json.loads((out / "ultrasound" / "summary.json").read_text())
     sets = summary["grade_sets"]
     assert sets["calibrated"] and sets["calibration"]["seed"] == 12
+
+
+def test_the_writer_keeps_a_calibrated_pairs_sets_in_its_model_revision(tmp_path, rng, monkeypatch):
+    """``RatingWriter`` stores each pair's sets (and the coverage) with the model's grades when
+    the ensemble is calibrated, and grades alone when it is not."""
+    from types import SimpleNamespace
+
+    from annotation_tools import us_rating
+    from annotation_tools.imageio import write_png
+    from annotation_tools.store import AnnotationStore
+
+    monkeypatch.setattr(us_rating, "ensemble_hash", lambda models_dir: "abc")
+    with AnnotationStore.open(tmp_path) as store:
+        ids = []
+        for i, modality in enumerate(("us_greyscale", "us_doppler", "us_greyscale", "us_doppler")):
+            path = write_png(tmp_path / f"{i}.png", (rng.random((32, 40)) * 255).astype(np.uint8))
+            ids.append(store.add_image(path, patient_id="P1", modality=modality))
+        calibrated = store.add_us_pair(ids[0], ids[1], site="R_mcp_2")
+        plain = store.add_us_pair(ids[2], ids[3], site="L_mcp_2")
+    sets = {
+        "synovial_hypertrophy": {"low": 1, "high": 2, "expected_grade": 1.6},
+        "vascularity": {"low": 0, "high": 1, "expected_grade": 0.4},
+        "combined": {"low": 1, "high": 2, "expected_grade": 1.6},
+    }
+    row = {"synovial_hypertrophy": 2, "vascularity": 0, "uncertainty": 0.3}
+    cases = [SimpleNamespace(pair_id=p, roi_source="drawn", roi=None) for p in (calibrated, plain)]
+    writer = us_rating.RatingWriter(tmp_path / "out", tmp_path, store=tmp_path)
+    writer._write_store(
+        SimpleNamespace(cases=cases), [{**row, "grade_sets": sets, "set_coverage": 0.8}, row]
+    )
+    with AnnotationStore.open(tmp_path, create=False) as store:
+        rev = store.us_score(calibrated)
+        assert rev.is_model and rev.weights_hash == "abc" and rev.value["coverage"] == 0.8
+        assert rev.grade_sets == {k: (s["low"], s["high"]) for k, s in sets.items()}
+        other = store.us_score(plain)
+        assert other.is_model and other.grade_sets == {} and other.value["coverage"] is None

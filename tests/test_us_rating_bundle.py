@@ -173,6 +173,9 @@ def test_inference_writes_model_revisions_and_evaluation_reads_them(small_cohort
             predicted = store.us_score(pair_id, sources=["model"])
             assert predicted is not None and predicted.author == "ra_us_rating"
             assert len(predicted.weights_hash) == 64
+            # the shipped ensemble is calibrated: its sets live in the model revision
+            assert set(predicted.grade_sets) == {"synovial_hypertrophy", "vascularity", "combined"}
+            assert 0 < predicted.value["coverage"] < 1
     figures_dir = tmp_path / "eval"
     run_in(
         BUNDLE,

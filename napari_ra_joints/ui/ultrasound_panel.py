@@ -7,17 +7,54 @@ from typing import TYPE_CHECKING, Any
 
 from qtpy.QtWidgets import QGridLayout, QGroupBox, QLabel, QPushButton, QSpinBox
 
-from .._layers import SOURCE_COLOURS
+from .._layers import SOURCE_COLOURS, grade_set_face
 
 if TYPE_CHECKING:
     from .._widget import RAJointsWidget
 
 
-def _grades_text(value: dict[str, Any]) -> str:
-    return (
-        f"SH {value['synovial_hypertrophy']}, vascularity {value['vascularity']}, "
-        f"combined {value['combined']}"
+US_NAMES = (
+    ("synovial_hypertrophy", "SH"),
+    ("vascularity", "vascularity"),
+    ("combined", "combined"),
+)
+
+
+def _set_text(grade_set: tuple[int, int] | None) -> str:
+    """`` [1-2]`` (or `` [2]``) after a grade, as the radiograph Scores tab writes its sets."""
+    if grade_set is None:
+        return ""
+    low, high = grade_set
+    return f" [{low}]" if low == high else f" [{low}-{high}]"
+
+
+def _grades_text(value: dict[str, Any], sets: dict[str, tuple[int, int]] | None = None) -> str:
+    """``SH 2, vascularity 1, combined 2``; with a model's conformal ``sets``, each grade's
+    set beside it (``SH 2 [1-2]``) so the reader sees what the model cannot rule out."""
+    sets = sets or {}
+    return ", ".join(f"{label} {value[k]}{_set_text(sets.get(k))}" for k, label in US_NAMES)
+
+
+def sets_tooltip(rev: Any) -> tuple[str, int | None]:
+    """The tooltip of a model revision's ultrasound grade sets (coverage, and that it is
+    calibrated on phantoms) and the widest set's width; ``("", None)`` without sets (a
+    person's grades, or an ensemble without a calibration)."""
+    sets = rev.grade_sets if rev is not None and rev.is_model else {}
+    if not sets:
+        return "", None
+    coverage = rev.value.get("coverage")
+    level = f"{coverage:.0%} " if coverage else ""
+    parts = ", ".join(
+        f"{label} {sets[k][0]}" + (f"-{sets[k][1]}" if sets[k][1] != sets[k][0] else "")
+        for k, label in US_NAMES
+        if k in sets
     )
+    text = (
+        f"model grade sets ({level}coverage): {parts}\nA conformal set holds the grades the "
+        "model cannot rule out; calibrated on phantoms (marginal coverage over pairs like the "
+        "calibration cohort's), not a clinical guarantee."
+    )
+    return text, max(high - low for low, high in sets.values())
 
 
 def votes_text(record: dict[str, Any] | None) -> str:
@@ -85,6 +122,8 @@ class GradesPanel(QGroupBox):
         self.vasc_spin.setValue(0)
         self.committed_label.setText("")
         self.proposal_label.setText("")
+        self.proposal_label.setToolTip("")
+        self.proposal_label.setStyleSheet(f"color: {SOURCE_COLOURS['model']}")
         self.accept_button.setEnabled(False)
         self.load_roi()
         if session is None:
@@ -105,10 +144,19 @@ class GradesPanel(QGroupBox):
             uncertainty = proposal.value.get("uncertainty")
             extra = f", uncertainty {uncertainty:.2f}" if uncertainty is not None else ""
             votes = votes_text(session.latest_prediction())
+            sets = proposal.grade_sets if proposal.is_model else {}
             self.proposal_label.setText(
-                f"Model proposal ({state}): {_grades_text(proposal.value)}{extra}"
+                f"Model proposal ({state}): {_grades_text(proposal.value, sets)}{extra}"
                 + (f"\n{votes}" if votes else "")
             )
+            tooltip, width = sets_tooltip(proposal)
+            self.proposal_label.setToolTip(tooltip)
+            if width:  # yellow for two grades, orange for three or more, as the Scores tab
+                r, g, b, a = grade_set_face(width)
+                self.proposal_label.setStyleSheet(
+                    f"color: {SOURCE_COLOURS['model']}; background-color: "
+                    f"rgba({int(r * 255)}, {int(g * 255)}, {int(b * 255)}, {int(a * 255)})"
+                )
             self.accept_button.setEnabled(grades.pending is not None)
 
     def load_roi(self) -> None:
