@@ -191,6 +191,19 @@ def benchmark_us_coverage(
     }
 
 
+def _set_rows(levels: dict[str, dict[str, Any]]) -> list[str]:
+    """Table rows of grade-set figures: per nominal level and bin, coverage with its patient CI."""
+    rows = []
+    for level, figures in levels.items():
+        for name, fig in figures.items():
+            lo, hi = fig["coverage_ci"]
+            rows.append(
+                f"| {float(level):.0%} | {name} | {fig['coverage']:.3f} ({lo:.3f}-{hi:.3f}) | "
+                f"{fig['mean_width']:.2f} | {fig['single_grade']:.2f} | {fig['n']} |"
+            )
+    return rows
+
+
 def us_coverage_markdown(result: dict[str, Any]) -> str:
     cal, test = result["calibration"], result["test_cohort"]
     beta = "unnormalised" if result.get("beta") is None else f"normalised, beta {result['beta']}"
@@ -204,13 +217,7 @@ def us_coverage_markdown(result: dict[str, Any]) -> str:
         "| nominal | output | coverage (95 % CI) | mean width (grades) | single grade | n |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for level, figures in result["levels"].items():
-        for name, fig in figures.items():
-            lo, hi = fig["coverage_ci"]
-            lines.append(
-                f"| {float(level):.0%} | {name} | {fig['coverage']:.3f} ({lo:.3f}-{hi:.3f}) | "
-                f"{fig['mean_width']:.2f} | {fig['single_grade']:.2f} | {fig['n']} |"
-            )
+    lines += _set_rows(result["levels"])
     lines += ["", f"_{result['note']}_", ""]
     return "\n".join(lines)
 
@@ -227,13 +234,7 @@ def coverage_markdown(result: dict[str, Any]) -> str:
         "| nominal | bin | coverage (95 % CI) | mean width (grades) | single grade | n |",
         "| --- | --- | --- | --- | --- | --- |",
     ]
-    for level, figures in result["levels"].items():
-        for name, fig in figures.items():
-            lo, hi = fig["coverage_ci"]
-            lines.append(
-                f"| {float(level):.0%} | {name} | {fig['coverage']:.3f} ({lo:.3f}-{hi:.3f}) | "
-                f"{fig['mean_width']:.2f} | {fig['single_grade']:.2f} | {fig['n']} |"
-            )
+    lines += _set_rows(result["levels"])
     located = result.get("locator")
     if located:
         pc = located["p_correct"]
