@@ -412,6 +412,8 @@ def test_benchmark_compares_variants_and_times_a_patient(full_res_pair, tmp_path
             str(variant),
             "--out",
             str(out),
+            "--resamples",
+            "100",
         ]
     )
     assert code == 0
