@@ -884,13 +884,23 @@ class JointScorer:
 
 
 def true_scores(
-    project: str | Path, sources: Sequence[str] | None = None
+    project: str | Path,
+    sources: Sequence[str] | None = None,
+    annotators: Sequence[str] | None = None,
 ) -> dict[str, dict[tuple[str, str], float]]:
-    """Patient -> ``(joint_id, score_type) -> grade`` of a project (default: human/phantom)."""
+    """Patient -> ``(joint_id, score_type) -> grade`` of a project (default: human/phantom).
+
+    ``annotators``: only those readers' grades (e.g. ``["rater_a"]``), as one trains on a
+    clinic's reader rather than on an unknowable truth.
+    """
     from .store import TRAINING_SOURCES, AnnotationStore
 
     with AnnotationStore.open(project, create=False) as db:
-        scores = db.patient_scores(sources=sources or TRAINING_SOURCES, per_visit=False)
+        if annotators is not None:
+            db.check_authors(annotators)
+        scores = db.patient_scores(
+            sources=sources or TRAINING_SOURCES, per_visit=False, authors=annotators
+        )
     return {
         pid: {key: float(v) for key, v in grades.items()}
         for pid, grades in scores.items()
@@ -907,10 +917,12 @@ def fit_symmetry(
     seed: int = 0,
     max_features: float = 1.0,
     target: str = "residual",
+    annotators: Sequence[str] | None = None,
 ) -> SymmetryModel:
     """Fit the symmetry stage on project(s) the patch model never saw (annotated centres).
 
     Only patients with all four limbs are used: the stage only runs on such patients.
+    ``annotators``: the readers whose grades are the targets (default: newest of any).
     """
     from .store import TRAINING_SOURCES
     from .symmetry import patient_matrix
@@ -924,7 +936,7 @@ def fit_symmetry(
             store=folder, patch_size=scorer.patch_size, sources=TRAINING_SOURCES
         )
         patients = group_patients(scorer.score_patches(patch_set).image_scores())
-        known = true_scores(folder)
+        known = true_scores(folder, annotators=annotators)
         truth.update(known)
         complete += [p for p in patients if len(p.limbs()) == 4 and p.patient_id in known]
     if len(complete) < 5:
@@ -938,6 +950,8 @@ def fit_symmetry(
         n_estimators, max_depth, seed, target=target, max_features=max_features
     ).fit(x, y)
     model.info.update({"projects": [str(f) for f in projects], "patients": len(complete)})
+    if annotators is not None:
+        model.info["annotators"] = list(annotators)
     return model
 
 
@@ -952,6 +966,7 @@ def fit_symmetry_from_bundle(
     seed: int = 0,
     max_features: float = 1.0,
     target: str = "residual",
+    annotators: Sequence[str] | None = None,
 ) -> Path:
     """``train_symmetry.json``'s run step: fit on ``project`` with the bundle's patch model.
 
@@ -968,6 +983,7 @@ def fit_symmetry_from_bundle(
         seed=seed,
         max_features=max_features,
         target=target,
+        annotators=annotators,
     )
     model.info["weights_sha256"] = scorer.model_info["weights_sha256"]
     return model.save(out)
