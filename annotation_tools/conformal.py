@@ -44,6 +44,8 @@ __all__ = [
     "check_coverage",
     "coverage_figures",
     "interval_grade_set",
+    "read_json_document",
+    "write_json_document",
 ]
 
 CALIBRATION_FILE = "conformal.json"  # in a scorer bundle's models/ (or next to its weights)
@@ -110,31 +112,45 @@ class GradeCalibration:
     # ------------------------------------------------------------------ files
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        doc = {
-            "format": FORMAT,
-            "beta": self.beta,
-            "source": self.source,
-            "residuals": {b: [round(float(r), 5) for r in v] for b, v in self.residuals.items()},
-        }
-        path.write_text(json.dumps(doc, indent=1))
-        return path
+        residuals = {b: [round(float(r), 5) for r in v] for b, v in self.residuals.items()}
+        body = {"beta": self.beta, "source": self.source, "residuals": residuals}
+        return write_json_document(path, FORMAT, body)
 
     @classmethod
     def load(cls, path: str | Path) -> GradeCalibration:
         """Read a calibration file (plain JSON: numbers only, nothing executable)."""
-        path = Path(path)
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"cannot read the grade calibration {path}: {exc}") from exc
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a grade calibration ({FORMAT})")
+        doc = read_json_document(path, FORMAT, "grade calibration")
         return cls(
             {str(b): [float(r) for r in v] for b, v in doc["residuals"].items()},
             beta=float(doc["beta"]),
             source=dict(doc.get("source", {})),
         )
+
+
+def write_json_document(path: str | Path, format: str, body: Mapping[str, Any]) -> Path:
+    """Write ``{"format": format, **body}`` as indented JSON: the one writer of the calibration
+    files (grade, ultrasound grade and locator), so they stay plain data with a format tag."""
+    path = Path(path)
+    path.write_text(json.dumps({"format": format, **body}, indent=1))
+    return path
+
+
+def read_json_document(path: str | Path, format: str, what: str) -> dict[str, Any]:
+    """Read a JSON document written by :func:`write_json_document` and check its ``format``.
+
+    ``what`` names the kind of file for the error (``"grade calibration"``): a missing or
+    unreadable file, a file that is not JSON and a file of another format each raise a
+    ``ValueError`` naming the path, so a wrong file never half-loads.
+    """
+    path = Path(path)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"cannot read the {what} {path}: {exc}") from exc
+    if not isinstance(doc, dict) or doc.get("format") != format:
+        article = "an" if what[:1].lower() in "aeiou" else "a"
+        raise ValueError(f"{path} is not {article} {what} ({format})")
+    return doc
 
 
 def check_coverage(coverage: float) -> None:

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from .conformal import read_json_document, write_json_document
 from .vocabulary import get_joint
 
 __all__ = [
@@ -114,26 +115,18 @@ class LocatorCalibration:
             joint.p_correct = round(float(p), 4)
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        doc = {
-            "format": FORMAT,
+        body = {
             "tolerance": self.tolerance,
             "source": self.source,
             "errors": {r: [round(float(e), 6) for e in v] for r, v in self.errors.items()},
             "isotonic": {"confidence": self.iso_x, "p_correct": self.iso_y},
         }
-        path.write_text(json.dumps(doc, indent=1))
-        return path
+        return write_json_document(path, FORMAT, body)
 
     @classmethod
     def load(cls, path: str | Path) -> LocatorCalibration:
-        path = Path(path)
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"cannot read the locator calibration {path}: {exc}") from exc
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise ValueError(f"{path} is not a locator calibration ({FORMAT})")
+        """Read a calibration file (plain JSON: numbers only, nothing executable)."""
+        doc = read_json_document(path, FORMAT, "locator calibration")
         return cls(
             {str(r): [float(e) for e in v] for r, v in doc["errors"].items()},
             [float(x) for x in doc["isotonic"]["confidence"]],

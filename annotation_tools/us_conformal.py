@@ -33,7 +33,6 @@ sets. What it is not: a per-pair or per-patient guarantee, or a clinical one (ph
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +46,8 @@ from .conformal import (
     check_coverage,
     coverage_figures,
     interval_grade_set,
+    read_json_document,
+    write_json_document,
 )
 from .rating import GRADE_KEYS, GRADES
 
@@ -136,26 +137,14 @@ class UsGradeCalibration:
     # ------------------------------------------------------------------ files
 
     def save(self, path: str | Path) -> Path:
-        path = Path(path)
-        doc = {
-            "format": FORMAT,
-            "beta": self.beta,
-            "source": self.source,
-            "residuals": {k: [round(float(r), 5) for r in v] for k, v in self.residuals.items()},
-        }
-        path.write_text(json.dumps(doc, indent=1))
-        return path
+        residuals = {k: [round(float(r), 5) for r in v] for k, v in self.residuals.items()}
+        body = {"beta": self.beta, "source": self.source, "residuals": residuals}
+        return write_json_document(path, FORMAT, body)
 
     @classmethod
     def load(cls, path: str | Path) -> UsGradeCalibration:
         """Read a calibration file (plain JSON: numbers only, nothing executable)."""
-        path = Path(path)
-        try:
-            doc = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValueError(f"cannot read the ultrasound grade calibration {path}: {exc}") from exc
-        if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-            raise ValueError(f"{path} is not an ultrasound grade calibration ({FORMAT})")
+        doc = read_json_document(path, FORMAT, "ultrasound grade calibration")
         beta = doc.get("beta")
         return cls(
             {str(k): [float(r) for r in v] for k, v in doc["residuals"].items()},

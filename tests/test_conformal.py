@@ -4,6 +4,8 @@ what they are not, and no sets for weights the calibration was not made with."""
 
 import csv
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -117,3 +119,56 @@ def test_joint_scores_csv_leaves_the_set_empty_without_a_calibration(tmp_path):
     assert all(
         int(r["set_low"]) <= round(float(r["prediction"])) <= int(r["set_high"]) for r in rows
     )
+
+
+def _calibration_loaders():
+    """The three calibration classes, with their shipped file and the kind their errors name."""
+    from annotation_tools.locator_calibration import LocatorCalibration
+    from annotation_tools.us_conformal import UsGradeCalibration
+
+    root = Path(__file__).resolve().parents[1] / "monai_bundles"
+    return [
+        (GradeCalibration, "a grade calibration", root / "ra_joint_scorer/models/conformal.json"),
+        (
+            UsGradeCalibration,
+            "an ultrasound grade calibration",
+            root / "ra_us_rating/models/us_conformal.json",
+        ),
+        (
+            LocatorCalibration,
+            "a locator calibration",
+            root / "ra_joint_locator/models/locator_calibration.json",
+        ),
+    ]
+
+
+@pytest.mark.parametrize(("loader", "kind", "shipped"), _calibration_loaders())
+def test_every_calibration_file_refuses_a_wrong_or_corrupt_file_naming_its_path(
+    tmp_path, loader, kind, shipped
+):
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps({"format": "ra_joints.something_else/1", "beta": 0.25}))
+    with pytest.raises(ValueError, match=f"{re.escape(str(wrong))} is not {kind} \\("):
+        loader.load(wrong)
+    wrong.write_text(json.dumps([1, 2, 3]))  # JSON, but not a document at all
+    with pytest.raises(ValueError, match=f"{re.escape(str(wrong))} is not {kind} \\("):
+        loader.load(wrong)
+    corrupt = tmp_path / "corrupt.json"
+    corrupt.write_text('{"format": ')  # cut short: not JSON
+    with pytest.raises(ValueError, match=f"cannot read the {kind[kind.index(' ') + 1 :]} "):
+        loader.load(corrupt)
+    with pytest.raises(ValueError, match=re.escape(str(corrupt))):
+        loader.load(corrupt)
+    binary = tmp_path / "binary.json"
+    binary.write_bytes(b"\xff\xfe\x00garbage")  # not even text
+    with pytest.raises(ValueError, match=re.escape(str(binary))):
+        loader.load(binary)
+    with pytest.raises(ValueError, match=re.escape(str(tmp_path / "absent.json"))):
+        loader.load(tmp_path / "absent.json")
+
+
+@pytest.mark.parametrize(("loader", "kind", "shipped"), _calibration_loaders())
+def test_a_shipped_calibration_loads_and_saves_back_byte_for_byte(tmp_path, loader, kind, shipped):
+    """One writer for all three files: what it writes is what the bundles ship."""
+    again = loader.load(shipped).save(tmp_path / shipped.name)
+    assert again.read_bytes() == shipped.read_bytes()
