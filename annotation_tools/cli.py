@@ -184,9 +184,15 @@ def _cmd_import_dream(args: argparse.Namespace) -> int:
 
 
 def _cmd_image_json(args: argparse.Namespace) -> int:
+    """One image's annotations as the store's per-image JSON (an ultrasound image's with its
+    pair), or such a file read back into a project as new revisions."""
     from .store import AnnotationStore
 
     with AnnotationStore.open(args.project, create=False) as store:
+        if args.import_file:
+            image_id = store.import_image_json(args.import_file)
+            print(f"imported {args.import_file} into {store.image(image_id).path}")
+            return 0
         record = store.find_image(args.image)
         if record is None:
             raise FileNotFoundError(f"{args.image} is not registered in {store.path}")
@@ -743,10 +749,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--annotator", required=True, help="who scored the table")
     p.set_defaults(func=_cmd_import_dream)
 
-    p = sub.add_parser("image-json", help="newest annotations of one image as JSON")
+    p = sub.add_parser(
+        "image-json", help="newest annotations of one image (or ultrasound pair) as JSON"
+    )
     p.add_argument("--project", required=True, type=Path)
-    p.add_argument("--image", required=True, type=Path)
-    p.add_argument("--out", type=Path)
+    group = p.add_mutually_exclusive_group(required=True)
+    group.add_argument(
+        "--image", type=Path, help="the image to write (an ultrasound image: its pair)"
+    )
+    group.add_argument(
+        "--import", dest="import_file", type=Path, help="add a per-image JSON's annotations"
+    )
+    p.add_argument("--out", type=Path, help="write here instead of printing")
     p.set_defaults(func=_cmd_image_json)
 
     p = sub.add_parser(

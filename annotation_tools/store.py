@@ -25,7 +25,7 @@ import json
 import math
 import sqlite3
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -59,6 +59,9 @@ __all__ = [
 SCHEMA_VERSION = 3
 STORE_FILENAME = "ra_joints.sqlite"
 IMAGE_JSON_FORMAT = "napari-ra-joints/image-annotations"
+# 2: an ultrasound image's document carries its pair (both ROI boxes and the pair's grades,
+# a model's with its grade sets); version 1 documents (no pair) still import.
+IMAGE_JSON_VERSION = 2
 SOURCES = ("human", "model", "phantom")
 TRAINING_SOURCES = ("human", "phantom")
 MODALITIES = ("radiograph", "us_greyscale", "us_doppler")
@@ -151,17 +154,7 @@ class Revision:
         per ultrasound output of a ``us_score``, under the score type of a ``score``; empty
         for a person's revision or a model without a calibration (readers need not know the
         column names)."""
-        if self.kind == "us_score":
-            pairs = {g: (f"{g}_set_low", f"{g}_set_high") for g in US_GRADES}
-        elif self.kind == "score":
-            pairs = {str(self.value.get("score_type")): ("set_low", "set_high")}
-        else:
-            return {}
-        return {
-            name: (int(self.value[low]), int(self.value[high]))
-            for name, (low, high) in pairs.items()
-            if self.value.get(low) is not None and self.value.get(high) is not None
-        }
+        return _grade_sets(self.kind, self.value)
 
 
 @dataclass(frozen=True)
@@ -382,6 +375,7 @@ class AnnotationStore:
         self._lock = threading.RLock()
         self._depth = 0
         self._content: dict[int, tuple[tuple[int, int], str | None]] = {}
+        self._imported_at: str | None = None  # an imported revision keeps its recorded time
         sync = _synchronous(synchronous)
         if not path.exists() and not create:
             raise StoreError(f"no annotation store at {path}")
@@ -754,7 +748,7 @@ class AnnotationStore:
                 status,
                 self._provenance_id(conn, provenance),
                 confirms,
-                _now(),
+                self._imported_at or _now(),
             ]
             conn.execute(
                 f"INSERT INTO {spec.table} ({', '.join(columns)}) "
@@ -1158,46 +1152,57 @@ class AnnotationStore:
     def export_image_json(
         self, image_id: int, *, sources: Iterable[str] | None = None
     ) -> dict[str, Any]:
-        """The newest annotations of one image as plain JSON (what the plugin's writer saves)."""
+        """The newest annotations of one image as plain JSON (what the plugin's writer saves).
+
+        A radiograph's document holds its centres, polygons and scores; an ultrasound image's
+        its ROI box and, when it belongs to a pair, ``us_pair``: both images, both boxes and
+        the pair's grades (a model's with its conformal grade sets), so the pair travels whole.
+        Every entry carries its provenance, revision and time.
+        """
         image = self.image(image_id)
         sources = list(sources) if sources is not None else None
-
-        def entry(rev: Revision) -> dict[str, Any]:
-            return {
-                **rev.value,
-                "status": rev.status,
-                "revision": rev.revision,
-                "provenance": {
-                    "source": rev.source,
-                    "author": rev.author,
-                    "version": rev.version,
-                    "weights_hash": rev.weights_hash,
-                },
-                "created_at": rev.created_at,
-            }
-
         out: dict[str, Any] = {
             "format": IMAGE_JSON_FORMAT,
-            "version": 1,
-            "image": {k: v for k, v in asdict(image).items() if k != "id"},
+            "version": IMAGE_JSON_VERSION,
+            "image": _image_document(image),
             "joint_centres": [],
             "joint_space_polygons": [],
             "joint_scores": [],
             "roi": None,
+            "us_pair": None,
         }
         if image.modality == "radiograph":
             out["joint_centres"] = [
-                entry(r) for r in self.centres(image_id, sources=sources).values()
+                _image_json_entry(r) for r in self.centres(image_id, sources=sources).values()
             ]
             out["joint_space_polygons"] = [
-                entry(r) for r in self.polygons(image_id, sources=sources).values()
+                _image_json_entry(r) for r in self.polygons(image_id, sources=sources).values()
             ]
             out["joint_scores"] = [
-                entry(r) for r in self.scores(image_id, sources=sources).values()
+                _image_json_entry(r) for r in self.scores(image_id, sources=sources).values()
             ]
-        else:
-            roi = self.roi(image_id, sources=sources)
-            out["roi"] = entry(roi) if roi else None
+            return out
+        roi = self.roi(image_id, sources=sources)
+        out["roi"] = _image_json_entry(roi) if roi else None
+        rows = self._query(
+            "SELECT * FROM us_pairs WHERE greyscale_image_id = ? OR doppler_image_id = ?",
+            (image.id, image.id),
+        )
+        if rows:
+            pair = rows[0]
+            out["us_pair"] = {"site": pair["site"]}
+            for side, column in (
+                ("greyscale", "greyscale_image_id"),
+                ("doppler", "doppler_image_id"),
+            ):
+                member = self.image(pair[column])
+                box = self.roi(member.id, sources=sources)
+                out["us_pair"][side] = {
+                    "image": _image_document(member),
+                    "roi": _image_json_entry(box) if box else None,
+                }
+            grades = self.us_score(pair["id"], sources=sources)
+            out["us_pair"]["us_score"] = _image_json_entry(grades) if grades else None
         return out
 
     def import_image_json(
@@ -1205,54 +1210,173 @@ class AnnotationStore:
     ) -> int:
         """Add the annotations of an exported JSON as new revisions; returns the image id.
 
-        Each entry keeps the provenance recorded in the file unless ``provenance`` is given.
+        Each entry keeps the provenance and the time recorded in the file unless ``provenance``
+        is given. Imported revisions are appended like any other - nothing is overwritten, and
+        an imported model revision stays a proposal under a person's (see :class:`Resolved`).
+        An entry the store already holds (same value, status, provenance and time: the same
+        document imported again) is skipped, so a second import adds nothing.
         """
-        if not isinstance(data, dict):
-            data = json.loads(Path(data).read_text())
-        if data.get("format") != IMAGE_JSON_FORMAT:
-            raise StoreError(
-                f"not a napari-ra-joints image annotation file (format={data.get('format')!r})"
-            )
-        info = data["image"]
+        where = "the image annotation document"
+        if isinstance(data, str | Path):
+            where = str(data)
+            try:
+                data = json.loads(Path(data).read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+                raise StoreError(f"cannot read the image annotation file {where}: {exc}") from exc
+        _check_image_document(data, where)
         with self.transaction():
-            image_id = self.add_image(
-                info["path"],
-                patient_id=info["patient_id"],
-                modality=info["modality"],
-                limb=info.get("limb"),
-                visit=info.get("visit", ""),
-                width=info.get("width"),
-                height=info.get("height"),
-            )
-
-            def prov(entry: dict[str, Any]) -> Provenance:
-                return provenance or Provenance(**entry["provenance"])
-
+            image_id = self._import_image(data["image"], where)
             for e in data.get("joint_centres", []):
-                xy = (e["x"], e["y"]) if e["status"] == "present" else None
-                self.set_centre(
-                    image_id,
-                    e["joint_id"],
-                    xy,
-                    prov(e),
-                    confidence=e.get("confidence"),
-                    status=e["status"],
-                )
+                key = {"joint_id": e["joint_id"]}
+
+                def write(prov: Provenance, e: dict[str, Any] = e) -> None:
+                    xy = (e["x"], e["y"]) if e["status"] == "present" else None
+                    self.set_centre(
+                        image_id,
+                        e["joint_id"],
+                        xy,
+                        prov,
+                        confidence=e.get("confidence"),
+                        status=e["status"],
+                    )
+
+                self._import_entry("centre", image_id, key, e, provenance, write)
             for e in data.get("joint_space_polygons", []):
-                self.set_polygon(image_id, e["joint_id"], e["vertices"], prov(e))
+                key = {"joint_id": e["joint_id"]}
+
+                def write(prov: Provenance, e: dict[str, Any] = e) -> None:
+                    self.set_polygon(image_id, e["joint_id"], e["vertices"], prov)
+
+                self._import_entry("polygon", image_id, key, e, provenance, write)
             for e in data.get("joint_scores", []):
-                self.set_score(
-                    image_id,
-                    e["joint_id"],
-                    e["score_type"],
-                    e["value"],
-                    prov(e),
-                    uncertainty=e.get("uncertainty"),
+                key = {"joint_id": e["joint_id"], "score_type": e["score_type"]}
+
+                def write(prov: Provenance, e: dict[str, Any] = e) -> None:
+                    sets = _grade_sets("score", e) if prov.source == "model" else {}
+                    self.set_score(
+                        image_id,
+                        e["joint_id"],
+                        e["score_type"],
+                        e["value"],
+                        prov,
+                        uncertainty=e.get("uncertainty"),
+                        grade_set=sets.get(e["score_type"]),
+                        coverage=e.get("coverage") if sets else None,
+                    )
+
+                self._import_entry("score", image_id, key, e, provenance, write)
+            boxes = [(image_id, data.get("roi"))]
+            pair_doc = data.get("us_pair")
+            if pair_doc:
+                members = {
+                    side: self._import_image(pair_doc[side]["image"], where)
+                    for side in ("greyscale", "doppler")
+                }
+                pair_id = self._import_us_pair(
+                    members["greyscale"], members["doppler"], pair_doc["site"], where
                 )
-            if data.get("roi"):
-                e = data["roi"]
-                self.set_roi(image_id, (e["x0"], e["y0"], e["x1"], e["y1"]), prov(e))
+                boxes += [(members[side], pair_doc[side].get("roi")) for side in members]
+                grades = pair_doc.get("us_score")
+                if grades:
+
+                    def write(prov: Provenance, e: dict[str, Any] = grades) -> None:
+                        sets = _grade_sets("us_score", e) if prov.source == "model" else {}
+                        self.set_us_score(
+                            pair_id,
+                            e["synovial_hypertrophy"],
+                            e["vascularity"],
+                            prov,
+                            uncertainty=e.get("uncertainty"),
+                            grade_sets=sets or None,
+                            coverage=e.get("coverage") if sets else None,
+                        )
+
+                    self._import_entry("us_score", pair_id, {}, grades, provenance, write)
+            for owner_id, e in boxes:  # this image's box comes twice: the second is a no-op
+                if not e:
+                    continue
+
+                def write(prov: Provenance, owner_id: int = owner_id, e: dict = e) -> None:
+                    self.set_roi(owner_id, (e["x0"], e["y0"], e["x1"], e["y1"]), prov)
+
+                self._import_entry("roi", owner_id, {}, e, provenance, write)
         return image_id
+
+    def _import_image(self, info: Mapping[str, Any], where: str) -> int:
+        """Register an image a document annotates; refused when the file here is another."""
+        image_id = self.add_image(
+            info["path"],
+            patient_id=info["patient_id"],
+            modality=info["modality"],
+            limb=info.get("limb"),
+            visit=info.get("visit", ""),
+            width=info.get("width"),
+            height=info.get("height"),
+        )
+        record = self.image(image_id)
+        if info.get("sha256") and record.sha256 != info["sha256"]:
+            raise StoreError(
+                f"{self.resolve(record)} is not the image {where} annotates: its sha256 is "
+                f"{record.sha256[:12]}..., the document's {str(info['sha256'])[:12]}..."
+            )
+        return image_id
+
+    def _import_us_pair(self, greyscale_id: int, doppler_id: int, site: str, where: str) -> int:
+        """The pair of a document's two images; refused when either is paired otherwise here."""
+        for pair in self.us_pairs(self.image(greyscale_id).patient_id):
+            same = (pair["greyscale_image_id"], pair["doppler_image_id"]) == (
+                greyscale_id,
+                doppler_id,
+            )
+            if same and pair["site"] != site:
+                raise StoreError(
+                    f"{where} pairs its images at site {site!r}, this store at {pair['site']!r}"
+                )
+            if not same and (
+                pair["greyscale_image_id"] == greyscale_id or pair["doppler_image_id"] == doppler_id
+            ):
+                raise StoreError(
+                    f"an image of {where} already belongs to another ultrasound pair "
+                    f"(pair {pair['id']}, site {pair['site']!r}) in {self.path}"
+                )
+        return self.add_us_pair(greyscale_id, doppler_id, site=site)
+
+    def _import_entry(
+        self,
+        kind: str,
+        owner_id: int,
+        key: dict[str, Any],
+        entry: Mapping[str, Any],
+        provenance: Provenance | None,
+        write: Callable[[Provenance], None],
+    ) -> None:
+        """Append one document entry through ``write(provenance)`` (the validating setter),
+        with the entry's recorded time - unless the store already holds that very revision."""
+        prov = provenance or Provenance(**entry["provenance"])
+        spec = _KINDS[kind]
+        expected = {c: entry.get(c) for c in spec.value_columns}
+        if prov.source != "model":  # a person's revision carries no grade set
+            expected.update(dict.fromkeys(spec.set_columns))
+        status = entry.get("status", "present")
+        created_at = entry.get("created_at")
+        if created_at is not None and not isinstance(created_at, str):
+            raise StoreError(
+                f"a {kind} entry's created_at must be a time string, got {created_at!r}"
+            )
+        for rev in self.history(kind, owner_id, key):
+            if (
+                (rev.source, rev.author, rev.version, rev.weights_hash)
+                == (prov.source, prov.author, prov.version, prov.weights_hash)
+                and rev.status == status
+                and (created_at is None or rev.created_at == created_at)
+                and all(rev.value.get(c) == v for c, v in expected.items())
+            ):
+                return
+        self._imported_at = created_at
+        try:
+            write(prov)
+        finally:
+            self._imported_at = None
 
     # ------------------------------------------------------------------ RA2-DREAM CSV
 
@@ -1500,6 +1624,92 @@ def _revision(kind: str, spec: _Kind, row: sqlite3.Row) -> Revision:
         created_at=row["created_at"],
         confirms=row["confirms"],
     )
+
+
+def _grade_sets(kind: str, value: Mapping[str, Any]) -> dict[str, tuple[int, int]]:
+    """The conformal sets ``{output: (low, high)}`` held in a revision's value (or an image
+    JSON entry): one per ultrasound output of a ``us_score``, one for a ``score``."""
+    if kind == "us_score":
+        pairs = {g: (f"{g}_set_low", f"{g}_set_high") for g in US_GRADES}
+    elif kind == "score":
+        pairs = {str(value.get("score_type")): ("set_low", "set_high")}
+    else:
+        return {}
+    return {
+        name: (int(value[low]), int(value[high]))
+        for name, (low, high) in pairs.items()
+        if value.get(low) is not None and value.get(high) is not None
+    }
+
+
+def _image_document(image: ImageRecord) -> dict[str, Any]:
+    """An image as the per-image JSON describes it (the store's id stays in the store)."""
+    return {k: v for k, v in asdict(image).items() if k != "id"}
+
+
+def _image_json_entry(rev: Revision) -> dict[str, Any]:
+    """One revision as a per-image JSON entry: its value, status, revision and provenance."""
+    return {
+        **rev.value,
+        "status": rev.status,
+        "revision": rev.revision,
+        "provenance": {
+            "source": rev.source,
+            "author": rev.author,
+            "version": rev.version,
+            "weights_hash": rev.weights_hash,
+        },
+        "created_at": rev.created_at,
+    }
+
+
+_RADIOGRAPH_ENTRIES = ("joint_centres", "joint_space_polygons", "joint_scores")
+
+
+def _check_image_document(data: Any, where: str) -> None:
+    """Refuse a per-image JSON of another kind or version, saying what is wrong and where."""
+    if not isinstance(data, dict) or data.get("format") != IMAGE_JSON_FORMAT:
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise StoreError(
+            f"{where} is not a napari-ra-joints image annotation file (format={found!r}, "
+            f"expected {IMAGE_JSON_FORMAT!r})"
+        )
+    version = data.get("version", 1)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise StoreError(f"{where} has no valid version ({version!r}); expected 1..")
+    if version > IMAGE_JSON_VERSION:
+        raise StoreError(
+            f"{where} is image annotation version {version}, but this napari-ra-joints reads "
+            f"up to {IMAGE_JSON_VERSION}; upgrade napari-ra-joints to import it"
+        )
+    info = data.get("image")
+    if not isinstance(info, dict) or not {"path", "patient_id", "modality"} <= set(info):
+        raise StoreError(f"{where} has no image (path, patient_id, modality) to annotate")
+    if info["modality"] == "radiograph":
+        if data.get("roi") or data.get("us_pair"):
+            raise StoreError(
+                f"{where} describes a radiograph ({info['path']}) but carries ultrasound ROI "
+                "boxes or grades"
+            )
+        return
+    joints = [name for name in _RADIOGRAPH_ENTRIES if data.get(name)]
+    if joints:
+        raise StoreError(
+            f"{where} describes a {info['modality']} image ({info['path']}) but carries "
+            f"radiograph entries ({', '.join(joints)})"
+        )
+    pair = data.get("us_pair")
+    if not pair:
+        return
+    sides = {"greyscale": "us_greyscale", "doppler": "us_doppler"}
+    for side, modality in sides.items():
+        member = (pair.get(side) or {}).get("image") if isinstance(pair, dict) else None
+        if not isinstance(member, dict) or member.get("modality") != modality:
+            raise StoreError(f"{where}: its us_pair needs a {side} image of modality {modality}")
+    if info["path"] not in {pair[side]["image"]["path"] for side in sides}:
+        raise StoreError(f"{where}: its us_pair does not contain its own image {info['path']}")
+    if not pair.get("site"):
+        raise StoreError(f"{where}: its us_pair has no site")
 
 
 def _key_of(rev: Revision) -> Any:

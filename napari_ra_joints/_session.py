@@ -783,9 +783,14 @@ class UltrasoundSession(_Saving):
         self.offset = float(g.shape[1] + self.GAP)
         self.grey_layer = viewer.add_image(g, **gk)
         self.doppler_layer = viewer.add_image(d, translate=(0, self.offset), **dk)
-        self.roi_grey = viewer.add_shapes(name=f"ROI {title} grey-scale", **ROI_STYLE)
+        self.roi_grey = viewer.add_shapes(
+            name=f"ROI {title} grey-scale", metadata=self.layer_metadata, **ROI_STYLE
+        )
         self.roi_doppler = viewer.add_shapes(
-            name=f"ROI {title} Doppler", translate=(0, self.offset), **ROI_STYLE
+            name=f"ROI {title} Doppler",
+            translate=(0, self.offset),
+            metadata=self.layer_metadata,
+            **ROI_STYLE,
         )
         self.heatmap_layers: list[Any] = []
         self.reload()
@@ -812,6 +817,12 @@ class UltrasoundSession(_Saving):
     def image_id(self) -> int:
         """The grey-scale image stands for the pair in the image list."""
         return int(self.pair["greyscale_image_id"])
+
+    @property
+    def layer_metadata(self) -> dict[str, Any]:
+        """Where the ROI layers' annotations live: the writer saves the pair's document (boxes
+        and grades) from the store, under the grey-scale image that stands for the pair."""
+        return {"ra_joints_project": str(self.store.root), "image_id": self.image_id}
 
     @property
     def prediction_dir(self) -> Path:

@@ -36,9 +36,10 @@ def write_joint_markups(path: str, data: Any, meta: dict[str, Any]) -> list[str]
 
 
 def write_image_annotations(path: str, layer_data: list[tuple[Any, dict, str]]) -> list[str]:
-    """Points/Shapes layers of an image opened from a project -> the store's image JSON (every
-    annotation with its provenance and revision), readable by ``ra-joints image-json --import``
-    or :meth:`AnnotationStore.import_image_json`."""
+    """Points/Shapes layers of an image (or the ROI layers of an ultrasound pair) opened from
+    a project -> the store's image JSON (every annotation with its provenance and revision; a
+    pair's boxes and grades, a model's with its grade sets), readable by
+    ``ra-joints image-json --import`` or :meth:`AnnotationStore.import_image_json`."""
     import json
 
     from annotation_tools.store import AnnotationStore
@@ -52,8 +53,9 @@ def write_image_annotations(path: str, layer_data: list[tuple[Any, dict, str]]) 
     sources.pop(None, None)
     if len(sources) != 1:
         raise ValueError(
-            "save the joint-centre and joint-space layers of one image opened in the RA joints "
-            "dock (they know their project); other Points layers can be saved as .mrk.json"
+            "save the joint-centre and joint-space layers of one image (or the ROI layers of "
+            "one ultrasound pair) opened in the RA joints dock (they know their project); "
+            "other Points layers can be saved as .mrk.json"
         )
     ((project, image_id),) = sources.items()
     with AnnotationStore.open(project, create=False) as store:

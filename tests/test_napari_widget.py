@@ -375,6 +375,51 @@ def test_writer_saves_joint_centres_as_slicer_markups(make_napari_viewer, tmp_pa
         write_joint_markups(str(tmp_path / "x.mrk.json"), np.zeros((2, 2)), {"features": None})
 
 
+def test_writer_saves_an_ultrasound_pairs_boxes_and_grades_as_the_store_json(
+    make_napari_viewer, tmp_path
+):
+    """The ROI layers of a pair know their project: saved, they give the pair's document (both
+    boxes, the model's grades with their sets), which another project imports."""
+    import napari
+
+    from annotation_tools.imageio import write_png
+    from annotation_tools.store import AnnotationStore, Provenance
+
+    rng = np.random.default_rng(11)
+    model = Provenance.model("ra_us_rating", "0.1.0", "abc")
+    with AnnotationStore.open(tmp_path) as store:
+        ids = []
+        for name, modality in (("P1_gs.png", "us_greyscale"), ("P1_dp.png", "us_doppler")):
+            path = write_png(tmp_path / name, (rng.random((64, 80)) * 255).astype(np.uint8))
+            ids.append(store.add_image(path, patient_id="P1", modality=modality))
+        pair = store.add_us_pair(*ids, site="R_mcp_2")
+        store.set_roi(ids[0], (10, 5, 40, 30), Provenance.human("alice"))
+        sets = {"synovial_hypertrophy": (1, 2), "vascularity": (1, 1), "combined": (1, 2)}
+        store.set_us_score(pair, 2, 1, model, grade_sets=sets, coverage=0.9)
+    viewer = make_napari_viewer()
+    widget = _widget(viewer)
+    widget.open_project(tmp_path)
+    widget.open_entry("pair", pair)
+    session = widget.session
+    (saved,) = napari.save_layers(
+        str(tmp_path / "pair.json"),
+        [session.roi_grey, session.roi_doppler],
+        plugin="napari-ra-joints",
+    )
+    document = json.loads(Path(saved).read_text())
+    assert document["image"]["path"] == "P1_gs.png" and document["roi"]["x1"] == 40
+    assert document["us_pair"]["doppler"]["image"]["path"] == "P1_dp.png"
+    assert document["us_pair"]["us_score"]["combined_set_high"] == 2
+    other = tmp_path / "other"
+    other.mkdir()
+    for name in ("P1_gs.png", "P1_dp.png"):
+        (other / name).write_bytes((tmp_path / name).read_bytes())
+    with AnnotationStore.open(other) as copy:
+        copy.import_image_json(saved)
+        (copied,) = copy.us_pairs()
+        assert copy.us_score(copied["id"]).grade_sets == sets
+
+
 def test_multitask_pipeline_from_the_dock_gives_the_same_editable_layers(
     make_napari_viewer, small_cohort, tmp_path
 ):

@@ -169,6 +169,190 @@ def test_image_json_round_trip(project, tmp_path):
         copy.import_image_json({"format": "other"})
 
 
+def test_image_json_reimport_adds_nothing_and_keeps_a_models_grade_set(project, tmp_path):
+    store, ids = project
+    store.set_score(ids["LH"], "LH_mcp_2", "erosion", 2, MODEL, grade_set=(1, 3), coverage=0.9)
+    store.set_centre(ids["LH"], "LH_mcp_2", (10.0, 20.0), HUMAN)
+    data = json.loads(json.dumps(store.export_image_json(ids["LH"])))
+    data["image"]["path"] = str(tmp_path / data["image"]["path"])
+    copy = AnnotationStore.open(tmp_path / "other.sqlite")
+    new_id = copy.import_image_json(data)
+    score = copy.scores(new_id)[("LH_mcp_2", "erosion")]
+    assert score.grade_sets == {"erosion": (1, 3)} and score.value["coverage"] == 0.9
+    original = store.scores(ids["LH"])[("LH_mcp_2", "erosion")]
+    assert (score.created_at, score.weights_hash) == (original.created_at, "abc123")
+    before = copy.summary()
+    assert copy.import_image_json(data) == new_id
+    assert copy.summary() == before
+    assert len(copy.history("score", new_id)) == len(copy.history("centre", new_id)) == 1
+    # the same grade restated later is a new revision, not the imported one again
+    data["joint_scores"][0]["created_at"] = "2030-01-01T00:00:00+00:00"
+    copy.import_image_json(data)
+    assert len(copy.history("score", new_id)) == 2
+
+
+US_MODEL = Provenance.model("ra_us_rating", "0.1.0", "f00d")
+US_SETS = {"synovial_hypertrophy": (1, 2), "vascularity": (0, 1), "combined": (1, 2)}
+
+
+def _pair_project(folder, rng, *, files=None):
+    """A grey-scale/Doppler pair in a project at ``folder`` (``files``: copy these images)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    store = AnnotationStore.open(folder)
+    ids = []
+    for name, modality in (("P1_gs.png", "us_greyscale"), ("P1_dp.png", "us_doppler")):
+        if files is None:
+            path = _image(folder, name, rng)
+        else:
+            path = folder / name
+            path.write_bytes((files / name).read_bytes())
+        ids.append(store.add_image(path, patient_id="P1", modality=modality, width=48, height=64))
+    return store, ids[0], ids[1], store.add_us_pair(*ids, site="R_mcp_2")
+
+
+def _without_revision_numbers(document):
+    """A document with each entry's revision number dropped (another project numbers its own)."""
+    if isinstance(document, dict):
+        return {k: _without_revision_numbers(v) for k, v in document.items() if k != "revision"}
+    if isinstance(document, list):
+        return [_without_revision_numbers(v) for v in document]
+    return document
+
+
+def test_ultrasound_image_json_carries_the_pair_and_round_trips_into_another_project(tmp_path, rng):
+    source, gs, dp, pair = _pair_project(tmp_path / "a", rng)
+    roi_model = Provenance.model("ra_us_roi", "0.1.0", "beef")
+    source.set_roi(gs, (5, 10, 30, 40), roi_model)
+    source.set_roi(gs, (6, 11, 31, 41), HUMAN)  # the person's correction is the box
+    source.set_roi(dp, (5, 10, 30, 40), roi_model)
+    source.set_us_score(pair, 2, 1, US_MODEL, uncertainty=0.2, grade_sets=US_SETS, coverage=0.9)
+    data = json.loads(json.dumps(source.export_image_json(dp)))  # from either image of the pair
+    assert data["version"] == store_module.IMAGE_JSON_VERSION == 2
+    assert data["image"]["path"] == "P1_dp.png" and data["us_pair"]["site"] == "R_mcp_2"
+    assert data["roi"] == data["us_pair"]["doppler"]["roi"]
+    grey_box = data["us_pair"]["greyscale"]["roi"]
+    assert (grey_box["x0"], grey_box["revision"], grey_box["provenance"]["author"]) == (
+        6,
+        2,
+        "alice",
+    )
+    grades = data["us_pair"]["us_score"]
+    assert (grades["combined"], grades["coverage"], grades["vascularity_set_high"]) == (2, 0.9, 1)
+    assert grades["provenance"] == {
+        "source": "model",
+        "author": "ra_us_rating",
+        "version": "0.1.0",
+        "weights_hash": "f00d",
+    }
+
+    (tmp_path / "b").mkdir()
+    for name in ("P1_gs.png", "P1_dp.png"):  # the same files in another project
+        (tmp_path / "b" / name).write_bytes((tmp_path / "a" / name).read_bytes())
+    copy = AnnotationStore.open(tmp_path / "b")  # a fresh store: the import registers the pair
+    new_dp = copy.import_image_json(data)
+    (copied_pair,) = copy.us_pairs()
+    assert copy.image(new_dp).path == "P1_dp.png" and copied_pair["site"] == "R_mcp_2"
+    again = json.loads(json.dumps(copy.export_image_json(new_dp)))
+    assert _without_revision_numbers(again) == _without_revision_numbers(data)
+    imported = copy.us_score(copied_pair["id"])
+    assert imported.grade_sets == US_SETS and imported.created_at == grades["created_at"]
+    # the grey-scale image's document is the same pair, so importing it too adds nothing
+    before = copy.summary()
+    copy.import_image_json(json.loads(json.dumps(source.export_image_json(gs))))
+    document = tmp_path / "dp.json"
+    document.write_text(json.dumps(data))
+    assert copy.import_image_json(document) == new_dp
+    assert copy.summary() == before
+    assert len(copy.history("roi", new_dp)) == len(copy.history("us_score", copied_pair["id"])) == 1
+
+
+def test_an_imported_model_grade_stays_a_proposal_under_a_persons_grade(tmp_path, rng):
+    source, gs, _, pair = _pair_project(tmp_path / "a", rng)
+    source.set_us_score(pair, 2, 1, US_MODEL, grade_sets=US_SETS, coverage=0.9)
+    source.set_roi(gs, (5, 10, 30, 40), US_MODEL)
+    data = json.loads(json.dumps(source.export_image_json(gs)))
+    target, t_gs, _, t_pair = _pair_project(tmp_path / "b", rng, files=tmp_path / "a")
+    target.set_us_score(t_pair, 1, 0, Provenance.human("bob"))
+    target.set_roi(t_gs, (0, 0, 20, 20), Provenance.human("bob"))
+    target.import_image_json(data)
+    grades = target.resolved("us_score", t_pair)[None]
+    assert grades.current.author == "bob" and grades.current.value["combined"] == 1
+    assert grades.pending.author == "ra_us_rating" and grades.pending.grade_sets == US_SETS
+    assert target.us_score(t_pair).author == "bob"  # what readers and exports see
+    assert target.roi(t_gs).author == "bob" and target.roi(t_gs).value["x1"] == 20
+    assert [r.author for r in target.history("us_score", t_pair)] == ["bob", "ra_us_rating"]
+
+
+def test_cli_image_json_writes_an_ultrasound_pair_and_reads_it_into_another_project(
+    tmp_path, rng, capsys
+):
+    from annotation_tools.cli import main
+
+    source, gs, _, pair = _pair_project(tmp_path / "a", rng)
+    source.set_roi(gs, (5, 10, 30, 40), HUMAN)
+    source.set_us_score(pair, 3, 2, US_MODEL, grade_sets=US_SETS, coverage=0.8)
+    source.close()
+    out = tmp_path / "P1_gs.json"
+    args = ["image-json", "--project", str(tmp_path / "a")]
+    assert main([*args, "--image", str(tmp_path / "a" / "P1_gs.png"), "--out", str(out)]) == 0
+    written = json.loads(out.read_text())
+    assert written["version"] == 2 and written["roi"]["x1"] == 30
+    assert written["us_pair"]["us_score"]["synovial_hypertrophy_set_low"] == 1
+    assert written["us_pair"]["doppler"]["image"]["path"] == "P1_dp.png"
+    target, t_gs, _, t_pair = _pair_project(tmp_path / "b", rng, files=tmp_path / "a")
+    target.close()
+    into = ["image-json", "--project", str(tmp_path / "b"), "--import", str(out)]
+    assert main(into) == 0 and main(into) == 0  # the second run adds nothing
+    assert "imported" in capsys.readouterr().out
+    with AnnotationStore.open(tmp_path / "b", create=False) as copy:
+        assert [r.author for r in copy.history("us_score", t_pair)] == ["ra_us_rating"]
+        assert copy.us_score(t_pair).grade_sets == US_SETS
+        assert copy.roi(t_gs).value == {"x0": 5, "y0": 10, "x1": 30, "y1": 40}
+    radiograph_doc = {**written, "image": {**written["image"], "modality": "radiograph"}}
+    out.write_text(json.dumps(radiograph_doc))
+    assert main(into) == 2
+    assert str(out) in capsys.readouterr().err
+
+
+def test_image_json_of_the_wrong_kind_is_refused_and_old_documents_still_import(tmp_path, rng):
+    source, gs, _, pair = _pair_project(tmp_path / "a", rng)
+    source.set_roi(gs, (5, 10, 30, 40), HUMAN)
+    source.set_us_score(pair, 1, 1, HUMAN)
+    data = json.loads(json.dumps(source.export_image_json(gs)))
+    target, t_gs, _, t_pair = _pair_project(tmp_path / "b", rng, files=tmp_path / "a")
+
+    def refused(change, match):
+        document = json.loads(json.dumps(data))
+        change(document)
+        with pytest.raises(StoreError, match=match):
+            target.import_image_json(document)
+
+    refused(lambda d: d.update(version=3), "version 3, but this napari-ra-joints reads up to 2")
+    refused(lambda d: d.update(version="2"), "no valid version")
+    refused(lambda d: d.update(joint_centres=[{"joint_id": "RH_mcp_2"}]), "radiograph entries")
+    refused(lambda d: d["image"].update(modality="radiograph"), "radiograph .* ultrasound")
+    refused(lambda d: d["us_pair"]["doppler"]["image"].update(modality="us_greyscale"), "doppler")
+    refused(lambda d: d["image"].update(path="elsewhere.png"), "does not contain its own image")
+    refused(lambda d: d.pop("image"), "has no image")
+    refused(lambda d: d["us_pair"].update(site="L_mcp_3"), "site 'L_mcp_3', this store at")
+    with pytest.raises(StoreError, match="not a napari-ra-joints image annotation file"):
+        target.import_image_json([data])
+    corrupt = tmp_path / "cut.json"
+    corrupt.write_text(json.dumps(data)[:40])
+    with pytest.raises(StoreError, match=f"cannot read the image annotation file {corrupt}"):
+        target.import_image_json(corrupt)
+    other_pixels = tmp_path / "c"
+    other, *_ = _pair_project(other_pixels, rng)  # files of the same names, other pixels
+    with pytest.raises(StoreError, match="is not the image .* annotates: its sha256"):
+        other.import_image_json(data)
+    # nothing of a refused document was kept
+    assert target.summary()["roi_revisions"] == other.summary()["roi_revisions"] == 0
+    # a version 1 document (before pairs): its own box imports, as it always did
+    old = {k: v for k, v in data.items() if k != "us_pair"} | {"version": 1}
+    target.import_image_json(old)
+    assert target.roi(t_gs).value["x1"] == 30 and target.us_score(t_pair) is None
+
+
 def test_dream_csv_round_trip(project, tmp_path, rng):
     store, ids = project
     expected = {}
