@@ -147,6 +147,13 @@ class BundleInfo:
     def weights_path(self) -> Path:
         return self.root / self.weights
 
+    def weights_sha256(self) -> str:
+        """The hash its predictions record (:func:`weights_hash`): of the weights file, or of
+        the members an ensemble manifest lists."""
+        if self.ensemble:
+            return weights_hash(ensemble_manifest(self.weights_path.parent)[0])
+        return weights_hash([self.weights_path])
+
     def available(self) -> tuple[bool, str]:
         """(ready, reason): a bundle without its weights is "not available"."""
         if not (self.root / "configs" / "inference.json").exists():

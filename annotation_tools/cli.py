@@ -400,10 +400,58 @@ def _benchmark_bundle_roots(args: argparse.Namespace) -> list[Path]:
     return roots + [b for b in (args.locator_bundle, args.scorer_bundle) if b is not None]
 
 
+def _benchmark_docs(args: argparse.Namespace) -> int:
+    """``--task docs``: every table of the docs from its registry entry (doc_tables.py)."""
+    from .bundles import bundle_for, check_trusted
+    from .doc_tables import DOC_TABLES, run_doc_tables, select
+
+    given = {
+        "--heldout": args.heldout, "--bundle": args.bundle, "--compare": args.compare,
+        "--seed": args.seed, "--patients": args.patients, "--out": args.out,
+        "--retrain": args.retrain, "--locator-bundle": args.locator_bundle,
+        "--scorer-bundle": args.scorer_bundle,
+    }  # fmt: skip
+    extra = [flag for flag, value in given.items() if value not in (None, False, [])]
+    if extra:
+        raise ValueError(
+            f"--task docs takes its cohorts and options from annotation_tools/doc_tables.py; "
+            f"drop {', '.join(extra)} (use --only, --work, --cohort, --dry-run)"
+        )
+    cohorts = {}
+    for item in args.cohort:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise ValueError(
+                f"--cohort takes NAME=FOLDER (e.g. 5002_schematic=runs/x), got {item!r}"
+            )
+        cohorts[name] = Path(folder)
+    chosen = select(args.only, DOC_TABLES)
+    for task in sorted({t for entry in chosen for t in entry.bundles}):
+        check_trusted(bundle_for(task).root, args.trust_bundle)
+    summary = run_doc_tables(
+        args.only,
+        **({"work": args.work} if args.work else {}),
+        cohorts=cohorts,
+        dry_run=args.dry_run,
+        device=args.device,
+    )
+    if summary["failed"]:
+        print(f"error: failed: {', '.join(summary['failed'])}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def _cmd_benchmark(args: argparse.Namespace) -> int:
     from .benchmark import run_benchmark
     from .bundles import check_trusted
 
+    if args.task == "docs":
+        return _benchmark_docs(args)
+    docs_only = {"--only": args.only, "--dry-run": args.dry_run, "--cohort": args.cohort}
+    docs_only["--work"] = args.work
+    extra = [flag for flag, value in docs_only.items() if value]
+    if extra:
+        raise ValueError(f"{', '.join(extra)} belong to --task docs")
     for root in _benchmark_bundle_roots(args):  # before any config is parsed
         check_trusted(root, args.trust_bundle)
     out = args.out or Path(f"results/benchmark_{args.task}.json")
@@ -873,8 +921,12 @@ def build_parser() -> argparse.ArgumentParser:
             "hitl",
             "baselines",
             "heatmaps",
+            "docs",
         ],
-        help="one bundle, or all of them in one run (default); multitask: the radiograph "
+        help="one bundle, or all of them in one run (default); docs: regenerate every table "
+        "of docs/benchmarks.md, docs/uncertainty.md and the bundles' READMEs that the registry "
+        "annotation_tools/doc_tables.py lists, each with its command, seeds and weights hash; "
+        "multitask: the radiograph "
         "pipelines side by side (two-stage, Hirano via --compare, multi-task U-Net); "
         "baselines: trivial, pixel-feature and shuffled-label baselines vs the shipped models "
         "(not in all: it trains its own baselines on a training-seed cohort); coverage / "
@@ -934,6 +986,26 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="allow bundles from a folder you supplied (--*-bundle, --bundles, "
         "RA_JOINTS_BUNDLES): their configs are executable code; the shipped ones need no flag",
+    )
+    p.add_argument(
+        "--only", nargs="+", metavar="NAME", help="docs: these tables only (default: all)"
+    )
+    p.add_argument(
+        "--work",
+        type=Path,
+        help="docs: folder of the phantom cohorts, <seed>_<style>, generated only if missing "
+        "(default: runs/docs)",
+    )
+    p.add_argument(
+        "--cohort",
+        action="append",
+        default=[],
+        metavar="NAME=FOLDER",
+        help="docs: reuse an existing cohort folder for a cohort name, e.g. "
+        "5002_schematic=runs/test_s5002 (repeatable)",
+    )
+    p.add_argument(
+        "--dry-run", action="store_true", help="docs: list what would run and where it goes"
     )
     p.set_defaults(func=_cmd_benchmark)
 
