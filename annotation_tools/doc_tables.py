@@ -147,6 +147,22 @@ DOC_TABLES: tuple[DocTable, ...] = (
         ((UNCERTAINTY_MD, "coverage_5002"),),
         RESAMPLES,
     ),
+    DocTable(  # the same on the anatomical films (the scorer 0.2.0 trained on both styles)
+        "scorer_5001a",
+        "scorer",
+        TEST_5001A,
+        ("scorer", "locator"),
+        ((BENCHMARKS_MD, "scorer_5001a"),),
+        RESAMPLES,
+    ),
+    DocTable(
+        "coverage_5001a",
+        "coverage",
+        TEST_5001A,
+        ("scorer", "locator"),
+        ((UNCERTAINTY_MD, "coverage_5001a"),),
+        RESAMPLES,
+    ),
     DocTable(
         "rating_5100",
         "ultrasound",
