@@ -358,9 +358,9 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         counts = {r: len(v) for r, v in located.errors.items()}
         print(f"wrote {out}: {located.source['patients']} patients, joints per region {counts}")
         return 0
-    if len(args.project) > 1:
-        raise ValueError(f"the {args.task} calibrates on one project (--project once)")
     if args.task == "ultrasound":
+        if len(args.project) > 1:
+            raise ValueError("the ultrasound task calibrates on one project (--project once)")
         from .us_conformal import US_CALIBRATION_FILE
 
         if args.images is not None:
@@ -375,7 +375,7 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             f"pairs, {beta}"
         )
         return 0
-    calibration = calibrate_scorer(args.project[0], images=args.images, service=service)
+    calibration = calibrate_scorer(args.project, images=args.images, service=service)
     out = args.out or service.bundle("scorer").root / "models" / CALIBRATION_FILE
     calibration.save(out)
     counts = {b: len(v) for b, v in calibration.residuals.items()}

@@ -172,3 +172,43 @@ def test_a_shipped_calibration_loads_and_saves_back_byte_for_byte(tmp_path, load
     """One writer for all three files: what it writes is what the bundles ship."""
     again = loader.load(shipped).save(tmp_path / shipped.name)
     assert again.read_bytes() == shipped.read_bytes()
+
+
+def test_scorer_calibration_pools_projects_and_refuses_a_test_seed_among_them(
+    small_cohort, tmp_path, monkeypatch
+):
+    """Two calibration projects (e.g. one validation seed drawn in both styles, for a scorer
+    trained on both) give one calibration holding the residuals of both; one test-seed project
+    among them stops the run before any model runs."""
+    import json
+    import shutil
+
+    import annotation_tools.calibration as calibration
+    from annotation_tools.predict import PredictionService
+
+    def cohort(folder, seed, style):
+        shutil.copytree(small_cohort, folder)
+        info = json.loads((folder / "cohort.json").read_text())
+        (folder / "cohort.json").write_text(json.dumps({**info, "seed": seed, "style": style}))
+        return folder
+
+    schematic = cohort(tmp_path / "s", 3300, "schematic")
+    anatomical = cohort(tmp_path / "a", 3300, "anatomical")
+    calls = []
+
+    def rows(project, service, images=None):  # the pipeline's rows, without running it
+        calls.append(Path(project))
+        k = len(calls)
+        return [("p1", "LH_mcp_1", "narrowing", float(k), None, 0.0) for _ in range(3 * k)]
+
+    monkeypatch.setattr(calibration, "predicted_rows", rows)
+    service = PredictionService("two-stage", device="cpu")
+    pooled = calibration.calibrate_scorer([schematic, anatomical], service=service)
+    assert calls == [schematic, anatomical]
+    assert sum(len(v) for v in pooled.residuals.values()) == 3 + 6
+    assert pooled.source["style"] == "schematic+anatomical" and pooled.source["seed"] == 3300
+    assert pooled.beta == calibration.SCORER_BETA
+    calls.clear()
+    with pytest.raises(ValueError, match="test"):
+        calibration.calibrate_scorer([schematic, cohort(tmp_path / "t", 5002, "schematic")])
+    assert calls == []

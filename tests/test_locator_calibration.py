@@ -119,5 +119,6 @@ def test_calibration_pools_several_projects_as_one(small_cohort, tmp_path, capsy
         single[joint.region] = single.get(joint.region, 0) + 1
     assert {r: len(e) for r, e in pooled.errors.items()} == {r: 2 * n for r, n in single.items()}
     assert "wrote" in capsys.readouterr().out
-    assert main(["calibrate", "--project", str(small_cohort), "--project", str(twin)]) != 0
-    assert "the scorer calibrates on one project" in capsys.readouterr().err
+    argv = ["calibrate", "--task", "ultrasound", "--project", str(small_cohort)]
+    assert main([*argv, "--project", str(twin)]) != 0
+    assert "the ultrasound task calibrates on one project" in capsys.readouterr().err
