@@ -198,14 +198,13 @@ def test_scorer_calibration_pools_projects_and_refuses_a_test_seed_among_them(
 
     def rows(project, service, images=None):  # the pipeline's rows, without running it
         calls.append(Path(project))
-        k = len(calls)
-        return [("p1", "LH_mcp_1", "narrowing", float(k), None, 0.0) for _ in range(3 * k)]
+        return [("p1", *r) for r in _rows(np.random.default_rng(len(calls)), 40 * len(calls))]
 
     monkeypatch.setattr(calibration, "predicted_rows", rows)
     service = PredictionService("two-stage", device="cpu")
     pooled = calibration.calibrate_scorer([schematic, anatomical], service=service)
     assert calls == [schematic, anatomical]
-    assert sum(len(v) for v in pooled.residuals.values()) == 3 + 6
+    assert sum(len(v) for v in pooled.residuals.values()) == 40 + 80
     assert pooled.source["style"] == "schematic+anatomical" and pooled.source["seed"] == 3300
     assert pooled.beta == calibration.SCORER_BETA
     calls.clear()
