@@ -336,13 +336,14 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from .conformal import CALIBRATION_FILE
     from .predict import PredictionService
 
-    if args.members is not None and args.task != "multitask":
-        raise ValueError("--members belongs to --task multitask")
+    if (args.members is not None or args.weights is not None) and args.task != "multitask":
+        raise ValueError("--members and --weights belong to --task multitask")
     if args.beta != "auto" and args.task not in ("scorer", "multitask"):
         raise ValueError("--beta belongs to --task scorer or multitask")
     service = PredictionService(
         "multitask" if args.task == "multitask" else "two-stage",
         bundles={args.task: args.bundle},
+        weights={args.task: args.weights},
         device=args.device,
         members=args.members,
         trusted=args.trust_bundle,
@@ -379,6 +380,8 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             f"pairs, {beta}"
         )
         return 0
+    if args.task == "scorer" and len(args.project) > 1:  # its shipped file: one cohort
+        raise ValueError("the scorer calibrates on one project (--project once)")
     calibration = calibrate_pipeline(args.project, service, images=args.images, beta=args.beta)
     if args.task == "multitask":  # next to the members it was made with
         out = args.out or service.models()["multitask"].calibration_folder / CALIBRATION_FILE
@@ -1090,13 +1093,19 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         action="append",
         help="with scores_ra2dream.csv (ultrasound: graded pairs in its store or "
-        "ultrasound_scores.csv); scorer, multitask and locator pool several (repeat --project)",
+        "ultrasound_scores.csv); multitask and locator pool several (repeat --project)",
     )
     p.add_argument("--images", type=Path, help="default: the project's radiographs/ folder")
     p.add_argument("--out", type=Path, help="default: the bundle's models/ folder")
     p.add_argument("--bundle", type=Path, help="the task's bundle folder (default: the shipped)")
     p.add_argument(
         "--members", type=int, default=None, help="multitask: calibrate the first N members"
+    )
+    p.add_argument(
+        "--weights",
+        type=Path,
+        help="multitask: a retrained version's weights file instead of the bundle's members; "
+        "its conformal.json is written next to it, where prediction with it looks",
     )
     p.add_argument(
         "--beta",

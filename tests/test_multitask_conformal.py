@@ -190,3 +190,39 @@ def test_coverage_benchmark_measures_the_multitask_sets(calibrated, small_cohort
     assert "multi-task U-Net" in out.with_suffix(".md").read_text()
     # the calibration cohort's own seed cannot measure its coverage
     assert main([*argv, "--heldout", str(small_cohort)]) == 2
+
+
+def test_the_shipped_calibration_fits_the_shipped_default_member(tmp_path):
+    """models/conformal.json is the default member's (seed 3300), and the bundle's own
+    inference.json writer finds it; another member count would not."""
+    from annotation_tools.bundles import bundle_parser
+
+    writer = bundle_parser(BUNDLE, overrides={"output_dir": str(tmp_path)}).get_parsed_content(
+        "writer"
+    )
+    assert writer.calibration is not None, writer.calibration_note
+    source = writer.calibration.source
+    assert source["seed"] == 3300 and source["members"] == "1" and source["style"] == "schematic"
+    both = bundle_parser(BUNDLE, overrides={"output_dir": str(tmp_path), "members": 2})
+    other = both.get_parsed_content("writer")
+    assert other.calibration is None and "other weights" in other.calibration_note
+
+
+def test_a_retrained_version_is_calibrated_next_to_its_weights(small_cohort, tmp_path):
+    """--weights: the calibration lands beside that file, where prediction with it looks (not
+    in the bundle's models/)."""
+    from annotation_tools.cli import main
+
+    version = tmp_path / "project_models" / "ra_multitask_unet" / "v1"
+    version.mkdir(parents=True)
+    shutil.copy(BUNDLE / "models" / "member_0.pt", version / "model.pt")
+    copy = _bundle_copy(tmp_path)
+    argv = ["calibrate", "--task", "multitask", "--project", str(small_cohort), "--beta", "0.5"]
+    argv += ["--bundle", str(copy), "--trust-bundle", "--weights", str(version / "model.pt")]
+    assert main([*argv, "--device", "cpu"]) == 0
+    assert (version / CALIBRATION_FILE).is_file() and not (
+        copy / "models" / CALIBRATION_FILE
+    ).exists()
+    model = MultitaskModel.from_bundle(copy, device="cpu", weights=[version / "model.pt"])
+    assert model.calibration is not None and model.calibration.beta == 0.5
+    assert main(["calibrate", "--task", "scorer", "--project", str(small_cohort), *argv[-2:]]) == 2
