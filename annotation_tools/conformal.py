@@ -163,7 +163,10 @@ def matching_calibration(
     one, for the message."""
     path = Path(folder) / CALIBRATION_FILE
     if not path.is_file():
-        return None, f"no conformal calibration for these weights ({path} absent; {how} makes one)"
+        return None, (
+            f"no conformal calibration for these weights ({path} absent): set columns empty; "
+            f"{how} makes one"
+        )
     calibration = GradeCalibration.load(path)
     made_with = calibration.source
     differ = [k for k in keys if made_with.get(k) != model_info.get(k)]
