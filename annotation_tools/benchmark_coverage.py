@@ -4,6 +4,7 @@
 symmetry on the image files), on a fresh phantom cohort of a test seed; for each nominal
 coverage the empirical coverage and mean set width per bin, with a 95 % CI that resamples
 **patients** (their joints are correlated, so joints are not the unit of replication).
+``--pipeline multitask`` measures the multi-task U-Net's sets the same way (same table).
 
 ``ra-joints benchmark --task us-coverage``: the same for the RATING ensemble's ultrasound
 grade sets (:mod:`annotation_tools.us_conformal`), per output (synovial hypertrophy,
@@ -56,28 +57,39 @@ def benchmark_coverage(
     seed: int = DEFAULT_SEED,
     device: str | None = None,
     n_resamples: int = 1000,
+    pipeline: str = "two-stage",
 ) -> dict[str, Any]:
+    """The grade sets of ``pipeline``'s radiograph model (``"two-stage"``: the scorer;
+    ``"multitask"``: the multi-task U-Net; ``bundle`` replaces that model's bundle) on a
+    held-out cohort: coverage and mean width per bin at 80/90/95 %, patient CIs."""
     from .calibration import predicted_rows
     from .conformal import bin_of, coverage_figures
-    from .predict import PredictionService
+    from .predict import PIPELINES, PredictionService
 
+    if pipeline not in PIPELINES:
+        raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)}, got {pipeline!r}")
     started = time.perf_counter()
+    task = "multitask" if pipeline == "multitask" else "scorer"
+    # a bundle given here is trusted, as by every benchmark (the CLI checks before calling)
     service = PredictionService(
-        "two-stage", bundles={"scorer": bundle} if bundle else None, device=device
+        pipeline, bundles={task: bundle} if bundle else None, device=device, trusted=True
     )
-    scorer = service.models()["scorer"]
-    if scorer is None or scorer.calibration is None:
+    model = service.models()[task]
+    if model is None:
+        raise FileNotFoundError("; ".join(service.skipped) or f"no {task} bundle")
+    calibration = model.calibration
+    if calibration is None:
         raise FileNotFoundError(
-            "the scorer has no conformal calibration for its weights; run ra-joints calibrate"
+            f"the {task} has no conformal calibration for its weights ({model.calibration_note})"
         )
-    calibrated_on = scorer.calibration.source.get("seed")
+    calibrated_on = calibration.source.get("cohort_seeds") or [calibration.source.get("seed")]
     project = heldout_cohort(
         heldout,
         patients,
         seed,
         us_pairs=0,
-        bundles=[service.bundle("scorer").root, service.bundle("locator").root],
-        calibration_seeds=[] if calibrated_on is None else [int(calibrated_on)],
+        bundles=[service.bundle(t).root for t in service.radiograph_tasks],
+        calibration_seeds=[int(s) for s in calibrated_on if s is not None],
     )
     seed = heldout_seed(project, seed)
     rows = [r for r in predicted_rows(project, service) if r[5] is not None]
@@ -86,7 +98,7 @@ def benchmark_coverage(
     who = np.array([r[0] for r in rows])
     levels = {}
     for level in LEVELS:
-        sets = scorer.calibration.grade_sets([r[1:5] for r in rows], level)
+        sets = calibration.grade_sets([r[1:5] for r in rows], level)
         figures = coverage_figures(sets, truths, bins)
         covered = np.array([t in s for t, s in zip(truths, sets, strict=True)])
         for name, fig in figures.items():
@@ -95,10 +107,15 @@ def benchmark_coverage(
         levels[str(level)] = figures
     return {
         "task": "coverage",
-        "calibration": scorer.calibration.source,
+        "pipeline": pipeline,
+        "model": dict(model.model_info),
+        "calibration": calibration.source,
+        "beta": calibration.beta,
         "test_cohort": {"project": str(project), "seed": seed, "patients": len(set(who))},
         "levels": levels,
-        "locator": _locator_coverage(service.locator(), project),
+        "locator": None
+        if pipeline == "multitask"
+        else _locator_coverage(service.locator(), project),
         "seconds": round(time.perf_counter() - started, 1),
         "note": PHANTOM_NOTE,
     }
@@ -224,10 +241,12 @@ def us_coverage_markdown(result: dict[str, Any]) -> str:
 
 def coverage_markdown(result: dict[str, Any]) -> str:
     cal, test = result["calibration"], result["test_cohort"]
+    what = {"multitask": "multi-task U-Net"}.get(result.get("pipeline", ""), "scorer end to end")
+    seeds = ", ".join(str(s) for s in cal.get("cohort_seeds") or [cal.get("seed")])
     lines = [
-        "## Grade sets (split conformal, scorer end to end)",
+        f"## Grade sets (split conformal, {what})",
         "",
-        f"Calibrated on phantom seed {cal.get('seed')} ({cal.get('patients')} patients, "
+        f"Calibrated on phantom seed {seeds} ({cal.get('patients')} patients, "
         f"{cal.get('scores')} scores); measured on seed {test['seed']} "
         f"({test['patients']} patients). CIs resample patients.",
         "",

@@ -1,6 +1,6 @@
-"""Calibrate the grade sets on a project: the scorer's (the pipeline end to end on its images,
-every grade paired with the project's reference table) and the RATING ensemble's (its
-ultrasound pairs, paired with their reference grades). Kept apart from
+"""Calibrate the grade sets on a project: the scorer's and the multi-task U-Net's (the pipeline
+end to end on its images, every grade paired with the project's reference table) and the
+RATING ensemble's (its ultrasound pairs, paired with their reference grades). Kept apart from
 :mod:`annotation_tools.conformal` and :mod:`annotation_tools.us_conformal` (the sets
 themselves, which the writers of every output use) because it runs the models.
 """
@@ -16,13 +16,8 @@ from .conformal import GradeCalibration, calibrate_grades, score_rows
 from .seeds import RADIOGRAPH, ULTRASOUND, check_calibration_seed, cohort_seed
 from .us_conformal import UsGradeCalibration, calibrate_us_grades
 
-# the scorer's residual normaliser |truth - pred| / (sd + beta): 3.0 was chosen on validation
-# seed 3300 alone (20 random patient halves, the smallest mean 90 % set width with coverage
-# >= 0.9 among 0.05-100; docs/uncertainty.md), and ``ra-joints calibrate`` uses it
-SCORER_BETA = 3.0
-
 __all__ = [
-    "SCORER_BETA",
+    "calibrate_pipeline",
     "calibrate_scorer",
     "calibrate_ultrasound",
     "decided_pairs",
@@ -64,55 +59,94 @@ def calibrate_scorer(
     project: str | Path | Sequence[str | Path],
     *,
     images: str | Path | None = None,
-    beta: float = SCORER_BETA,
+    beta: float | str = "auto",
     service: Any = None,
 ) -> GradeCalibration:
-    """Calibrate the scorer the service uses on project(s) nobody reports figures on.
-
-    Several projects are pooled (e.g. one validation seed drawn in both phantom styles, for a
-    scorer trained on both): the sets then cover every kind of film calibrated on, not only
-    the easiest. A phantom project of a test seed, or of a seed the scorer or locator was
-    trained on, is refused (:func:`annotation_tools.seeds.check_calibration_seed`) before
-    anything runs.
-    """
+    """Calibrate the scorer the service uses on project(s) nobody reports figures on
+    (:func:`calibrate_pipeline` with the two-stage pipeline). Several projects are pooled,
+    e.g. one validation seed drawn in both phantom styles for a scorer trained on both."""
     from .predict import PredictionService
 
-    folders = [Path(project)] if isinstance(project, str | Path) else [Path(p) for p in project]
-    if not folders:
-        raise ValueError("give at least one calibration project")
-    if images is not None and len(folders) > 1:
-        raise ValueError("--images names the radiographs of one project; pool without it")
     service = service or PredictionService("two-stage")
-    for folder in folders:  # a choice made on validation data: never a test seed, nor seen
-        check_calibration_seed(
-            cohort_seed(folder),
-            RADIOGRAPH,
-            bundles=[service.bundle("scorer").root, service.bundle("locator").root],
+    projects = [project] if isinstance(project, str | Path) else list(project)
+    return calibrate_pipeline(projects, service, images=images, beta=beta)
+
+
+def calibrate_pipeline(
+    projects: Sequence[str | Path],
+    service: Any,
+    *,
+    images: str | Path | None = None,
+    beta: float | str = "auto",
+) -> GradeCalibration:
+    """Grade sets for the radiograph model of ``service``'s pipeline - the scorer (two-stage)
+    or the multi-task U-Net - from projects nobody reports figures on, pooled.
+
+    The pipeline runs end to end on each project's images and every grade is paired with its
+    reference (:func:`predicted_rows`). A phantom project of a test seed, or of a seed the
+    model (or, two-stage, the locator) was trained on, is refused
+    (:func:`annotation_tools.seeds.check_calibration_seed`) before anything runs. ``beta``:
+    a number, or ``"auto"`` (chosen on these patients alone,
+    :func:`annotation_tools.conformal.choose_beta`).
+    """
+    projects = [Path(p) for p in projects]
+    if not projects:
+        raise ValueError("give at least one calibration project")
+    if images is not None and len(projects) > 1:
+        raise ValueError("images replaces one project's radiographs/ folder: give one project")
+    multitask = service.pipeline == "multitask"
+    task = "multitask" if multitask else "scorer"
+    bundles = [service.bundle(t).root for t in service.radiograph_tasks]
+    bundles += [Path(w).parent for t, w in service.weights.items() if t in service.radiograph_tasks]
+    # a choice made on validation data: never a test seed, nor a seed the weights saw
+    for project in projects:
+        check_calibration_seed(cohort_seed(project), RADIOGRAPH, bundles=bundles)
+    model = service.models()[task]
+    if model is None:
+        raise FileNotFoundError("; ".join(service.skipped) or f"no {task} bundle")
+    rows: list[tuple[str, str, str, float, float | None, float | None]] = []
+    cohorts = []
+    for project in projects:
+        mine = [r for r in predicted_rows(project, service, images=images) if r[5] is not None]
+        cohort = project / "cohort.json"
+        info = json.loads(cohort.read_text()) if cohort.is_file() else {}
+        cohorts.append(
+            {
+                "project": str(project.resolve()),
+                "seed": info.get("seed"),
+                "style": info.get("style"),
+                "patients": len({r[0] for r in mine}),
+                "scores": len(mine),
+            }
         )
-    scorer = service.models()["scorer"]
-    if scorer is None:
-        raise FileNotFoundError("; ".join(service.skipped) or "no scorer bundle")
-    usable: list[tuple[str, str, float, float | None, float]] = []
-    patients, infos = 0, []
-    for folder in folders:
-        cohort = folder / "cohort.json"
-        infos.append(json.loads(cohort.read_text()) if cohort.is_file() else {})
-        rows = predicted_rows(folder, service, images=images)
-        usable += [r[1:] for r in rows if r[5] is not None]
-        patients += len({r[0] for r in rows if r[5] is not None})
-    seeds = [i.get("seed") for i in infos]
-    styles = [i.get("style") for i in infos]
-    source = {
-        "project": "; ".join(str(f.resolve()) for f in folders),
-        "seed": seeds[0] if len(set(seeds)) == 1 else seeds,
-        "style": styles[0] if len(set(styles)) == 1 else "+".join(str(s) for s in styles),
-        "patients": patients,
-        "scores": len(usable),
-        "weights_sha256": scorer.model_info.get("weights_sha256"),
-        "symmetry_sha256": scorer.model_info.get("symmetry_sha256"),
-        "pipeline": "locator -> scorer -> symmetry, end to end on the image files",
+        # patient ids of two cohorts may repeat: keep them apart for the beta choice
+        rows += [(f"{len(cohorts)}:{r[0]}", *r[1:]) for r in mine]
+    source: dict[str, Any] = {
+        "project": cohorts[0]["project"] if len(cohorts) == 1 else [c["project"] for c in cohorts],
+        "seed": cohorts[0]["seed"] if len(cohorts) == 1 else None,
+        "cohort_seeds": [c["seed"] for c in cohorts if c["seed"] is not None],
+        "style": "+".join(sorted({str(c["style"]) for c in cohorts})),
+        "patients": sum(c["patients"] for c in cohorts),
+        "scores": len(rows),
+        "weights_sha256": model.model_info.get("weights_sha256"),
     }
-    return calibrate_grades(usable, beta=beta, source=source)
+    if len(cohorts) > 1:
+        source["cohorts"] = cohorts
+    if multitask:
+        source.update(
+            bundle=model.model_info.get("bundle"),
+            version=model.model_info.get("version"),
+            members=model.model_info.get("members"),
+            pipeline="multi-task U-Net (located and scored in one pass) on the image files",
+        )
+    else:
+        source.update(
+            symmetry_sha256=model.model_info.get("symmetry_sha256"),
+            pipeline="locator -> scorer -> symmetry, end to end on the image files",
+        )
+    return calibrate_grades(
+        [r[1:] for r in rows], beta=beta, patients=[r[0] for r in rows], source=source
+    )
 
 
 def decided_pairs(

@@ -336,13 +336,24 @@ def _cmd_markups(args: argparse.Namespace) -> int:
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
-    """Conformal grade sets for the scorer's or the RATING ensemble's weights (or the
-    locator's radius), from a calibration project."""
-    from .calibration import calibrate_scorer, calibrate_ultrasound
+    """Conformal grade sets for the scorer's, the multi-task U-Net's or the RATING ensemble's
+    weights (or the locator's radius), from calibration projects."""
+    from .calibration import calibrate_pipeline, calibrate_ultrasound
     from .conformal import CALIBRATION_FILE
     from .predict import PredictionService
 
-    service = PredictionService("two-stage", device=args.device)
+    if (args.members is not None or args.weights is not None) and args.task != "multitask":
+        raise ValueError("--members and --weights belong to --task multitask")
+    if args.beta != "auto" and args.task not in ("scorer", "multitask"):
+        raise ValueError("--beta belongs to --task scorer or multitask")
+    service = PredictionService(
+        "multitask" if args.task == "multitask" else "two-stage",
+        bundles={args.task: args.bundle},
+        weights={args.task: args.weights},
+        device=args.device,
+        members=args.members,
+        trusted=args.trust_bundle,
+    )
     if args.task == "locator":
         from .locator_calibration import LOCATOR_CALIBRATION_FILE, calibrate_locator
         from .seeds import RADIOGRAPH, check_calibration_seed, cohort_seed
@@ -359,10 +370,10 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         print(f"wrote {out}: {located.source['patients']} patients, joints per region {counts}")
         return 0
     if args.task == "ultrasound":
-        if len(args.project) > 1:
-            raise ValueError("the ultrasound task calibrates on one project (--project once)")
         from .us_conformal import US_CALIBRATION_FILE
 
+        if len(args.project) > 1:
+            raise ValueError("the ultrasound ensemble calibrates on one project (--project once)")
         if args.images is not None:
             raise ValueError("--images belongs to --task scorer (ultrasound reads the pairs)")
         models = service.bundle("ultrasound").root / "models"
@@ -375,11 +386,17 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
             f"pairs, {beta}"
         )
         return 0
-    calibration = calibrate_scorer(args.project, images=args.images, service=service)
-    out = args.out or service.bundle("scorer").root / "models" / CALIBRATION_FILE
+    calibration = calibrate_pipeline(args.project, service, images=args.images, beta=args.beta)
+    if args.task == "multitask":  # next to the members it was made with
+        out = args.out or service.models()["multitask"].calibration_folder / CALIBRATION_FILE
+    else:
+        out = args.out or service.bundle("scorer").root / "models" / CALIBRATION_FILE
     calibration.save(out)
     counts = {b: len(v) for b, v in calibration.residuals.items()}
-    print(f"wrote {out}: {calibration.source['patients']} patients, residuals per bin {counts}")
+    print(
+        f"wrote {out}: {calibration.source['patients']} patients, beta {calibration.beta}, "
+        f"residuals per bin {counts}"
+    )
     return 0
 
 
@@ -391,6 +408,8 @@ def _benchmark_bundle_roots(args: argparse.Namespace) -> list[Path]:
         return [info.root for info in registry().values()]
     if args.task == "baselines":  # the shipped scorer and RATING ensemble against baselines
         return [bundle_for("scorer").root, bundle_for("ultrasound").root]
+    if args.task == "coverage" and args.pipeline == "multitask":  # one network, one bundle
+        return [args.bundle or bundle_for("multitask").root]
     # coverage and hitl: the two-stage pipeline (the scorer's bundle, and the locator's)
     task = "scorer" if args.task in ("coverage", "hitl") else args.task
     task = "ultrasound" if task in ("heatmaps", "us-coverage") else task
@@ -456,7 +475,8 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
         check_trusted(root, args.trust_bundle)
     out = args.out or Path(f"results/benchmark_{args.task}.json")
     if args.task == "all":
-        if args.compare or args.locator_bundle or args.scorer_bundle or args.bundle or args.heldout:
+        given = (args.compare, args.locator_bundle, args.scorer_bundle, args.bundle, args.heldout)
+        if any(given) or args.pipeline != "two-stage":
             raise ValueError("--task all uses every default; give --task for one bundle's options")
         result = run_benchmark(
             "all", out, retrain=args.retrain, device=args.device, n_resamples=args.resamples
@@ -486,8 +506,12 @@ def _cmd_benchmark(args: argparse.Namespace) -> int:
             "scorer_bundle": args.scorer_bundle,
             "n_resamples": args.resamples,
         }
-    elif args.task in ("coverage", "us-coverage", "hitl", "baselines"):
+    elif args.task == "coverage":
+        extra = {"n_resamples": args.resamples, "pipeline": args.pipeline}
+    elif args.task in ("us-coverage", "hitl", "baselines"):
         extra = {"n_resamples": args.resamples}
+    if args.pipeline != "two-stage" and args.task != "coverage":
+        raise ValueError("--pipeline belongs to --task coverage (multitask compares pipelines)")
     if args.locator_bundle and args.task not in ("scorer", "multitask"):
         raise ValueError("--locator-bundle belongs to --task scorer or multitask")
     if args.scorer_bundle and args.task != "multitask":
@@ -675,6 +699,19 @@ def _device(text: str) -> str:
         return check_device(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _beta(text: str) -> str | float:
+    """argparse type of ``--beta``: ``auto`` or a positive number."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"beta must be auto or a number > 0, got {text!r}")
+    return value
 
 
 MAX_PHANTOM_HEIGHT = 4096  # pixels; a phantom cohort beyond this is a typo, not a study
@@ -970,6 +1007,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--scorer-bundle", type=Path, help="multitask: the two-stage pipeline's scorer")
     p.add_argument(
+        "--pipeline",
+        choices=["two-stage", "multitask"],
+        default="two-stage",
+        help="coverage: whose grade sets - the scorer's, end to end (default), or the "
+        "multi-task U-Net's (--bundle then names a ra_multitask_unet folder)",
+    )
+    p.add_argument(
         "--resamples",
         type=int,
         default=1000,
@@ -1113,17 +1157,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "calibrate",
-        help="conformal grade sets for the scorer or the RATING ensemble, or the locator's "
-        "radius and probability of being right: run it on a calibration project whose "
-        "reference is known (never one you report figures on)",
+        help="conformal grade sets for the scorer, the multi-task U-Net or the RATING ensemble, "
+        "or the locator's radius and probability of being right: run it on a calibration "
+        "project whose reference is known (never one you report figures on)",
     )
     p.add_argument(
         "--task",
-        choices=["scorer", "locator", "ultrasound"],
+        choices=["scorer", "multitask", "locator", "ultrasound"],
         default="scorer",
-        help="scorer: grade sets (models/conformal.json); locator: a position radius and a "
-        "probability of being right per joint (models/locator_calibration.json); ultrasound: "
-        "grade sets for SH, vascularity and combined (ra_us_rating models/us_conformal.json)",
+        help="scorer: grade sets (models/conformal.json); multitask: grade sets for the "
+        "multi-task U-Net (ra_multitask_unet models/conformal.json, next to its members); "
+        "locator: a position radius and a probability of being right per joint "
+        "(models/locator_calibration.json); ultrasound: grade sets for SH, vascularity and "
+        "combined (ra_us_rating models/us_conformal.json)",
     )
     p.add_argument(
         "--project",
@@ -1131,11 +1177,34 @@ def build_parser() -> argparse.ArgumentParser:
         required=True,
         action="append",
         help="with scores_ra2dream.csv (ultrasound: graded pairs in its store or "
-        "ultrasound_scores.csv); --task locator pools several (repeat --project)",
+        "ultrasound_scores.csv); multitask and locator pool several (repeat --project)",
     )
     p.add_argument("--images", type=Path, help="default: the project's radiographs/ folder")
     p.add_argument("--out", type=Path, help="default: the bundle's models/ folder")
+    p.add_argument("--bundle", type=Path, help="the task's bundle folder (default: the shipped)")
+    p.add_argument(
+        "--members", type=int, default=None, help="multitask: calibrate the first N members"
+    )
+    p.add_argument(
+        "--weights",
+        type=Path,
+        help="multitask: a retrained version's weights file instead of the bundle's members; "
+        "its conformal.json is written next to it, where prediction with it looks",
+    )
+    p.add_argument(
+        "--beta",
+        type=_beta,
+        default="auto",
+        help="scorer/multitask: the spread's offset in |truth - prediction| / (sd + beta), or "
+        "auto (default: the narrowest 90%% sets that keep 90%% over random halves of the "
+        "calibration patients)",
+    )
     p.add_argument("--device", type=_device, default=None)
+    p.add_argument(
+        "--trust-bundle",
+        action="store_true",
+        help="allow a bundle folder you supplied (--bundle): its configs are executable code",
+    )
     p.set_defaults(func=_cmd_calibrate)
 
     p = sub.add_parser("jobs", help="the retraining jobs of a project and how far they are")

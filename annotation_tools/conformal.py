@@ -11,6 +11,11 @@ quantile covers the truth with probability >= the chosen coverage, *marginally* 
 exchangeable with the calibration ones. The grade set is the integers inside that interval,
 clipped to the joint's scale (the truth is an integer, so this keeps the guarantee).
 
+The multi-task U-Net (:mod:`annotation_tools.multitask`) reports the same rows (its spread is
+the weighted grade spread over a joint's pixels), so its sets are made here too: the same
+bins, file format and weights check (:func:`matching_calibration`), its own file next to its
+weights.
+
 The quantile bookkeeping is `crepes <https://github.com/henrikbostrom/crepes>`_
 (``ConformalRegressor`` with ``bins`` and ``sigmas``: a kept, scikit-learn-style library for
 exactly this); this module only chooses the bins, the grade rounding and the file format.
@@ -42,16 +47,24 @@ __all__ = [
     "bin_of",
     "calibrate_grades",
     "check_coverage",
+    "choose_beta",
     "coverage_figures",
     "interval_grade_set",
+    "matching_calibration",
     "read_json_document",
     "write_json_document",
 ]
 
-CALIBRATION_FILE = "conformal.json"  # in a scorer bundle's models/ (or next to its weights)
+# in a radiograph bundle's models/ (scorer, multi-task U-Net), or next to its weights
+CALIBRATION_FILE = "conformal.json"
 FORMAT = "ra_joints.conformal_grades/1"
 BINS = ("hand_narrowing", "hand_erosion", "foot_narrowing", "foot_erosion")
 MIN_PER_BIN = 20  # fewer calibration residuals than this: the bin borrows the pooled ones
+# beta="auto" picks among these on the calibration cohort alone (the range the scorer's
+# shipped beta was chosen from, docs/uncertainty.md)
+BETAS = (0.05, 0.1, 0.25, 0.5, 1.0, 3.0, 10.0, 100.0)
+AUTO_LEVEL = 0.9  # the coverage at which beta="auto" compares widths
+AUTO_REPEATS = 20  # random patient halves beta="auto" compares on
 
 
 def bin_of(joint_id: str, score_type: str) -> str:
@@ -153,6 +166,38 @@ def read_json_document(path: str | Path, format: str, what: str) -> dict[str, An
     return doc
 
 
+def matching_calibration(
+    folder: str | Path,
+    model_info: Mapping[str, Any],
+    keys: Sequence[str] = ("weights_sha256",),
+    how: str = "ra-joints calibrate",
+) -> tuple[GradeCalibration | None, str]:
+    """``(calibration, "")`` when ``folder``'s calibration file was made with exactly these
+    weights (every ``keys`` entry of ``model_info`` equals the one its source records), else
+    ``(None, why not)``: other weights (a retrained version, another member count) get no
+    grade sets rather than sets that were never checked. ``how`` is the command that makes
+    one, for the message."""
+    path = Path(folder) / CALIBRATION_FILE
+    if not path.is_file():
+        return None, (
+            f"no conformal calibration for these weights ({path} absent): set columns empty; "
+            f"{how} makes one"
+        )
+    calibration = GradeCalibration.load(path)
+    made_with = calibration.source
+    differ = [k for k in keys if made_with.get(k) != model_info.get(k)]
+    if differ:
+        shown = ", ".join(
+            f"{k} {str(made_with.get(k))[:12]} in the file vs {str(model_info.get(k))[:12]} in use"
+            for k in differ
+        )
+        return None, (
+            f"{path} was calibrated for other weights ({shown}): not used, set columns "
+            f"empty; {how} calibrates these"
+        )
+    return calibration, ""
+
+
 def check_coverage(coverage: float) -> None:
     """A coverage is a probability strictly between 0 and 1 (say so otherwise)."""
     if not 0.0 < coverage < 1.0:
@@ -230,24 +275,100 @@ def _sigma(sd: float | None, beta: float) -> float:
     return beta + (float(sd) if sd is not None and np.isfinite(sd) else 0.0)
 
 
+def _residuals(
+    rows: Sequence[tuple[str, str, float, float | None, float]], beta: float
+) -> dict[str, list[float]]:
+    residuals: dict[str, list[float]] = {}
+    for joint_id, score_type, pred, sd, truth in rows:
+        residuals.setdefault(bin_of(joint_id, score_type), []).append(
+            abs(float(truth) - float(pred)) / _sigma(sd, beta)
+        )
+    return residuals
+
+
+def choose_beta(
+    rows: Sequence[tuple[str, str, float, float | None, float]],
+    patients: Sequence[str],
+    betas: Sequence[float] = BETAS,
+    *,
+    level: float = AUTO_LEVEL,
+    repeats: int = AUTO_REPEATS,
+) -> tuple[float | None, dict[str, Any]]:
+    """The ``beta`` with the narrowest mean set width at ``level`` whose coverage stays at or
+    above ``level``, over ``repeats`` random halves of the calibration *patients* (one half
+    calibrates, the other measures, and the other way round): a choice made on the
+    calibration cohort alone, so no reported figure takes part.
+
+    Returns ``(None, report)`` when no candidate qualifies or the halves are too small to
+    calibrate (the caller keeps its default and records why).
+    """
+    ids = sorted(set(patients))
+    if len(patients) != len(rows):
+        raise ValueError(f"{len(patients)} patient ids for {len(rows)} calibration rows")
+    rng = np.random.default_rng(0)
+    halves = [set(ids[i] for i in rng.permutation(len(ids))[: len(ids) // 2])
+              for _ in range(repeats)]  # fmt: skip
+    report: dict[str, Any] = {"level": level, "repeats": repeats, "candidates": {}}
+    best: tuple[float, float] | None = None
+    for beta in betas:
+        widths: list[int] = []
+        covers: list[bool] = []
+        try:
+            for half in halves:
+                inside = [p in half for p in patients]
+                for cal_side in (True, False):
+                    fit = [r for r, i in zip(rows, inside, strict=True) if i == cal_side]
+                    held = [r for r, i in zip(rows, inside, strict=True) if i != cal_side]
+                    sets = GradeCalibration(_residuals(fit, beta), beta=beta).grade_sets(
+                        [r[:4] for r in held], level
+                    )
+                    widths += [s.width for s in sets]
+                    covers += [r[4] in s for r, s in zip(held, sets, strict=True)]
+        except ValueError as exc:  # a half with too few residuals: no choice to be made
+            report["note"] = f"halves too small to compare ({exc})"
+            return None, report
+        width, coverage = float(np.mean(widths)), float(np.mean(covers))
+        report["candidates"][str(beta)] = {
+            "mean_width": round(width, 4),
+            "coverage": round(coverage, 4),
+        }
+        if coverage >= level and (best is None or width < best[0] - 1e-9):
+            best = (width, float(beta))
+    if best is None:
+        report["note"] = f"no candidate kept {level:.0%} coverage on the held-out halves"
+        return None, report
+    return best[1], report
+
+
 def calibrate_grades(
     rows: Iterable[tuple[str, str, float, float | None, float]],
     *,
-    beta: float = 0.25,
+    beta: float | str = 0.25,
+    patients: Sequence[str] | None = None,
     source: Mapping[str, Any] | None = None,
 ) -> GradeCalibration:
     """``(joint_id, score_type, prediction, sd, truth)`` of a calibration cohort -> calibration.
 
-    The cohort must be one the scorer never trained on and that no reported figure uses.
+    ``beta``: a number, or ``"auto"`` (:func:`choose_beta` over the ``patients`` of the rows,
+    one id per row; 0.25 when it cannot choose, with the reason under ``source.beta_choice``).
+    The cohort must be one the model never trained on and that no reported figure uses.
     """
-    residuals: dict[str, list[float]] = {}
-    for joint_id, score_type, pred, sd, truth in rows:
-        if pred is None or truth is None or not np.isfinite(pred):
-            continue
-        residuals.setdefault(bin_of(joint_id, score_type), []).append(
-            abs(float(truth) - float(pred)) / _sigma(sd, beta)
-        )
-    return GradeCalibration(residuals, beta=beta, source=dict(source or {}))
+    rows = list(rows)
+    ids = [None] * len(rows) if patients is None else list(patients)
+    if len(ids) != len(rows):
+        raise ValueError(f"{len(ids)} patient ids for {len(rows)} calibration rows")
+    kept = [(r, p) for r, p in zip(rows, ids, strict=True)
+            if r[2] is not None and r[4] is not None and np.isfinite(r[2])]  # fmt: skip
+    usable = [r for r, _ in kept]
+    info = dict(source or {})
+    if beta == "auto":
+        if patients is None:
+            raise ValueError('beta="auto" chooses over patients: give patients (one per row)')
+        chosen, info["beta_choice"] = choose_beta(usable, [str(p) for _, p in kept])
+        beta = 0.25 if chosen is None else chosen
+    elif isinstance(beta, str):
+        raise ValueError(f'beta must be a number or "auto", got {beta!r}')
+    return GradeCalibration(_residuals(usable, float(beta)), beta=float(beta), source=info)
 
 
 def coverage_figures(
@@ -291,17 +412,25 @@ def score_rows(patients: Iterable[Any]) -> list[tuple[str, str, str, float, floa
 
 class JointSetsCsv:
     """``joint_scores.csv``: one row per patient, joint and score type with the grade set at
-    the run's coverage (``set_low..set_high``); empty set columns when the scorer has no
-    calibration for its weights (say so in ``summary.json`` rather than invent one)."""
+    the run's coverage (``set_low..set_high``); empty set columns when the model (scorer or
+    multi-task U-Net) has no calibration for its weights (``summary.json`` says why, from
+    ``missing_note``, rather than invent one)."""
 
     FIELDS = ("patient_id", "joint_id", "score_type", "prediction", "set_low", "set_high")
 
-    def __init__(self, path: str | Path, calibration: GradeCalibration | None, coverage: float):
+    def __init__(
+        self,
+        path: str | Path,
+        calibration: GradeCalibration | None,
+        coverage: float,
+        missing_note: str = "",
+    ):
         import csv
 
         check_coverage(coverage)
         self.path = Path(path)
         self.calibration = calibration
+        self.missing_note = missing_note  # why there is no calibration (summary.json)
         self.coverage = float(coverage)
         self._handle = open(self.path, "w", newline="")  # noqa: SIM115 - closed by close()
         self._writer = csv.writer(self._handle)
@@ -333,7 +462,8 @@ class JointSetsCsv:
             return {
                 "coverage": self.coverage,
                 "calibrated": False,
-                "note": "no conformal calibration for these scorer weights: set columns empty "
+                "note": self.missing_note
+                or "no conformal calibration for these weights: set columns empty "
                 "(ra-joints calibrate makes one)",
             }
         return {

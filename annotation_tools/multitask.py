@@ -393,6 +393,24 @@ def load_ensemble(
 # ------------------------------------------------------------------------------ outputs
 
 
+def calibration_for_weights(
+    weights_files: Sequence[str | Path], model_info: Mapping[str, Any]
+) -> tuple[Any, str]:
+    """``(calibration, "")`` from ``conformal.json`` next to the (first) member file when it
+    was made with these members (``weights_sha256`` of the members in use), else
+    ``(None, why not)``: another member count or a retrained ensemble gets no grade sets."""
+    from .conformal import matching_calibration
+
+    if not weights_files:
+        return None, "no weights files: no grade sets"
+    return matching_calibration(
+        Path(weights_files[0]).parent,
+        model_info,
+        ("weights_sha256",),
+        "ra-joints calibrate --task multitask",
+    )
+
+
 def image_scores(pred: MultitaskPrediction, patient_id: str, image_id: int | None = None) -> Any:
     """A prediction as the two-stage pipeline's :class:`~annotation_tools.scoring.ImageScores`
     (no symmetry stage: pre- and post-symmetry scores are the same)."""
@@ -463,8 +481,10 @@ class PredictionWriter(MapTransform):
     """Keeps every prediction; :meth:`write` writes them like the two-stage pipeline does.
 
     Outputs in ``output_dir``: ``joints/<stem>.json`` (the locator's format),
-    ``scores/<stem>.json``, ``scores_ra2dream.csv``, ``summary.json``; with ``store`` also the
-    centres and scores as new ``model`` revisions of this bundle.
+    ``scores/<stem>.json``, ``scores_ra2dream.csv``, ``joint_scores.csv`` (grade sets at
+    ``coverage`` when ``conformal.json`` beside ``weights_files`` was made with them),
+    ``summary.json``; with ``store`` also the centres and scores as new ``model`` revisions
+    of this bundle.
     """
 
     def __init__(
@@ -475,12 +495,18 @@ class PredictionWriter(MapTransform):
         model_info: Mapping[str, str] | None = None,
         store: str | Path | None = None,
         case_table: str | Path | None = None,
+        weights_files: Sequence[str | Path] = (),
+        coverage: float = 0.9,
     ):
         super().__init__(key)
         self.output_dir = Path(output_dir)
         self.model_info = dict(model_info or {})
         self.store = store
         self.case_table = case_table
+        self.coverage = float(coverage)
+        self.calibration, self.calibration_note = calibration_for_weights(
+            list(weights_files), self.model_info
+        )
         self.predictions: list[MultitaskPrediction] = []
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
@@ -494,7 +520,15 @@ class PredictionWriter(MapTransform):
         table = CaseTable.read(self.case_table) if self.case_table else None
         ids = [patient_of_file(p.located.path, table) for p in self.predictions]
         return write_predictions(
-            self.predictions, ids, self.output_dir, self.model_info, self.store, failures
+            self.predictions,
+            ids,
+            self.output_dir,
+            self.model_info,
+            self.store,
+            failures,
+            calibration=self.calibration,
+            calibration_note=self.calibration_note,
+            coverage=self.coverage,
         )
 
 
@@ -508,13 +542,19 @@ def write_predictions(
     suffix: str = "",
     names: Mapping[str, str] | None = None,
     write_scores: bool = True,
+    *,
+    calibration: Any = None,
+    calibration_note: str = "",
+    coverage: float = 0.9,
 ) -> list[Any]:
     """Joints JSON per image, then the scorer's writers (and the store) for the scores.
 
     ``names``: image path -> output name (default: :func:`annotation_tools.paths.path_names`
     of the predictions' paths). ``write_scores=False`` stops before the score files: the
     caller hands the returned patients to its own :class:`~annotation_tools.scoring.OutputWriter`
-    (a folder predicted patient by patient)."""
+    (a folder predicted patient by patient). ``calibration`` (the ensemble's conformal
+    calibration, :func:`calibration_for_weights`) gives every grade its set at ``coverage``
+    in ``joint_scores.csv`` and in the store; ``calibration_note`` says why there is none."""
     from .joint_decoding import write_to_store
     from .paths import path_names
     from .scoring import write_outputs, write_scores_to_store
@@ -533,9 +573,21 @@ def write_predictions(
                 write_to_store(store, pred.located, model_info)
             except (ValueError, KeyError) as exc:  # that image only; say so in the outputs
                 pred.located.warnings.append(f"not written to the store: {exc}")
-        write_scores_to_store(store, patients, model_info)
+        write_scores_to_store(
+            store, patients, model_info, calibration=calibration, coverage=coverage
+        )
     if write_scores:
-        write_outputs(patients, failures, out, model_info, suffix=suffix, names=names)
+        write_outputs(
+            patients,
+            failures,
+            out,
+            model_info,
+            suffix=suffix,
+            names=names,
+            calibration=calibration,
+            coverage=coverage,
+            calibration_note=calibration_note,
+        )
     return patients
 
 
@@ -564,6 +616,15 @@ class MultitaskModel:
         self.coordconv = coordconv
         self.threshold = float(threshold)
         self.model_info = dict(model_info or {})
+        self.weights_files: list[Path] = []  # the members' files (from_bundle)
+        self.calibration: Any = None  # conformal grade sets (annotation_tools.conformal)
+        self.calibration_note = "no conformal calibration loaded"  # why there is none
+
+    @property
+    def calibration_folder(self) -> Path | None:
+        """Where this ensemble's ``conformal.json`` lives: next to its (first) weights file,
+        the bundle's ``models/`` for the shipped members."""
+        return Path(self.weights_files[0]).parent if self.weights_files else None
 
     @classmethod
     def from_bundle(
@@ -591,7 +652,7 @@ class MultitaskModel:
                 f"no weights at {', '.join(missing) or root / 'models'}: train the bundle "
                 f"first ({root / 'docs' / 'README.md'})"
             )
-        return cls(
+        model = cls(
             parser.get_parsed_content("network_cpu"),
             spatial_size=parser.get_parsed_content("spatial_size"),
             coordconv=bool(parser.get_parsed_content("coordconv")),
@@ -599,6 +660,12 @@ class MultitaskModel:
             device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
             model_info=parser.get_parsed_content("model_info"),
         )
+        model.weights_files = [Path(f) for f in files]
+        # grade sets only when the calibration was made with exactly these member weights
+        model.calibration, model.calibration_note = calibration_for_weights(
+            model.weights_files, model.model_info
+        )
+        return model
 
     @torch.no_grad()
     def predict_images(

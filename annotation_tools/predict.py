@@ -432,7 +432,9 @@ class PredictionService:
                 from .multitask import patients_of
 
                 patients = patients_of(preds, [patient_id] * len(preds))
-                write_scores_to_store(store, patients, multitask.model_info)
+                write_scores_to_store(
+                    store, patients, multitask.model_info, calibration=multitask.calibration
+                )
             elif scorer is not None:
                 yield Progress(len(records), total, "scoring joints")
                 _check(cancel)
@@ -509,7 +511,8 @@ class PredictionService:
         ``coverage``, see :mod:`annotation_tools.conformal`), ``shap/<patient>.png``,
         ``overlays/<stem>.png`` (centres, names, scores and joint-space outlines on the image),
         ``summary.json`` (with the files that failed and why). The multitask pipeline writes the
-        same files (no SHAP: it has no symmetry stage; no grade sets: it has no calibration).
+        same files (no SHAP: it has no symmetry stage), its grade sets from its own
+        ``conformal.json`` (``ra-joints calibrate --task multitask``).
 
         **Patient by patient**, in sorted patient order (patients found from the case table,
         the DICOM header or the file name, without decoding pixels): a patient's images are
@@ -555,9 +558,16 @@ class PredictionService:
                 **locator.model_info,
                 **{f"scorer_{k}": v for k, v in scorer.model_info.items()},
             }
-        calibration = getattr(scorer, "calibration", None) if multitask is None else None
+        model = scorer if multitask is None else multitask  # the one whose grades get sets
+        calibration = getattr(model, "calibration", None)
         writer = OutputWriter(
-            out, info, suffix=suffix, names=names, calibration=calibration, coverage=coverage
+            out,
+            info,
+            suffix=suffix,
+            names=names,
+            calibration=calibration,
+            coverage=coverage,
+            calibration_note=getattr(model, "calibration_note", ""),
         )
         patients: list[PatientScores] = []
         located: list[LocatorResult] = []
@@ -579,7 +589,9 @@ class PredictionService:
                 yield Progress(done, total, f"{patient_id}: locating and scoring")
                 _check(cancel)
                 if multitask is not None:
-                    mine, found = self._multitask_patient(batch, out, store, names, failures)
+                    mine, found = self._multitask_patient(
+                        batch, out, store, names, failures, coverage
+                    )
                 else:
                     mine, found = self._two_stage_patient(
                         batch, out, store, names, failures, explain, patient_id
@@ -653,8 +665,10 @@ class PredictionService:
         store: str | Path | None,
         names: Mapping[str, str],
         failures: list[tuple[str, str]],
+        coverage: float = 0.9,
     ) -> tuple[list[PatientScores], list[LocatorResult]]:
-        """One patient's images through the multitask network; joints JSON and the store."""
+        """One patient's images through the multitask network; joints JSON and the store
+        (each grade with its conformal set when the ensemble is calibrated)."""
         from .multitask import write_predictions
 
         multitask = self.models()["multitask"]
@@ -669,6 +683,8 @@ class PredictionService:
             store,
             names=names,
             write_scores=False,
+            calibration=multitask.calibration,
+            coverage=coverage,
         )
         return patients, [p.located for p in preds]
 

@@ -546,8 +546,8 @@ class ScoreWriter:
             except SymmetryModelError as exc:  # say so in every output, keep the patch scores
                 self.symmetry_problem = str(exc)
         # grade sets when the bundle's calibration was made with exactly these weights
-        self.calibration = (
-            _calibration_for(Path(weights_file).parent, self.model_info) if weights_file else None
+        self.calibration, self.calibration_note = (
+            _matching(Path(weights_file).parent, self.model_info) if weights_file else (None, "")
         )
 
     def write(self, patch_set: PatchSet, collector: PatchScoreCollector) -> list[PatientScores]:
@@ -562,6 +562,7 @@ class ScoreWriter:
             self.output_dir,
             self.model_info,
             calibration=self.calibration,
+            calibration_note=self.calibration_note,
         )
         if self.store:
             write_scores_to_store(
@@ -580,6 +581,7 @@ def write_outputs(
     names: Mapping[str, str] | None = None,
     calibration: Any = None,
     coverage: float = 0.9,
+    calibration_note: str = "",
 ) -> dict[str, Any]:
     """``scores/<name>.json`` per image, ``scores_ra2dream.csv``, ``joint_scores.csv`` (grade
     sets when ``calibration`` is given), ``shap/<patient>.png``, ``summary.json`` (patients,
@@ -596,7 +598,13 @@ def write_outputs(
     if names is None:
         names = path_names(im.case.path for p in patients for im in p.images)
     writer = OutputWriter(
-        out, model_info, suffix=suffix, names=names, calibration=calibration, coverage=coverage
+        out,
+        model_info,
+        suffix=suffix,
+        names=names,
+        calibration=calibration,
+        coverage=coverage,
+        calibration_note=calibration_note,
     )
     try:
         writer.add(patients)
@@ -623,6 +631,7 @@ class OutputWriter:
         names: Mapping[str, str] | None = None,
         calibration: Any = None,
         coverage: float = 0.9,
+        calibration_note: str = "",
     ):
         from .conformal import JointSetsCsv
         from .vocabulary import DreamCsv
@@ -632,7 +641,9 @@ class OutputWriter:
         self.suffix = suffix
         self.names = names or {}
         (self.out / "scores").mkdir(parents=True, exist_ok=True)
-        self._sets = JointSetsCsv(self.out / f"joint_scores{suffix}.csv", calibration, coverage)
+        self._sets = JointSetsCsv(
+            self.out / f"joint_scores{suffix}.csv", calibration, coverage, calibration_note
+        )
         self.summary_patients: list[dict[str, Any]] = []
         self._shap_names: set[str] = set()
         self._table = DreamCsv(self.out / f"scores_ra2dream{suffix}.csv")
@@ -768,18 +779,15 @@ def _grade_sets_of(
 def _calibration_for(folder: Path, info: Mapping[str, str]) -> Any:
     """The bundle's conformal calibration when it was made with exactly these weights (and
     symmetry model); other weights (a retrained version) get no grade sets until calibrated."""
-    from .conformal import CALIBRATION_FILE, GradeCalibration
+    return _matching(folder, info)[0]
 
-    path = folder / CALIBRATION_FILE
-    if not path.is_file():
-        return None
-    calibration = GradeCalibration.load(path)
-    made_with = calibration.source
-    if made_with.get("weights_sha256") != info.get("weights_sha256") or made_with.get(
-        "symmetry_sha256"
-    ) != info.get("symmetry_sha256"):
-        return None
-    return calibration
+
+def _matching(folder: Path, info: Mapping[str, str]) -> tuple[Any, str]:
+    from .conformal import matching_calibration
+
+    return matching_calibration(
+        folder, info, ("weights_sha256", "symmetry_sha256"), "ra-joints calibrate --task scorer"
+    )
 
 
 class JointScorer:
@@ -808,6 +816,7 @@ class JointScorer:
         self.symmetry = symmetry
         self.model_info = dict(model_info or {})
         self.calibration: Any = None  # conformal grade sets (annotation_tools.conformal)
+        self.calibration_note = ""  # why there is none (summary.json)
 
     @classmethod
     def from_bundle(
@@ -848,7 +857,7 @@ class JointScorer:
             device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
             model_info=info,
         )
-        scorer.calibration = _calibration_for(root / "models", info)
+        scorer.calibration, scorer.calibration_note = _matching(root / "models", info)
         return scorer
 
     @torch.no_grad()

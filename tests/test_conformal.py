@@ -198,16 +198,53 @@ def test_scorer_calibration_pools_projects_and_refuses_a_test_seed_among_them(
 
     def rows(project, service, images=None):  # the pipeline's rows, without running it
         calls.append(Path(project))
-        return [("p1", *r) for r in _rows(np.random.default_rng(len(calls)), 40 * len(calls))]
+        made = _rows(np.random.default_rng(len(calls)), 40 * len(calls))
+        return [(f"p{i % 8}", *r) for i, r in enumerate(made)]
 
     monkeypatch.setattr(calibration, "predicted_rows", rows)
     service = PredictionService("two-stage", device="cpu")
     pooled = calibration.calibrate_scorer([schematic, anatomical], service=service)
     assert calls == [schematic, anatomical]
     assert sum(len(v) for v in pooled.residuals.values()) == 40 + 80
-    assert pooled.source["style"] == "schematic+anatomical" and pooled.source["seed"] == 3300
-    assert pooled.beta == calibration.SCORER_BETA
+    assert pooled.source["style"] == "anatomical+schematic"
+    assert pooled.source["cohort_seeds"] == [3300, 3300]
     calls.clear()
     with pytest.raises(ValueError, match="test"):
         calibration.calibrate_scorer([schematic, cohort(tmp_path / "t", 5002, "schematic")])
     assert calls == []
+
+
+def test_auto_beta_is_chosen_on_the_calibration_patients_alone(monkeypatch):
+    from annotation_tools import conformal
+
+    rows = _rows(np.random.default_rng(7), 800)
+    patients = [f"P{i % 40}" for i in range(len(rows))]  # 40 patients of 20 scores each
+    beta, report = conformal.choose_beta(rows, patients, betas=(0.05, 1.0, 100.0), repeats=3)
+    assert set(report["candidates"]) == {"0.05", "1.0", "100.0"}
+    # the chosen one is the narrowest candidate that kept 90 % on the held-out halves
+    kept = {b: c for b, c in report["candidates"].items() if c["coverage"] >= 0.9}
+    assert kept and str(beta) == min(kept, key=lambda b: kept[b]["mean_width"])
+    # too few patients to halve: the default beta, and the reason on file
+    few = calibrate_grades(rows[:30], beta="auto", patients=patients[:30])
+    assert few.beta == 0.25 and "too small" in few.source["beta_choice"]["note"]
+    with pytest.raises(ValueError, match="patients"):
+        calibrate_grades(rows, beta="auto")
+    # calibrate_grades keeps what the choice said, and records it
+    monkeypatch.setattr(conformal, "choose_beta", lambda r, p: (3.0, {"candidates": {}}))
+    chosen = calibrate_grades(rows, beta="auto", patients=patients)
+    assert chosen.beta == 3.0 and chosen.source["beta_choice"] == {"candidates": {}}
+
+
+def test_a_calibration_for_other_weights_is_refused_with_its_reason(tmp_path):
+    from annotation_tools.conformal import matching_calibration
+
+    made = {"weights_sha256": "abc"}
+    found, why = matching_calibration(tmp_path, made, how="ra-joints calibrate --task multitask")
+    assert found is None and "absent" in why and "--task multitask" in why
+    calibrate_grades(_rows(np.random.default_rng(9), 500), source=made).save(
+        tmp_path / "conformal.json"
+    )
+    found, why = matching_calibration(tmp_path, made)
+    assert found is not None and why == ""
+    found, why = matching_calibration(tmp_path, {"weights_sha256": "retrained"})
+    assert found is None and "other weights" in why and "weights_sha256" in why

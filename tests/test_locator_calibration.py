@@ -121,4 +121,4 @@ def test_calibration_pools_several_projects_as_one(small_cohort, tmp_path, capsy
     assert "wrote" in capsys.readouterr().out
     argv = ["calibrate", "--task", "ultrasound", "--project", str(small_cohort)]
     assert main([*argv, "--project", str(twin)]) != 0
-    assert "the ultrasound task calibrates on one project" in capsys.readouterr().err
+    assert "the ultrasound ensemble calibrates on one project" in capsys.readouterr().err

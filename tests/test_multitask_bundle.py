@@ -105,6 +105,7 @@ def test_inference_writes_the_two_stage_outputs_and_store_revisions(heldout, tmp
         "joints",
         "scores",
         "scores_ra2dream.csv",
+        "joint_scores.csv",
         "summary.json",
     }
     header = (out / "scores_ra2dream.csv").read_text().splitlines()[0].split(",")
@@ -140,9 +141,15 @@ def test_inference_writes_the_two_stage_outputs_and_store_revisions(heldout, tmp
         model = store.centres(record.id, sources=["model"])
         assert set(model) == set(truth)
         assert {r.author for r in model.values()} == {"ra_multitask_unet"}
-        assert store.scores(record.id, sources=["model"])
+        proposed = store.scores(record.id, sources=["model"])
+        assert proposed and all(r.value["set_low"] is not None for r in proposed.values())
     store.close()
     assert found >= 0.8 * total, (found, total)  # quick model: most joints, not all
+    # every grade with its conformal set (the shipped calibration fits the default member)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["grade_sets"]["calibrated"] and summary["grade_sets"]["coverage"] == 0.9
+    sets = (out / "joint_scores.csv").read_text().splitlines()[1:]
+    assert sets and all(row.split(",")[4] != "" for row in sets)
 
 
 def test_scores_follow_the_phantom_damage(heldout, tmp_path):
