@@ -1,23 +1,23 @@
 #!/usr/bin/env bash
-# Reproduces models/model.pt and models/symmetry.skops on a 2-core CPU:
+# Reproduces models/model.pt and models/symmetry.skops on a 2-core CPU (about 25 minutes):
 #   patch model : phantoms seed 100 (60 patients) -> export 64-px patches (5 folds, seed 0)
 #                 -> quick training (validation fold 0)
 #   symmetry    : phantoms seed 300 (40 patients) + seed 301 (80 patients), which the patch
 #                 model never saw -> per-joint ExtraTrees (quick: 100 trees, depth 4)
 # Run from anywhere with the project's environment active. WORK defaults to runs/scorer.
-#   STYLE (default both, what the shipped weights saw): phantom style. STYLE=both makes every
-#     cohort in each style (real-bone anatomical and schematic), exports each and trains on
-#     the merged patches, so one scorer reads both kinds of film (about 60 minutes);
-#     STYLE=anatomical or STYLE=schematic trains on one style only (about 25 minutes)
-#   ANNOTATOR (default rater_a, what the shipped weights saw): train the patch model and the
-#     symmetry trees on a simulated reader's grades, as one trains on a clinic's reader rather
-#     than on an unknowable truth; ANNOTATOR= (empty) trains on the phantom truth
+#   STYLE (default schematic, what the shipped weights saw): phantom style; STYLE=anatomical
+#     trains on the real-bone phantoms; STYLE=both makes every cohort in each style, exports
+#     each and trains on the merged patches (about 60 minutes; see docs/README.md "Training on
+#     both styles with a reader's grades" for what it gave)
+#   ANNOTATOR (default: none = the phantom truth, what the shipped weights saw): train the patch
+#     model and the symmetry trees on a simulated reader's grades, e.g. ANNOTATOR=rater_a, as
+#     one trains on a clinic's reader rather than an unknowable truth
 set -euo pipefail
-STYLE="${STYLE:-both}"
+STYLE="${STYLE:-schematic}"
 same_style() {  # $1: cohort folder, $2: style. A cached cohort of another style would silently train the wrong model
     python -c 'import json, sys; s = json.load(open(sys.argv[1])).get("style", "schematic"); sys.exit(0 if s == sys.argv[2] else f"{sys.argv[1]} holds {s} phantoms, not {sys.argv[2]}: use another WORK folder")' "$1/cohort.json" "$2"
 }
-ANNOTATOR="${ANNOTATOR-rater_a}"
+ANNOTATOR="${ANNOTATOR:-}"
 READER=(); [ -n "$ANNOTATOR" ] && READER=(--annotator "$ANNOTATOR")
 TREE_READERS=None; [ -n "$ANNOTATOR" ] && TREE_READERS="['$ANNOTATOR']"
 BUNDLE="$(cd "$(dirname "$0")/.." && pwd)"
@@ -33,9 +33,8 @@ PARTS=(); TREES=()
 for i in "${!STYLES[@]}"; do
     style="${STYLES[$i]}"; sfx="${SUFFIX[$i]}"
     cohort "$style" "$WORK/cohort$sfx" 60 100
-    # the symmetry cohorts have no ultrasound: the trees read radiographs only
-    cohort "$style" "$WORK/trees_a$sfx" 40 300 --us-pairs 0
-    cohort "$style" "$WORK/trees_b$sfx" 80 301 --us-pairs 0
+    cohort "$style" "$WORK/trees_a$sfx" 40 300
+    cohort "$style" "$WORK/trees_b$sfx" 80 301
     # export settings (patch size, folds) come from the bundle's own quick configuration
     ra-joints export --store "$WORK/cohort$sfx" --bundle "$BUNDLE" "${READER[@]}" \
         --out "$WORK/parts/${style}" --seed 0 --quiet
