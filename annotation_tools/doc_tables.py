@@ -147,7 +147,7 @@ DOC_TABLES: tuple[DocTable, ...] = (
         ((UNCERTAINTY_MD, "coverage_5002"),),
         RESAMPLES,
     ),
-    DocTable(  # the same on the anatomical films (the scorer 0.2.0 trained on both styles)
+    DocTable(  # the same on anatomical films: the schematic-trained scorer does not transfer
         "scorer_5001a",
         "scorer",
         TEST_5001A,
