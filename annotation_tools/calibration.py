@@ -8,6 +8,7 @@ themselves, which the writers of every output use) because it runs the models.
 from __future__ import annotations
 
 import json
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,13 @@ from .conformal import GradeCalibration, calibrate_grades, score_rows
 from .seeds import RADIOGRAPH, ULTRASOUND, check_calibration_seed, cohort_seed
 from .us_conformal import UsGradeCalibration, calibrate_us_grades
 
-__all__ = ["calibrate_scorer", "calibrate_ultrasound", "decided_pairs", "predicted_rows"]
+__all__ = [
+    "calibrate_scorer",
+    "calibrate_ultrasound",
+    "decided_pairs",
+    "predicted_rows",
+    "store_predicted_rows",
+]
 
 
 def predicted_rows(
@@ -48,17 +55,70 @@ def predicted_rows(
     return rows
 
 
+def store_predicted_rows(
+    project: str | Path,
+    patients: Collection[str],
+    service: Any,
+    *,
+    annotators: Sequence[str] | None = None,
+) -> list[tuple[str, str, str, float, float | None, float | None]]:
+    """:func:`predicted_rows` for some patients of a project's store (patient and limb as the
+    store knows them), every score paired with the store's own grade - the newest human or
+    phantom one (of ``annotators`` when given), as the retraining export reads it. Nothing is
+    written to the store."""
+    from .cases import CaseTable
+    from .imageio import ImageReadError, read_image
+    from .predict import predict_images
+    from .store import TRAINING_SOURCES, AnnotationStore
+
+    models = service.models()
+    if models["scorer"] is None or models["locator"] is None:
+        raise FileNotFoundError("; ".join(service.skipped) or "no locator or scorer bundle")
+    rows = []
+    with AnnotationStore.open(project, create=False) as store:
+        records = [r for r in store.images(modality="radiograph") if r.patient_id in patients]
+        for patient_id in sorted({r.patient_id for r in records}):
+            items, cases, truth = [], {}, {}
+            for record in (r for r in records if r.patient_id == patient_id):
+                if store.content_problem(record):  # its grades belong to other pixels
+                    continue
+                path = str(store.resolve(record))
+                try:
+                    items.append((path, read_image(path)))
+                except ImageReadError:
+                    continue
+                cases[str(Path(path).resolve())] = (patient_id, record.limb)
+                grades = store.scores(record.id, sources=TRAINING_SOURCES, authors=annotators)
+                truth.update({key: float(rev.value["value"]) for key, rev in grades.items()})
+            if not items:
+                continue
+            result = predict_images(
+                items, models["locator"], models["scorer"], table=CaseTable(cases)
+            )
+            for _, joint_id, st, pred, sd in score_rows(result.patients):
+                rows.append((patient_id, joint_id, st, pred, sd, truth.get((joint_id, st))))
+    return rows
+
+
 def calibrate_scorer(
     project: str | Path,
     *,
     images: str | Path | None = None,
     beta: float = 0.25,
     service: Any = None,
+    patients: Collection[str] | None = None,
+    annotators: Sequence[str] | None = None,
+    held_out: Mapping[str, Any] | None = None,
+    trained: Sequence[str | Path] = (),
 ) -> GradeCalibration:
     """Calibrate the scorer the service uses on a project nobody reports figures on.
 
-    A phantom project of a test seed, or of a seed the scorer or locator was trained on, is
-    refused (:func:`annotation_tools.seeds.check_calibration_seed`) before anything runs.
+    A phantom project of a test seed, or of a seed the scorer or locator (or a version folder
+    in ``trained``) was trained on, is refused
+    (:func:`annotation_tools.seeds.check_calibration_seed`) before anything runs.
+    ``patients``: only these patients of the project's store, against the store's grades
+    (:func:`store_predicted_rows`: a retrained version's held-out patients, described by
+    ``held_out`` in the file); else every radiograph against ``scores_ra2dream.csv``.
     """
     from .predict import PredictionService
 
@@ -69,12 +129,15 @@ def calibrate_scorer(
     check_calibration_seed(
         cohort_seed(project),
         RADIOGRAPH,
-        bundles=[service.bundle("scorer").root, service.bundle("locator").root],
+        bundles=[service.bundle("scorer").root, service.bundle("locator").root, *trained],
     )
     scorer = service.models()["scorer"]
     if scorer is None:
         raise FileNotFoundError("; ".join(service.skipped) or "no scorer bundle")
-    rows = predicted_rows(project, service, images=images)
+    if patients is None:
+        rows = predicted_rows(project, service, images=images)
+    else:
+        rows = store_predicted_rows(project, patients, service, annotators=annotators)
     usable = [r[1:] for r in rows if r[5] is not None]
     source = {
         "project": str(Path(project).resolve()),
@@ -86,6 +149,11 @@ def calibrate_scorer(
         "symmetry_sha256": scorer.model_info.get("symmetry_sha256"),
         "pipeline": "locator -> scorer -> symmetry, end to end on the image files",
     }
+    locator = service.models()["locator"]
+    if locator is not None:
+        source["locator_weights_sha256"] = locator.model_info.get("weights_sha256")
+    if held_out is not None:
+        source["held_out"] = dict(held_out)
     return calibrate_grades(usable, beta=beta, source=source)
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from .metrics import round_grade
+from .paths import write_text_atomic
 from .vocabulary import get_joint
 
 __all__ = [
@@ -117,8 +118,7 @@ class GradeCalibration:
             "source": self.source,
             "residuals": {b: [round(float(r), 5) for r in v] for b, v in self.residuals.items()},
         }
-        path.write_text(json.dumps(doc, indent=1))
-        return path
+        return write_text_atomic(path, json.dumps(doc, indent=1))  # never half a file
 
     @classmethod
     def load(cls, path: str | Path) -> GradeCalibration:

@@ -20,13 +20,14 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .paths import write_text_atomic
 from .vocabulary import get_joint
 
 __all__ = [
@@ -122,8 +123,7 @@ class LocatorCalibration:
             "errors": {r: [round(float(e), 6) for e in v] for r, v in self.errors.items()},
             "isotonic": {"confidence": self.iso_x, "p_correct": self.iso_y},
         }
-        path.write_text(json.dumps(doc, indent=1))
-        return path
+        return write_text_atomic(path, json.dumps(doc, indent=1))  # never half a file
 
     @classmethod
     def load(cls, path: str | Path) -> LocatorCalibration:
@@ -193,36 +193,52 @@ def fit_locator_calibration(
 
 
 def locate_project(
-    locator: Any, project: str | Path, tolerance: float = 0.02
+    locator: Any,
+    project: str | Path,
+    tolerance: float = 0.02,
+    patients: Collection[str] | None = None,
 ) -> tuple[list[CalibrationJoint], int, list[tuple[str, str]], int]:
     """Run ``locator`` on a project's radiographs (limbs as the store knows them) and pair
     every found joint with the project's centres (the truth on phantoms, a person's on real
     data): ``(joints, films located, films not located, patients)``. Both the calibration and
-    the coverage benchmark measure through this."""
+    the coverage benchmark measure through this. ``patients``: only these patients' films
+    (the ones a retrained version held out), else every film of the project."""
     from .evaluation import present_centres
     from .store import TRAINING_SOURCES, AnnotationStore
 
     with AnnotationStore.open(project, create=False) as store:
-        images = store.images(modality="radiograph")
+        images = [
+            im
+            for im in store.images(modality="radiograph")
+            if patients is None or im.patient_id in patients
+        ]
         limbs = {str(store.resolve(im)): im.limb for im in images}
         truth = {
             str(store.resolve(im)): present_centres(store.centres(im.id, sources=TRAINING_SOURCES))
             for im in images
         }
-        patients = len(store.patients())
+        n_patients = len({im.patient_id for im in images}) if patients is not None else None
+        n_patients = len(store.patients()) if n_patients is None else n_patients
     results, failed = locator.predict_files(list(truth), limbs)
     joints = calibration_joints([(truth[r.path], r) for r in results], tolerance)
-    return joints, len(results), failed, patients
+    return joints, len(results), failed, n_patients
 
 
 def calibrate_locator(
-    locator: Any, projects: str | Path | Sequence[str | Path], tolerance: float = 0.02
+    locator: Any,
+    projects: str | Path | Sequence[str | Path],
+    tolerance: float = 0.02,
+    *,
+    patients: Collection[str] | None = None,
+    held_out: Mapping[str, Any] | None = None,
 ) -> LocatorCalibration:
     """Calibrate ``locator`` on one or more projects nobody reports figures on.
 
     Several projects are pooled (e.g. the anatomical and the schematic phantoms of one
     validation seed, for a locator trained on both styles): the radius then covers films of
-    every kind it was calibrated on, not only the easiest.
+    every kind it was calibrated on, not only the easiest. ``patients``: only these patients
+    (a retrained version's held-out ones, :mod:`annotation_tools.recalibrate`), described by
+    ``held_out`` in the file's ``source``.
     """
     folders = [Path(projects)] if isinstance(projects, str | Path) else [Path(p) for p in projects]
     if not folders:
@@ -232,7 +248,9 @@ def calibrate_locator(
     failed: list[tuple[str, str]] = []
     described, seeds, styles = [], [], []
     for folder in folders:
-        found, n_located, not_located, n_patients = locate_project(locator, folder, tolerance)
+        found, n_located, not_located, n_patients = locate_project(
+            locator, folder, tolerance, patients
+        )
         joints += found
         located, patients, failed = located + n_located, patients + n_patients, failed + not_located
         cohort = folder / "cohort.json"
@@ -252,6 +270,8 @@ def calibrate_locator(
         "not_located": len(failed),
         "weights_sha256": locator.model_info.get("weights_sha256", ""),
     }
+    if held_out is not None:
+        source["held_out"] = dict(held_out)
     return fit_locator_calibration(joints, tolerance=tolerance, source=source)
 
 

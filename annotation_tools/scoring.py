@@ -848,7 +848,9 @@ class JointScorer:
             device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
             model_info=info,
         )
-        scorer.calibration = _calibration_for(root / "models", info)
+        # next to the weights: the bundle's models/ for the shipped ones, the version's folder
+        # for a retrained version (its calibration step writes conformal.json there)
+        scorer.calibration = _calibration_for(Path(weights_path).parent, info)
         return scorer
 
     @torch.no_grad()

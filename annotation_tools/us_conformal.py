@@ -48,6 +48,7 @@ from .conformal import (
     coverage_figures,
     interval_grade_set,
 )
+from .paths import write_text_atomic
 from .rating import GRADE_KEYS, GRADES
 
 __all__ = [
@@ -143,8 +144,7 @@ class UsGradeCalibration:
             "source": self.source,
             "residuals": {k: [round(float(r), 5) for r in v] for k, v in self.residuals.items()},
         }
-        path.write_text(json.dumps(doc, indent=1))
-        return path
+        return write_text_atomic(path, json.dumps(doc, indent=1))  # never half a file
 
     @classmethod
     def load(cls, path: str | Path) -> UsGradeCalibration:
