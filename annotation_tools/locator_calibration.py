@@ -217,8 +217,10 @@ def locate_project(
             str(store.resolve(im)): present_centres(store.centres(im.id, sources=TRAINING_SOURCES))
             for im in images
         }
-        n_patients = len({im.patient_id for im in images}) if patients is not None else None
-        n_patients = len(store.patients()) if n_patients is None else n_patients
+        if patients is None:
+            n_patients = len(store.patients())
+        else:
+            n_patients = len({im.patient_id for im in images})
     results, failed = locator.predict_files(list(truth), limbs)
     joints = calibration_joints([(truth[r.path], r) for r in results], tolerance)
     return joints, len(results), failed, n_patients
@@ -244,15 +246,16 @@ def calibrate_locator(
     if not folders:
         raise ValueError("give at least one calibration project")
     joints: list[CalibrationJoint] = []
-    located = patients = 0
+    located = n_patients = 0
     failed: list[tuple[str, str]] = []
     described, seeds, styles = [], [], []
     for folder in folders:
-        found, n_located, not_located, n_patients = locate_project(
+        found, n_located, not_located, in_folder = locate_project(
             locator, folder, tolerance, patients
         )
         joints += found
-        located, patients, failed = located + n_located, patients + n_patients, failed + not_located
+        located, n_patients = located + n_located, n_patients + in_folder
+        failed = failed + not_located
         cohort = folder / "cohort.json"
         info = json.loads(cohort.read_text()) if cohort.is_file() else {}
         style = info.get("style", "schematic") if "seed" in info else None
@@ -265,7 +268,7 @@ def calibrate_locator(
         "project": "; ".join(described),
         "seed": seeds[0] if len(set(seeds)) == 1 else seeds,
         "style": styles[0] if len(set(styles)) == 1 else "+".join(str(s) for s in styles),
-        "patients": patients,
+        "patients": n_patients,
         "radiographs": located,
         "not_located": len(failed),
         "weights_sha256": locator.model_info.get("weights_sha256", ""),

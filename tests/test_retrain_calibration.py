@@ -67,6 +67,57 @@ def test_retrained_scorer_is_calibrated_for_its_own_weights_and_predicts_grade_s
     assert summary["grade_sets"]["calibrated"] is True
 
 
+def _locator_version(project: Path, name: str, held_out: list[str]) -> Path:
+    """A locator "version" of the project without training: the shipped weights (they never saw
+    this cohort) with a train_info.json that holds out ``held_out``."""
+    from annotation_tools.bundles import bundle_for
+    from annotation_tools.recalibrate import HELD_OUT_NOTE
+
+    shipped = bundle_for("locator").root / "models"
+    version = project / "models" / "ra_joint_locator" / name
+    version.mkdir(parents=True)
+    for kept in ("model.pt", "shape_prior.json"):
+        shutil.copy(shipped / kept, version / kept)
+    held = {"fold": 0, "patients": held_out, "note": HELD_OUT_NOTE}
+    (version / "train_info.json").write_text(json.dumps({"seeds": [4], "held_out": held}))
+    return version
+
+
+def test_a_locator_version_is_calibrated_on_its_held_out_patients_only(retrained_scorer):
+    from annotation_tools.locator import JointLocator
+    from annotation_tools.locator_calibration import LOCATOR_CALIBRATION_FILE, LocatorCalibration
+    from annotation_tools.recalibrate import calibrate_version
+
+    project, scorer_version, _ = retrained_scorer
+    held = json.loads((scorer_version / "train_info.json").read_text())["held_out"]["patients"]
+    version = _locator_version(project, "v_located", held)
+    outcome = calibrate_version(version)  # its own project (seed 4 in its train_info: allowed)
+    assert outcome.calibrated and outcome.patients == 10, outcome.message()
+    calibration = LocatorCalibration.load(version / LOCATOR_CALIBRATION_FILE)
+    assert calibration.source["radiographs"] == 40 and calibration.source["patients"] == 10
+    assert calibration.source["weights_sha256"] == file_sha256(version / "model.pt")
+    assert "early stopping" in calibration.source["held_out"]["note"]
+    # the locator finds it next to the version's weights
+    bundle = SCORER.parent / "ra_joint_locator"
+    locator = JointLocator.from_bundle(bundle, device="cpu", weights=str(version / "model.pt"))
+    assert locator.calibration is not None
+    assert locator.calibration.source["weights_sha256"] == locator.model_info["weights_sha256"]
+
+
+def test_the_scorer_calibrates_only_on_patients_its_locator_held_out_too(retrained_scorer):
+    """The locator Predict uses was retrained here on 5 of the scorer's held-out patients: only
+    the other 5 are held out from both, too few - no file, and why."""
+    from annotation_tools.recalibrate import calibrate_version
+
+    project, scorer_version, _ = retrained_scorer
+    held = json.loads((scorer_version / "train_info.json").read_text())["held_out"]["patients"]
+    locator = _locator_version(project, "v_half", sorted(held)[:5])
+    before = (scorer_version / CALIBRATION_FILE).read_bytes()
+    outcome = calibrate_version(scorer_version, locator_weights=locator / "model.pt")
+    assert not outcome.calibrated and "only 5 held-out patients" in outcome.reason
+    assert (scorer_version / CALIBRATION_FILE).read_bytes() == before  # the old file stays
+
+
 def test_calibrate_weights_refuses_a_version_of_another_task(retrained_scorer, capsys):
     from annotation_tools.cli import main
 
