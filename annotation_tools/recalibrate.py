@@ -150,6 +150,10 @@ def held_out_record(
     }
 
 
+def _patients(n: int) -> str:
+    return f"{n} patient" if n == 1 else f"{n} patients"
+
+
 def _train_info(version_dir: Path) -> dict[str, Any]:
     try:
         return json.loads((version_dir / "train_info.json").read_text())
@@ -258,7 +262,7 @@ def calibrate_version(
                 seen_elsewhere = [locator.parent]
         if len(patients) < MIN_CALIBRATION_PATIENTS:
             return none(
-                f"only {len(patients)} held-out patients in {own} (the calibration needs at "
+                f"only {_patients(len(patients))} held out in {own} (the calibration needs at "
                 f"least {MIN_CALIBRATION_PATIENTS}); annotate more patients and retrain, or "
                 "calibrate it on another project",
                 len(patients),
@@ -281,7 +285,7 @@ def calibrate_version(
     n_patients = int(calibration.source["patients"])
     if n_patients < MIN_CALIBRATION_PATIENTS:
         return none(
-            f"only {n_patients} patients with reference grades could be used (the "
+            f"only {_patients(n_patients)} with reference grades could be used (the "
             f"calibration needs at least {MIN_CALIBRATION_PATIENTS})",
             n_patients,
         )

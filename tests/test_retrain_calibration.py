@@ -114,7 +114,7 @@ def test_the_scorer_calibrates_only_on_patients_its_locator_held_out_too(retrain
     locator = _locator_version(project, "v_half", sorted(held)[:5])
     before = (scorer_version / CALIBRATION_FILE).read_bytes()
     outcome = calibrate_version(scorer_version, locator_weights=locator / "model.pt")
-    assert not outcome.calibrated and "only 5 held-out patients" in outcome.reason
+    assert not outcome.calibrated and "only 5 patients held out" in outcome.reason
     assert (scorer_version / CALIBRATION_FILE).read_bytes() == before  # the old file stays
 
 
@@ -146,7 +146,7 @@ def test_too_few_held_out_patients_leave_no_calibration_and_say_how_to_make_one(
     assert not (version / CALIBRATION_FILE).exists()
     assert not list(version.glob(".*tmp"))
     for said in (job.calibration, job.summary(), "\n".join(job.tail())):
-        assert "has no grade sets" in said and "only 1 held-out patients" in said
+        assert "has no grade sets" in said and "only 1 patient held out" in said
         assert f"ra-joints calibrate --task scorer --weights {version}" in said
     info = json.loads((version / "train_info.json").read_text())
     assert info["calibration"]["path"] is None and info["calibration"]["patients"] == 1
@@ -154,7 +154,7 @@ def test_too_few_held_out_patients_leave_no_calibration_and_say_how_to_make_one(
     assert scorer.models()["scorer"].calibration is None
     # by hand: the same answer, exit status 1, still no file
     assert main(["calibrate", "--weights", str(version)]) == 1
-    assert "only 1 held-out patients" in capsys.readouterr().out
+    assert "only 1 patient held out" in capsys.readouterr().out
     assert not (version / CALIBRATION_FILE).exists()
 
 
