@@ -8,7 +8,7 @@ themselves, which the writers of every output use) because it runs the models.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +22,7 @@ __all__ = [
     "calibrate_ultrasound",
     "decided_pairs",
     "predicted_rows",
+    "store_predicted_rows",
 ]
 
 
@@ -55,21 +56,85 @@ def predicted_rows(
     return rows
 
 
+def store_predicted_rows(
+    project: str | Path,
+    patients: Collection[str],
+    service: Any,
+    *,
+    annotators: Sequence[str] | None = None,
+) -> list[tuple[str, str, str, float, float | None, float | None]]:
+    """:func:`predicted_rows` for some patients of a project's store (patient and limb as the
+    store knows them), every score paired with the store's own grade - the newest human or
+    phantom one (of ``annotators`` when given), as the retraining export reads it. Nothing is
+    written to the store."""
+    from .cases import CaseTable
+    from .imageio import ImageReadError, read_image
+    from .predict import predict_images
+    from .store import TRAINING_SOURCES, AnnotationStore
+
+    models = service.models()
+    if models["scorer"] is None or models["locator"] is None:
+        raise FileNotFoundError("; ".join(service.skipped) or "no locator or scorer bundle")
+    rows = []
+    with AnnotationStore.open(project, create=False) as store:
+        records = [r for r in store.images(modality="radiograph") if r.patient_id in patients]
+        for patient_id in sorted({r.patient_id for r in records}):
+            items, cases, truth = [], {}, {}
+            for record in (r for r in records if r.patient_id == patient_id):
+                if store.content_problem(record):  # its grades belong to other pixels
+                    continue
+                path = str(store.resolve(record))
+                try:
+                    items.append((path, read_image(path)))
+                except ImageReadError:
+                    continue
+                cases[str(Path(path).resolve())] = (patient_id, record.limb)
+                grades = store.scores(record.id, sources=TRAINING_SOURCES, authors=annotators)
+                truth.update({key: float(rev.value["value"]) for key, rev in grades.items()})
+            if not items:
+                continue
+            result = predict_images(
+                items, models["locator"], models["scorer"], table=CaseTable(cases)
+            )
+            for _, joint_id, st, pred, sd in score_rows(result.patients):
+                rows.append((patient_id, joint_id, st, pred, sd, truth.get((joint_id, st))))
+    return rows
+
+
 def calibrate_scorer(
     project: str | Path | Sequence[str | Path],
     *,
     images: str | Path | None = None,
     beta: float | str = "auto",
     service: Any = None,
+    patients: Collection[str] | None = None,
+    annotators: Sequence[str] | None = None,
+    held_out: Mapping[str, Any] | None = None,
+    trained: Sequence[str | Path] = (),
 ) -> GradeCalibration:
     """Calibrate the scorer the service uses on project(s) nobody reports figures on
     (:func:`calibrate_pipeline` with the two-stage pipeline). Several projects are pooled,
-    e.g. one validation seed drawn in both phantom styles for a scorer trained on both."""
+    e.g. one validation seed drawn in both phantom styles for a scorer trained on both.
+
+    ``patients``: only these patients of one project's store, against the store's grades
+    (:func:`store_predicted_rows`: a retrained version's held-out patients, described by
+    ``held_out`` in the file); else every radiograph against ``scores_ra2dream.csv``.
+    ``trained``: version folders whose training seeds are refused too.
+    """
     from .predict import PredictionService
 
     service = service or PredictionService("two-stage")
     projects = [project] if isinstance(project, str | Path) else list(project)
-    return calibrate_pipeline(projects, service, images=images, beta=beta)
+    return calibrate_pipeline(
+        projects,
+        service,
+        images=images,
+        beta=beta,
+        patients=patients,
+        annotators=annotators,
+        held_out=held_out,
+        trained=trained,
+    )
 
 
 def calibrate_pipeline(
@@ -78,6 +143,10 @@ def calibrate_pipeline(
     *,
     images: str | Path | None = None,
     beta: float | str = "auto",
+    patients: Collection[str] | None = None,
+    annotators: Sequence[str] | None = None,
+    held_out: Mapping[str, Any] | None = None,
+    trained: Sequence[str | Path] = (),
 ) -> GradeCalibration:
     """Grade sets for the radiograph model of ``service``'s pipeline - the scorer (two-stage)
     or the multi-task U-Net - from projects nobody reports figures on, pooled.
@@ -87,17 +156,21 @@ def calibrate_pipeline(
     model (or, two-stage, the locator) was trained on, is refused
     (:func:`annotation_tools.seeds.check_calibration_seed`) before anything runs. ``beta``:
     a number, or ``"auto"`` (chosen on these patients alone,
-    :func:`annotation_tools.conformal.choose_beta`).
+    :func:`annotation_tools.conformal.choose_beta`). ``patients`` / ``annotators`` /
+    ``held_out`` / ``trained``: see :func:`calibrate_scorer` (two-stage, one project).
     """
     projects = [Path(p) for p in projects]
     if not projects:
         raise ValueError("give at least one calibration project")
     if images is not None and len(projects) > 1:
         raise ValueError("images replaces one project's radiographs/ folder: give one project")
+    if patients is not None and (len(projects) > 1 or service.pipeline == "multitask"):
+        raise ValueError("patients selects held-out patients of one two-stage project")
     multitask = service.pipeline == "multitask"
     task = "multitask" if multitask else "scorer"
     bundles = [service.bundle(t).root for t in service.radiograph_tasks]
     bundles += [Path(w).parent for t, w in service.weights.items() if t in service.radiograph_tasks]
+    bundles += [Path(t) for t in trained]
     # a choice made on validation data: never a test seed, nor a seed the weights saw
     for project in projects:
         check_calibration_seed(cohort_seed(project), RADIOGRAPH, bundles=bundles)
@@ -107,7 +180,11 @@ def calibrate_pipeline(
     rows: list[tuple[str, str, str, float, float | None, float | None]] = []
     cohorts = []
     for project in projects:
-        mine = [r for r in predicted_rows(project, service, images=images) if r[5] is not None]
+        if patients is None:
+            found = predicted_rows(project, service, images=images)
+        else:
+            found = store_predicted_rows(project, patients, service, annotators=annotators)
+        mine = [r for r in found if r[5] is not None]
         cohort = project / "cohort.json"
         info = json.loads(cohort.read_text()) if cohort.is_file() else {}
         cohorts.append(
@@ -144,6 +221,11 @@ def calibrate_pipeline(
             symmetry_sha256=model.model_info.get("symmetry_sha256"),
             pipeline="locator -> scorer -> symmetry, end to end on the image files",
         )
+        locator = service.models()["locator"]
+        if locator is not None:
+            source["locator_weights_sha256"] = locator.model_info.get("weights_sha256")
+    if held_out is not None:
+        source["held_out"] = dict(held_out)
     return calibrate_grades(
         [r[1:] for r in rows], beta=beta, patients=[r[0] for r in rows], source=source
     )

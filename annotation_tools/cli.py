@@ -342,8 +342,16 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
     from .conformal import CALIBRATION_FILE
     from .predict import PredictionService
 
-    if (args.members is not None or args.weights is not None) and args.task != "multitask":
-        raise ValueError("--members and --weights belong to --task multitask")
+    if args.weights is not None and args.task != "multitask":
+        return _calibrate_version(args)  # a retrained scorer, locator or RATING version
+    if not args.project:
+        raise ValueError(
+            "calibrate needs --project (a calibration project), or --weights a retrained "
+            "version (then its own held-out patients are used)"
+        )
+    args.task = args.task or "scorer"
+    if args.members is not None and args.task != "multitask":
+        raise ValueError("--members belongs to --task multitask")
     if args.beta != "auto" and args.task not in ("scorer", "multitask"):
         raise ValueError("--beta belongs to --task scorer or multitask")
     service = PredictionService(
@@ -398,6 +406,39 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
         f"residuals per bin {counts}"
     )
     return 0
+
+
+def _calibrate_version(args: argparse.Namespace) -> int:
+    """``calibrate --weights PROJECT/models/<bundle>/<version>``: what the retraining job's
+    last step does, by hand (its held-out patients; or ``--project`` another project)."""
+    from .bundles import bundle_for
+    from .recalibrate import calibrate_version
+    from .retrain import locator_in_use
+
+    version = args.weights.resolve()
+    version = version if version.is_dir() else version.parent
+    if not (version / "train_info.json").is_file():
+        raise ValueError(
+            f"--weights {args.weights} is not a retrained version (expected a folder "
+            "PROJECT/models/<bundle>/<version> with train_info.json; the shipped weights are "
+            "calibrated without --weights)"
+        )
+    info = bundle_for(version.parent.name)
+    if args.task is not None and args.task != info.task:
+        raise ValueError(f"{version} is a version of {info.name}: give --task {info.task}")
+    if args.images is not None and info.task != "scorer":
+        raise ValueError("--images belongs to --task scorer")
+    outcome = calibrate_version(
+        version,
+        args.project or None,
+        bundle_root=info.root,
+        locator_weights=locator_in_use(version.parents[2]) if info.task == "scorer" else None,
+        out=args.out,
+        images=args.images,
+        device=args.device,
+    )
+    print(outcome.message())
+    return 0 if outcome.calibrated else 1
 
 
 def _benchmark_bundle_roots(args: argparse.Namespace) -> list[Path]:
@@ -1164,23 +1205,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--task",
         choices=["scorer", "multitask", "locator", "ultrasound"],
-        default="scorer",
-        help="scorer: grade sets (models/conformal.json); multitask: grade sets for the "
-        "multi-task U-Net (ra_multitask_unet models/conformal.json, next to its members); "
-        "locator: a position radius and a probability of being right per joint "
+        default=None,
+        help="scorer (the default): grade sets (models/conformal.json); multitask: grade sets "
+        "for the multi-task U-Net (ra_multitask_unet models/conformal.json, next to its "
+        "members); locator: a position radius and a probability of being right per joint "
         "(models/locator_calibration.json); ultrasound: grade sets for SH, vascularity and "
-        "combined (ra_us_rating models/us_conformal.json)",
+        "combined (ra_us_rating models/us_conformal.json); with --weights: the version's bundle",
     )
     p.add_argument(
         "--project",
         type=Path,
-        required=True,
         action="append",
         help="with scores_ra2dream.csv (ultrasound: graded pairs in its store or "
-        "ultrasound_scores.csv); multitask and locator pool several (repeat --project)",
+        "ultrasound_scores.csv); scorer, multitask and locator pool several (repeat "
+        "--project); with --weights: default the version's own project, its held-out patients",
     )
     p.add_argument("--images", type=Path, help="default: the project's radiographs/ folder")
-    p.add_argument("--out", type=Path, help="default: the bundle's models/ folder")
+    p.add_argument(
+        "--out", type=Path, help="default: the bundle's models/ folder (--weights: the version's)"
+    )
     p.add_argument("--bundle", type=Path, help="the task's bundle folder (default: the shipped)")
     p.add_argument(
         "--members", type=int, default=None, help="multitask: calibrate the first N members"
@@ -1188,8 +1231,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--weights",
         type=Path,
-        help="multitask: a retrained version's weights file instead of the bundle's members; "
-        "its conformal.json is written next to it, where prediction with it looks",
+        help="a retrained version, PROJECT/models/<bundle>/<version> (or its weights file): "
+        "calibrate it instead of the shipped weights, written next to its weights (multitask: "
+        "its weights file, calibrated on --project)",
     )
     p.add_argument(
         "--beta",

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from .metrics import round_grade
+from .paths import write_text_atomic
 from .vocabulary import get_joint
 
 __all__ = [
@@ -142,10 +143,9 @@ class GradeCalibration:
 
 def write_json_document(path: str | Path, format: str, body: Mapping[str, Any]) -> Path:
     """Write ``{"format": format, **body}`` as indented JSON: the one writer of the calibration
-    files (grade, ultrasound grade and locator), so they stay plain data with a format tag."""
-    path = Path(path)
-    path.write_text(json.dumps({"format": format, **body}, indent=1))
-    return path
+    files (grade, ultrasound grade and locator), so they stay plain data with a format tag.
+    Written atomically: a job killed mid-write leaves the old file whole, never half a file."""
+    return write_text_atomic(path, json.dumps({"format": format, **body}, indent=1))
 
 
 def read_json_document(path: str | Path, format: str, what: str) -> dict[str, Any]:

@@ -29,6 +29,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .paths import write_text_atomic
+
 __all__ = [
     "STATES",
     "RetrainJob",
@@ -79,6 +81,7 @@ class RetrainJob:
     metric: float | None = None
     baseline: dict[str, Any] | None = None  # the validation figure of the version in use
     version: str = ""
+    calibration: str = ""  # what the new version's calibration step gave (or why none)
     error: str = ""
     updated: float = 0.0
 
@@ -102,9 +105,7 @@ class RetrainJob:
         """Atomic: a reader never sees half a job file."""
         self.updated = time.time()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".json.tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=1))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, json.dumps(asdict(self), indent=1))
 
     def refresh(self) -> RetrainJob:
         """The job as its file says now; a running job whose process is gone has died."""
@@ -161,6 +162,8 @@ class RetrainJob:
             parts.append(f"about {eta / 60:.0f} min left" if eta > 90 else f"{eta:.0f} s left")
         if self.version:
             parts.append(f"new version {self.version}")
+        if self.calibration:
+            parts.append(self.calibration)
         if self.error:
             parts.append(self.error.splitlines()[0])
         return ", ".join(parts)
@@ -275,7 +278,7 @@ def start_retrain(
     configs, and MONAI configs are executable code.
     """
     from .bundles import BundleInfo, check_trusted
-    from .retrain import retrain_steps
+    from .retrain import job_steps
 
     project, root = Path(project).resolve(), Path(bundle_root).resolve()
     check_trusted(root, trusted)  # before any of its configs is read
@@ -297,7 +300,7 @@ def start_retrain(
         started=_now(),
         baseline=baseline,
     )
-    job.steps = len(retrain_steps(root, Path("data"), Path("ckpt"), quick=quick, folds=folds))
+    job.steps = job_steps(root, quick=quick, folds=folds)  # training, then calibration
     job.write()
     with open(job.log_path, "w") as log:
         proc = subprocess.Popen(
@@ -342,6 +345,7 @@ def run_job(path: str | Path) -> int:
                 last_write = time.monotonic()
         job.state = "done"
         _record_validation(job)
+        job.calibration = _calibration_of(job)
     except KeyboardInterrupt:
         job.state, job.error = "cancelled", "cancelled by the person; earlier versions untouched"
     except Exception as exc:  # the job file must say why, whatever it was
@@ -350,6 +354,17 @@ def run_job(path: str | Path) -> int:
     job.finished = _now()
     job.write()
     return 0 if job.state == "done" else 1
+
+
+def _calibration_of(job: RetrainJob) -> str:
+    """What the new version's calibration step recorded, one line (empty: it has none)."""
+    if not job.version:
+        return ""
+    info = Path(job.project) / "models" / job.bundle / job.version / "train_info.json"
+    try:
+        return str(json.loads(info.read_text()).get("calibration", {}).get("message", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
 
 
 def _record_validation(job: RetrainJob) -> None:

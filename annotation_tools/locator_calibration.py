@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -186,48 +186,69 @@ def fit_locator_calibration(
 
 
 def locate_project(
-    locator: Any, project: str | Path, tolerance: float = 0.02
+    locator: Any,
+    project: str | Path,
+    tolerance: float = 0.02,
+    patients: Collection[str] | None = None,
 ) -> tuple[list[CalibrationJoint], int, list[tuple[str, str]], int]:
     """Run ``locator`` on a project's radiographs (limbs as the store knows them) and pair
     every found joint with the project's centres (the truth on phantoms, a person's on real
     data): ``(joints, films located, films not located, patients)``. Both the calibration and
-    the coverage benchmark measure through this."""
+    the coverage benchmark measure through this. ``patients``: only these patients' films
+    (the ones a retrained version held out), else every film of the project."""
     from .evaluation import present_centres
     from .store import TRAINING_SOURCES, AnnotationStore
 
     with AnnotationStore.open(project, create=False) as store:
-        images = store.images(modality="radiograph")
+        images = [
+            im
+            for im in store.images(modality="radiograph")
+            if patients is None or im.patient_id in patients
+        ]
         limbs = {str(store.resolve(im)): im.limb for im in images}
         truth = {
             str(store.resolve(im)): present_centres(store.centres(im.id, sources=TRAINING_SOURCES))
             for im in images
         }
-        patients = len(store.patients())
+        if patients is None:
+            n_patients = len(store.patients())
+        else:
+            n_patients = len({im.patient_id for im in images})
     results, failed = locator.predict_files(list(truth), limbs)
     joints = calibration_joints([(truth[r.path], r) for r in results], tolerance)
-    return joints, len(results), failed, patients
+    return joints, len(results), failed, n_patients
 
 
 def calibrate_locator(
-    locator: Any, projects: str | Path | Sequence[str | Path], tolerance: float = 0.02
+    locator: Any,
+    projects: str | Path | Sequence[str | Path],
+    tolerance: float = 0.02,
+    *,
+    patients: Collection[str] | None = None,
+    held_out: Mapping[str, Any] | None = None,
 ) -> LocatorCalibration:
     """Calibrate ``locator`` on one or more projects nobody reports figures on.
 
     Several projects are pooled (e.g. the anatomical and the schematic phantoms of one
     validation seed, for a locator trained on both styles): the radius then covers films of
-    every kind it was calibrated on, not only the easiest.
+    every kind it was calibrated on, not only the easiest. ``patients``: only these patients
+    (a retrained version's held-out ones, :mod:`annotation_tools.recalibrate`), described by
+    ``held_out`` in the file's ``source``.
     """
     folders = [Path(projects)] if isinstance(projects, str | Path) else [Path(p) for p in projects]
     if not folders:
         raise ValueError("give at least one calibration project")
     joints: list[CalibrationJoint] = []
-    located = patients = 0
+    located = n_patients = 0
     failed: list[tuple[str, str]] = []
     described, seeds, styles = [], [], []
     for folder in folders:
-        found, n_located, not_located, n_patients = locate_project(locator, folder, tolerance)
+        found, n_located, not_located, in_folder = locate_project(
+            locator, folder, tolerance, patients
+        )
         joints += found
-        located, patients, failed = located + n_located, patients + n_patients, failed + not_located
+        located, n_patients = located + n_located, n_patients + in_folder
+        failed = failed + not_located
         cohort = folder / "cohort.json"
         info = json.loads(cohort.read_text()) if cohort.is_file() else {}
         style = info.get("style", "schematic") if "seed" in info else None
@@ -240,11 +261,13 @@ def calibrate_locator(
         "project": "; ".join(described),
         "seed": seeds[0] if len(set(seeds)) == 1 else seeds,
         "style": styles[0] if len(set(styles)) == 1 else "+".join(str(s) for s in styles),
-        "patients": patients,
+        "patients": n_patients,
         "radiographs": located,
         "not_located": len(failed),
         "weights_sha256": locator.model_info.get("weights_sha256", ""),
     }
+    if held_out is not None:
+        source["held_out"] = dict(held_out)
     return fit_locator_calibration(joints, tolerance=tolerance, source=source)
 
 

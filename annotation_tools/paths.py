@@ -16,7 +16,14 @@ import re
 from collections.abc import Iterable, MutableSet
 from pathlib import Path, PurePath
 
-__all__ = ["path_name", "path_names", "safe_name", "short_hash", "unique_name"]
+__all__ = [
+    "path_name",
+    "path_names",
+    "safe_name",
+    "short_hash",
+    "unique_name",
+    "write_text_atomic",
+]
 
 MAX_NAME = 120  # characters; long enough for ids, short of every file system's limit
 _WINDOWS_RESERVED = {
@@ -121,3 +128,18 @@ def path_names(
     for path in unique:
         out[path] = unique_name(path_name(path, root), taken, key=path)
     return out
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file in the same folder and a rename, so
+    a reader (or a job killed mid-write) never leaves or sees half a file: the old file stays
+    whole until the new one replaces it."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

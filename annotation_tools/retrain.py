@@ -4,7 +4,9 @@ The human-in-the-loop step after correcting predictions: export the project's hu
 phantom ground-truth) annotations with :mod:`annotation_tools.export`, train with the bundle's
 own configs through ``python -m monai.bundle run`` (quick or full), and keep the weights under
 ``PROJECT/models/<bundle>/<version>/`` next to earlier versions - the shipped weights are never
-replaced. Prediction can then use any version (``weights_for``).
+replaced. Prediction can then use any version (``weights_for``). The last step calibrates the
+new version on the project's held-out patients (:mod:`annotation_tools.recalibrate`), so its
+predictions keep their grade sets, or records why it could not and how to do it by hand.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 
-from .bundles import BundleInfo, bundle_for, registry
+from .bundles import BundleInfo, BundleNotFound, bundle_for, bundle_parser, registry
 from .export import export_dataset
 from .seeds import cohort_seed
 from .store import AnnotationStore
@@ -29,6 +31,8 @@ __all__ = [
     "choose_version",
     "chosen_version",
     "iter_retrain",
+    "job_steps",
+    "locator_in_use",
     "model_versions",
     "retrain",
     "retrain_steps",
@@ -149,6 +153,41 @@ def retrain_steps(
     return steps
 
 
+def locator_in_use(project: str | Path, bundles_dir: str | Path | None = None) -> Path | None:
+    """The locator weights Predict uses in a project: the chosen version's, or None for the
+    shipped ones (also when there is no locator bundle: the caller says what is missing)."""
+    try:
+        name = bundle_for("locator", bundles_dir).name
+    except BundleNotFound:
+        return None
+    chosen = chosen_version(project, name)
+    return None if chosen == "shipped" else weights_for(project, name, chosen)
+
+
+def job_steps(bundle_root: str | Path, *, quick: bool = True, folds: int | None = None) -> int:
+    """How many ``running:`` steps a retraining job announces: the training steps, then the
+    calibration of the new version for the bundles that have one (grade sets, radii)."""
+    from .recalibrate import CALIBRATION_FILES
+
+    training = retrain_steps(bundle_root, Path("data"), Path("ckpt"), quick=quick, folds=folds)
+    return len(training) + (BundleInfo.read(bundle_root).task in CALIBRATION_FILES)
+
+
+def validation_fold(
+    bundle_root: str | Path, quick: bool, overrides: Sequence[str] = ()
+) -> int | None:
+    """The fold a training validates on (``--val_fold`` of the overrides, else the training
+    configs' ``val_fold``); None when the configs name none."""
+    for i, flag in enumerate(overrides):
+        if flag.startswith("--val_fold="):
+            return int(flag.split("=", 1)[1])
+        if flag == "--val_fold" and i + 1 < len(overrides):
+            return int(overrides[i + 1])
+    info = BundleInfo.read(bundle_root)
+    value = bundle_parser(info.root, info.training_configs(quick)).get().get("val_fold")
+    return None if value is None else int(value)
+
+
 def retrain(
     project: str | Path,
     bundle_root: str | Path,
@@ -194,6 +233,14 @@ def iter_retrain(
     )
     if report.n_items == 0:
         raise ValueError(f"no reviewed {recipe.task} annotations to train on in {project}")
+    from .recalibrate import held_out_record
+
+    held_out = held_out_record(
+        report.datalists,
+        None if recipe.ensemble else validation_fold(root, quick, overrides),
+        ensemble=recipe.ensemble,
+        annotators=options.get("annotators"),
+    )
     started = time.perf_counter()
     if recipe.ensemble:  # the permutation set is part of the bundle: keep the jigsaw classes
         (work / "ckpt").mkdir(parents=True, exist_ok=True)
@@ -248,7 +295,46 @@ def iter_retrain(
         },
         # the phantom cohorts trained on (annotation_tools/seeds.py refuses them in benchmarks)
         "seeds": [] if cohort_seed(project) is None else [cohort_seed(project)],
+        # the patients it did not fit on: its calibration cohort (annotation_tools.recalibrate)
+        "held_out": held_out,
         "seconds": round(time.perf_counter() - started, 1),
     }
     (target / "train_info.json").write_text(json.dumps(info, indent=1))
     yield f"new {name} version {version} in {target}"
+    yield from _calibration_step(project, root, target, recipe)
+
+
+def _calibration_step(project: Path, root: Path, target: Path, recipe: BundleInfo) -> Iterator[str]:
+    """Calibrate the new version on the project's held-out patients (a step of the job, like
+    the training's), and record what came of it in its ``train_info.json``: a version without
+    a calibration says so and how to make one, never silently."""
+    from .recalibrate import (
+        CALIBRATION_FILES,
+        VersionCalibration,
+        calibrate_version,
+        calibration_command,
+    )
+
+    if recipe.task not in CALIBRATION_FILES:
+        return
+    yield "running: " + calibration_command(recipe.task, target, str(project))
+    # the scorer calibrates end to end, through the locator Predict uses in this project
+    locator = locator_in_use(project, root.parent) if recipe.task == "scorer" else None
+    try:
+        # trusted: the job was allowed to parse this bundle folder's configs when it started
+        outcome = calibrate_version(target, bundle_root=root, locator_weights=locator, trusted=True)
+    except Exception as exc:  # the new weights are fine; only their calibration is missing
+        outcome = VersionCalibration(
+            bundle=recipe.name,
+            version=target.name,
+            task=recipe.task,
+            path=None,
+            patients=0,
+            reason=f"the calibration failed ({type(exc).__name__}: {exc})",
+            command=calibration_command(recipe.task, target),
+        )
+    info_file = target / "train_info.json"
+    info = json.loads(info_file.read_text())
+    info["calibration"] = outcome.as_dict()
+    info_file.write_text(json.dumps(info, indent=1))
+    yield "calibration: " + outcome.message()

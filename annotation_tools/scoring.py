@@ -776,13 +776,10 @@ def _grade_sets_of(
 # ------------------------------------------------------------------------------ in-process
 
 
-def _calibration_for(folder: Path, info: Mapping[str, str]) -> Any:
-    """The bundle's conformal calibration when it was made with exactly these weights (and
-    symmetry model); other weights (a retrained version) get no grade sets until calibrated."""
-    return _matching(folder, info)[0]
-
-
 def _matching(folder: Path, info: Mapping[str, str]) -> tuple[Any, str]:
+    """The conformal calibration in ``folder`` when it was made with exactly these weights (and
+    symmetry model), with an empty note; else ``(None, why)``: other weights (a retrained
+    version) get no grade sets until calibrated."""
     from .conformal import matching_calibration
 
     return matching_calibration(
@@ -857,7 +854,9 @@ class JointScorer:
             device=device or ("cuda" if torch.cuda.is_available() else "cpu"),
             model_info=info,
         )
-        scorer.calibration, scorer.calibration_note = _matching(root / "models", info)
+        # next to the weights: the bundle's models/ for the shipped ones, the version's folder
+        # for a retrained version (its calibration step writes conformal.json there)
+        scorer.calibration, scorer.calibration_note = _matching(Path(weights_path).parent, info)
         return scorer
 
     @torch.no_grad()

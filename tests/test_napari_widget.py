@@ -815,7 +815,10 @@ def test_retraining_outlives_the_viewer_and_its_version_is_listed_next_time(
     (job,) = jobs(project)
     job = job.wait(timeout=300)
     assert job.state == "done" and job.version, job.summary()
-    assert job.metric_name == "val_hit_rate" and job.epochs == 1
+    assert job.steps == job.step == 2  # the training, then the new version's calibration
+    assert job.metric_name == "val_hit_rate"
+    assert any("Epoch: 1/1" in line for line in job.tail())  # one epoch (the step now: none)
+    assert "has no position radius and p_correct: only 1 patient held out" in job.calibration
     assert not any("Warning" in line for line in job.tail())  # library chatter filtered
     viewer2 = make_napari_viewer()
     widget2 = _widget(viewer2)
@@ -824,6 +827,7 @@ def test_retraining_outlives_the_viewer_and_its_version_is_listed_next_time(
     assert [combo.itemText(i) for i in range(combo.count())] == ["shipped", job.version]
     assert combo.currentText() == "shipped"  # listed, not switched to
     assert "done" in widget2.retrain_panel.job_label.text()
+    assert "ra-joints calibrate --task locator --weights" in widget2.retrain_panel.job_label.text()
     # the version is a new folder next to the shipped weights, which stay as they were
     from annotation_tools.bundles import bundle_for
     from annotation_tools.imageio import file_sha256

@@ -46,8 +46,13 @@ def test_retrained_ultrasound_ensemble_is_a_version_that_grades(small_cohort, tm
         "--finetune_epochs", "1", "--fusion_epochs", "1", "--jigsaw_epochs", "1",
         "--cell", "22", "--tile", "20", "--val_interval", "1",
     ]  # fmt: skip
-    version = retrain(project, RATING, folds=2, overrides=tiny, log=lambda line: None)
+    lines: list[str] = []
+    version = retrain(project, RATING, folds=2, overrides=tiny, log=lines.append)
     assert weights_for(project, "ra_us_rating") == version / "ensemble.json"
+    # no patient is held out from a whole ensemble: no grade sets, said with the way out
+    assert not (version / "us_conformal.json").exists()
+    assert "has no grade sets" in lines[-1] and "no patient of the project is held out" in lines[-1]
+    assert f"ra-joints calibrate --task ultrasound --weights {version}" in lines[-1]
     members = json.loads((version / "ensemble.json").read_text())["members"]
     assert sorted(m["fold"] for m in members) == [0, 1]
     assert json.loads((version / "ensemble.json").read_text())["network"]["widen_factor"] == 0.125
@@ -78,6 +83,7 @@ def test_retrained_multitask_unet_is_a_version_that_locates_and_scores(small_coh
         log=lines.append,
     )
     assert any(line.startswith("exported 12 items") for line in lines)
+    assert not any("calibrat" in line for line in lines)  # the multi-task U-Net has no sets
     assert weights_for(project, "ra_multitask_unet") == version / "model.pt"
     model = MultitaskModel.from_bundle(
         bundle, weights=[version / "model.pt"], overrides={"spatial_size": [96, 96]}

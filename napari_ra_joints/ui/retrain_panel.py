@@ -239,9 +239,11 @@ class RetrainPanel(QGroupBox):
         # the new version is listed, not switched to
         self._list_versions({n: c.currentText() for n, c in self.version_boxes.items()})
         if job.finished_ok:
+            # whether its predictions carry grade sets / radii: said, never left to guess
+            calibration = f" {job.calibration}" if job.calibration else ""
             self.dock.say(
                 f"New {job.bundle} version {job.version} is ready; choose it in the weights "
-                "box to predict with it."
+                f"box to predict with it.{calibration}"
             )
         else:
             self.dock.say(f"Retraining {job.state}: {job.error}")
