@@ -169,7 +169,10 @@ def calibrate_pipeline(
     multitask = service.pipeline == "multitask"
     task = "multitask" if multitask else "scorer"
     bundles = [service.bundle(t).root for t in service.radiograph_tasks]
-    bundles += [Path(w).parent for t, w in service.weights.items() if t in service.radiograph_tasks]
+    if patients is None:  # held-out patients of the version's own project are its to use
+        bundles += [
+            Path(w).parent for t, w in service.weights.items() if t in service.radiograph_tasks
+        ]
     bundles += [Path(t) for t in trained]
     # a choice made on validation data: never a test seed, nor a seed the weights saw
     for project in projects:

@@ -86,14 +86,16 @@ def test_files_round_trip_and_refuse_what_they_are_not(tmp_path):
 
 
 def test_weights_other_than_the_calibrated_ones_get_no_sets(tmp_path):
-    from annotation_tools.scoring import _calibration_for
+    from annotation_tools.conformal import matching_calibration
 
+    keys = ("weights_sha256", "symmetry_sha256")
     made = {"weights_sha256": "abc", "symmetry_sha256": "def"}
     calibrate_grades(_rows(np.random.default_rng(5), 500), source=made).save(
         tmp_path / "conformal.json"
     )
-    assert _calibration_for(tmp_path, made) is not None
-    assert _calibration_for(tmp_path, {**made, "weights_sha256": "retrained"}) is None
+    assert matching_calibration(tmp_path, made, keys)[0] is not None
+    other, why = matching_calibration(tmp_path, {**made, "weights_sha256": "retrained"}, keys)
+    assert other is None and "other weights" in why
 
 
 def test_joint_scores_csv_leaves_the_set_empty_without_a_calibration(tmp_path):
