@@ -31,6 +31,7 @@ from .benchmarking import (
     value_of,
 )
 from .bundles import bundle_path
+from .metrics import format_p_value
 from .seeds import ULTRASOUND
 
 # Published figures quoted for scale (different data: not comparable with phantom figures).
@@ -327,7 +328,7 @@ def comparison_text(test: dict[str, Any]) -> str:
     return (
         f"{head}effect (A - B, per-patient {test['loss']} loss) {test['effect']:+.4f} "
         f"(CI {low:+.4f} to {high:+.4f}, {test['ci_method']}); {test['test']}: "
-        f"p = {test['p_value']:.3g}"
+        f"{format_p_value(test)}"
     )
 
 

@@ -38,7 +38,7 @@ from .baselines import (
 )
 from .bundles import bundle_path
 from .evaluation import PHANTOM_NOTE
-from .metrics import MetricWarning
+from .metrics import MetricWarning, format_p_value
 
 __all__ = [
     "MARGIN",
@@ -569,7 +569,7 @@ def baselines_markdown(result: Mapping[str, Any]) -> str:
             c = verdict["comparison"]
             lines.append(
                 f"- {t}: **{name}** vs best baseline ({v['best_baseline']}): {verdict['reason']}"
-                f"; {c['test']}: p = {c['p_value']:.3g}"
+                f"; {c['test']}: {format_p_value(c)}"
             )
     tr, va = us["train"], us["validation"]
     lines += [
@@ -601,7 +601,7 @@ def baselines_markdown(result: Mapping[str, Any]) -> str:
             c = verdict["comparison"]
             lines.append(
                 f"- {g}: **{name}** vs best baseline ({v['best_baseline']}), error rate: "
-                f"{verdict['reason']}; {c['test']}: p = {c['p_value']:.3g}"
+                f"{verdict['reason']}; {c['test']}: {format_p_value(c)}"
             )
     lines += [
         "",

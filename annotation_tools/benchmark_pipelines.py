@@ -29,6 +29,7 @@ from .benchmarking import (
     value_of,
 )
 from .bundles import bundle_path
+from .metrics import format_p_value
 
 __all__ = ["benchmark_pipelines", "pipelines_markdown"]
 
@@ -326,7 +327,7 @@ def pipelines_markdown(result: dict[str, Any]) -> str:
                 f"- {title}, {score_type} ({entry['joints']} joints of {entry['patients']} "
                 f"patients scored by both): RMSE {rmse_a:.3f} vs {rmse_b:.3f}; per-patient MSE "
                 f"difference {test['effect']:+.4f} (CI {low:+.4f} to {high:+.4f}, "
-                f"{test['ci_method']}); {test['test']}: p = {test['p_value']:.3g} (first "
+                f"{test['ci_method']}); {test['test']}: {format_p_value(test)} (first "
                 f"better) / {entry['b_better']['p_value']:.3g} (second better). "
                 f"**Better: {entry['better']}**"
             )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ __all__ = [
     "detection_sensitivity",
     "diagonal_errors",
     "exact_agreement",
+    "format_p_value",
     "linear_weighted_kappa",
     "locator_summary",
     "normalised_errors",
@@ -71,6 +72,15 @@ def _nan(reason: str) -> float:
 
 
 # ------------------------------------------------------------------------------ scores
+
+
+def format_p_value(test: Mapping[str, Any]) -> str:
+    """``p = 0.0021`` for a report line, or why there is no p (``no test: identical
+    per-patient losses``) rather than a bare ``p = nan`` a reader takes for a bug."""
+    p = test.get("p_value")
+    if p is None or not np.isfinite(p):
+        return f"no test: {test.get('p_note', 'p undefined')}"
+    return f"p = {p:.3g}"
 
 
 def rmse(y_true: Sequence[float], y_pred: Sequence[float]) -> float:
@@ -574,7 +584,9 @@ def paired_patient_comparison(
     }
     if n < 2 or not np.any(diff):
         why = "one patient" if n < 2 else "identical per-patient losses"
-        out.update(p_value=_nan(f"no patient-level test: {why}"), statistic=float("nan"))
+        out.update(
+            p_value=_nan(f"no patient-level test: {why}"), statistic=float("nan"), p_note=why
+        )
     else:
         result = wilcoxon(pa, pb, alternative=alternative)
         out.update(p_value=float(result.pvalue), statistic=float(result.statistic))

@@ -287,3 +287,20 @@ def test_fold_comparison_needs_every_fold_of_five():
     assert m.paired_fold_comparison(a, b, higher_is_better=True)["p_value"] == pytest.approx(1.0)
     mixed = m.paired_fold_comparison([0.4, 0.5, 0.38, 0.45, 0.41], b)
     assert mixed["folds_a_better"] == 4 and mixed["p_value"] > 1 / 32
+
+
+def test_a_comparison_without_a_test_says_why_rather_than_p_nan():
+    """Two models wrong on exactly the same pairs have identical per-patient losses: there is
+    no p-value, and the report line says so instead of printing ``p = nan``."""
+    import warnings
+
+    from annotation_tools.metrics import MetricWarning, format_p_value, paired_patient_comparison
+
+    errors = np.array([0.0, 1.0, 0.0, 0.0, 1.0, 0.0])
+    ids = ["p1", "p1", "p2", "p2", "p3", "p3"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MetricWarning)
+        same = paired_patient_comparison(errors, errors, ids, loss="raw")
+    assert format_p_value(same) == "no test: identical per-patient losses"
+    better = paired_patient_comparison(errors * 0, errors + 1, ids, loss="raw")
+    assert format_p_value(better).startswith("p = ") and "nan" not in format_p_value(better)
