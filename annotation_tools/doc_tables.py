@@ -163,6 +163,13 @@ DOC_TABLES: tuple[DocTable, ...] = (
         ((UNCERTAINTY_MD, "coverage_5001a"),),
         RESAMPLES,
     ),
+    DocTable(  # two-stage vs the multi-task U-Net (one member and the 2-member ensemble)
+        "pipelines_5002",
+        "multitask",
+        TEST_5002,
+        ("locator", "scorer", "multitask"),
+        ((BENCHMARKS_MD, "pipelines_5002"),),
+    ),
     DocTable(
         "rating_5100",
         "ultrasound",
