@@ -58,6 +58,19 @@ def _open(widget, limb: str):
     raise AssertionError(f"no {limb} radiograph in the list")
 
 
+def _noise_us_pair(store, folder, rng):
+    """A grey-scale/Doppler pair of noise images of patient P1 at R_mcp_2, registered in
+    ``store``: the smallest ultrasound pair the dock opens. Returns (pair, grey-scale image,
+    Doppler image) ids."""
+    from annotation_tools.imageio import write_png
+
+    ids = []
+    for name, modality in (("P1_gs.png", "us_greyscale"), ("P1_dp.png", "us_doppler")):
+        path = write_png(folder / name, (rng.random((64, 80)) * 255).astype(np.uint8))
+        ids.append(store.add_image(path, patient_id="P1", modality=modality))
+    return store.add_us_pair(*ids, site="R_mcp_2"), *ids
+
+
 def test_widget_is_in_the_manifest():
     import npe2
 
@@ -382,18 +395,13 @@ def test_writer_saves_an_ultrasound_pairs_boxes_and_grades_as_the_store_json(
     boxes, the model's grades with their sets), which another project imports."""
     import napari
 
-    from annotation_tools.imageio import write_png
     from annotation_tools.store import AnnotationStore, Provenance
 
     rng = np.random.default_rng(11)
     model = Provenance.model("ra_us_rating", "0.1.0", "abc")
     with AnnotationStore.open(tmp_path) as store:
-        ids = []
-        for name, modality in (("P1_gs.png", "us_greyscale"), ("P1_dp.png", "us_doppler")):
-            path = write_png(tmp_path / name, (rng.random((64, 80)) * 255).astype(np.uint8))
-            ids.append(store.add_image(path, patient_id="P1", modality=modality))
-        pair = store.add_us_pair(*ids, site="R_mcp_2")
-        store.set_roi(ids[0], (10, 5, 40, 30), Provenance.human("alice"))
+        pair, greyscale, _ = _noise_us_pair(store, tmp_path, rng)
+        store.set_roi(greyscale, (10, 5, 40, 30), Provenance.human("alice"))
         sets = {"synovial_hypertrophy": (1, 2), "vascularity": (1, 1), "combined": (1, 2)}
         store.set_us_score(pair, 2, 1, model, grade_sets=sets, coverage=0.9)
     viewer = make_napari_viewer()
@@ -916,17 +924,12 @@ def test_the_joint_diagram_picks_the_joint_clicked(
 def test_a_model_ultrasound_proposal_shows_its_grade_sets(make_napari_viewer, tmp_path):
     """The model's conformal set beside each grade (``SH 2 [1-2]``), coloured by width and
     explained in the tooltip; a person's grades and a model without sets show none."""
-    from annotation_tools.imageio import write_png
     from annotation_tools.store import AnnotationStore, Provenance
 
     rng = np.random.default_rng(7)
     model = Provenance.model("ra_us_rating", "0.1.0", "abc")
     with AnnotationStore.open(tmp_path) as store:
-        ids = []
-        for name, modality in (("P1_gs.png", "us_greyscale"), ("P1_dp.png", "us_doppler")):
-            path = write_png(tmp_path / name, (rng.random((64, 80)) * 255).astype(np.uint8))
-            ids.append(store.add_image(path, patient_id="P1", modality=modality))
-        with_sets = store.add_us_pair(*ids, site="R_mcp_2")
+        with_sets, *_ = _noise_us_pair(store, tmp_path, rng)
         store.set_us_score(
             with_sets,
             2,
